@@ -1,0 +1,186 @@
+//! The frames plexus exchanges on a link, as values.
+//!
+//! Owns the frame vocabulary only; [`crate::codec`] owns the byte layout. Control frames
+//! (everything but [`Frame::Data`]) are small and never wait behind data on a link.
+
+use bytes::Bytes;
+
+use crate::ids::{JobId, NodeId, WireChannel};
+
+/// The protocol version this build speaks. A peer with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Why a link is being closed, sent in [`Frame::GoAway`] before the socket is shut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoAwayCode {
+    /// The peer sent bytes that do not decode or break the protocol.
+    ProtocolError,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The peer belongs to another cluster.
+    WrongCluster,
+    /// The peer is not the node that was dialled, or is not a member.
+    UnexpectedNode,
+    /// Both sides dialled at once and this connection lost the tie-break; the winner
+    /// (the connection dialled by the lower node id) carries the traffic.
+    SimultaneousDial,
+    /// A link to this peer already exists.
+    Duplicate,
+    /// The node is shutting down.
+    Shutdown,
+    /// A code this build does not know (kept so decoding never fails on it).
+    Unknown(u16),
+}
+
+impl GoAwayCode {
+    /// The wire value of the code.
+    pub fn to_wire(self) -> u16 {
+        match self {
+            GoAwayCode::ProtocolError => 1,
+            GoAwayCode::VersionMismatch => 2,
+            GoAwayCode::WrongCluster => 3,
+            GoAwayCode::UnexpectedNode => 4,
+            GoAwayCode::SimultaneousDial => 5,
+            GoAwayCode::Duplicate => 6,
+            GoAwayCode::Shutdown => 7,
+            GoAwayCode::Unknown(v) => v,
+        }
+    }
+
+    /// The code for a wire value; unknown values are kept as [`GoAwayCode::Unknown`].
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            1 => GoAwayCode::ProtocolError,
+            2 => GoAwayCode::VersionMismatch,
+            3 => GoAwayCode::WrongCluster,
+            4 => GoAwayCode::UnexpectedNode,
+            5 => GoAwayCode::SimultaneousDial,
+            6 => GoAwayCode::Duplicate,
+            7 => GoAwayCode::Shutdown,
+            other => GoAwayCode::Unknown(other),
+        }
+    }
+}
+
+/// Why a channel was cancelled, sent in [`Frame::Cancel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelCode {
+    /// The consumer stopped reading before the end of the stream.
+    ConsumerGone,
+    /// The receiving node knows no such consumer for the job.
+    UnknownConsumer,
+    /// A code this build does not know.
+    Unknown(u16),
+}
+
+impl CancelCode {
+    /// The wire value of the code.
+    pub fn to_wire(self) -> u16 {
+        match self {
+            CancelCode::ConsumerGone => 1,
+            CancelCode::UnknownConsumer => 2,
+            CancelCode::Unknown(v) => v,
+        }
+    }
+
+    /// The code for a wire value.
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            1 => CancelCode::ConsumerGone,
+            2 => CancelCode::UnknownConsumer,
+            other => CancelCode::Unknown(other),
+        }
+    }
+}
+
+/// One frame on a link.
+///
+/// Channel frames name the channel by the *sender's* [`WireChannel`] number: `Open`, `Data`,
+/// `Backlog` and `End` travel producer → consumer and carry the producer side's number;
+/// `Credit` and `Cancel` travel consumer → producer and echo that same number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// First frame in each direction: who we are. The dialler sends it first; the acceptor
+    /// answers with its own `Hello` once it keeps the connection, or with `GoAway`.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u16,
+        /// Shared by every member of one cluster; a mismatch refuses the link.
+        cluster: u64,
+        /// The sender's node id.
+        node: NodeId,
+    },
+    /// The link is closing, and why.
+    GoAway {
+        /// The reason.
+        code: GoAwayCode,
+    },
+    /// A new channel from producer slot `producer` to consumer slot `consumer` of `job`
+    /// (the producer lives on the sending node, the consumer on the receiving node).
+    Open {
+        /// The sender's number for the channel.
+        channel: WireChannel,
+        /// The job the channel belongs to.
+        job: JobId,
+        /// Producer slot on the sending node.
+        producer: u32,
+        /// Consumer slot on the receiving node.
+        consumer: u32,
+    },
+    /// One message of a channel. Sent only against credit.
+    Data {
+        /// The channel.
+        channel: WireChannel,
+        /// The message bytes.
+        payload: Bytes,
+    },
+    /// The producer wants credit. `need` is the size of a message it is holding back (0 when
+    /// it only asks ahead); `want` is how much more it would like on top, as a hint.
+    Backlog {
+        /// The channel.
+        channel: WireChannel,
+        /// Bytes that must be granted for the producer to make progress.
+        need: u32,
+        /// Extra bytes the producer could use soon.
+        want: u32,
+    },
+    /// The consumer side grants `bytes` more bytes of buffer to the channel.
+    Credit {
+        /// The channel.
+        channel: WireChannel,
+        /// Bytes granted.
+        bytes: u32,
+    },
+    /// The producer closed the channel; `sent` is the total payload bytes it sent, so the
+    /// receiver can return unused credit to its pool.
+    End {
+        /// The channel.
+        channel: WireChannel,
+        /// Total payload bytes sent on the channel.
+        sent: u64,
+    },
+    /// The consumer side will take no more data on the channel.
+    Cancel {
+        /// The channel.
+        channel: WireChannel,
+        /// Why.
+        code: CancelCode,
+    },
+    /// Liveness probe; the peer answers with `Pong` carrying the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// Answer to `Ping`.
+    Pong {
+        /// The nonce of the ping answered.
+        nonce: u64,
+    },
+}
+
+impl Frame {
+    /// Whether the frame carries channel payload (and so is subject to credit).
+    pub fn is_data(&self) -> bool {
+        matches!(self, Frame::Data { .. })
+    }
+}

@@ -1,0 +1,14 @@
+//! plexus-proto: the sans-IO protocol core of plexus.
+//!
+//! Everything here is a pure state machine: no sockets, no threads, no clock. Inputs are
+//! `handle_*` calls (bytes received, time passed, application commands); outputs are `poll_*`
+//! calls (bytes to send, events for the application, the next timer). The runtime crate moves
+//! bytes between sockets and this core and does nothing else.
+
+pub mod codec;
+pub mod frame;
+pub mod ids;
+
+pub use bytes::Bytes;
+pub use frame::Frame;
+pub use ids::{Endpoint, JobId, NodeId, WireChannel};
