@@ -35,6 +35,7 @@ const KIND_END: u8 = 7;
 const KIND_CANCEL: u8 = 8;
 const KIND_PING: u8 = 9;
 const KIND_PONG: u8 = 10;
+const KIND_ABORT: u8 = 11;
 
 /// A frame that could not be decoded. Any of these closes the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +117,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             put_head(out, KIND_END, 12);
             out.put_u32_le(channel.0);
             out.put_u64_le(*sent);
+        }
+        Frame::Abort { channel } => {
+            put_head(out, KIND_ABORT, 4);
+            out.put_u32_le(channel.0);
         }
         Frame::Cancel { channel, code } => {
             put_head(out, KIND_CANCEL, 6);
@@ -286,6 +291,12 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
             Frame::End {
                 channel: WireChannel(body.get_u32_le()),
                 sent: body.get_u64_le(),
+            }
+        }
+        KIND_ABORT => {
+            exact(4)?;
+            Frame::Abort {
+                channel: WireChannel(body.get_u32_le()),
             }
         }
         KIND_CANCEL => {

@@ -96,7 +96,7 @@ impl CancelCode {
 /// One frame on a link.
 ///
 /// Channel frames name the channel by the *sender's* [`WireChannel`] number: `Open`, `Data`,
-/// `Backlog` and `End` travel producer → consumer and carry the producer side's number;
+/// `Backlog`, `End` and `Abort` travel producer → consumer and carry the producer side's number;
 /// `Credit` and `Cancel` travel consumer → producer and echo that same number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -159,6 +159,11 @@ pub enum Frame {
         /// Total payload bytes sent on the channel.
         sent: u64,
     },
+    /// The producer dropped the channel without closing it: the stream is incomplete.
+    Abort {
+        /// The channel.
+        channel: WireChannel,
+    },
     /// The consumer side will take no more data on the channel.
     Cancel {
         /// The channel.
@@ -182,5 +187,22 @@ impl Frame {
     /// Whether the frame carries channel payload (and so is subject to credit).
     pub fn is_data(&self) -> bool {
         matches!(self, Frame::Data { .. })
+    }
+
+    /// The frame kind's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::GoAway { .. } => "GoAway",
+            Frame::Open { .. } => "Open",
+            Frame::Data { .. } => "Data",
+            Frame::Backlog { .. } => "Backlog",
+            Frame::Credit { .. } => "Credit",
+            Frame::End { .. } => "End",
+            Frame::Abort { .. } => "Abort",
+            Frame::Cancel { .. } => "Cancel",
+            Frame::Ping { .. } => "Ping",
+            Frame::Pong { .. } => "Pong",
+        }
     }
 }

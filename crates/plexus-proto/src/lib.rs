@@ -6,9 +6,16 @@
 //! bytes between sockets and this core and does nothing else.
 
 pub mod codec;
+pub mod config;
 pub mod frame;
 pub mod ids;
 
 pub use bytes::Bytes;
 pub use frame::Frame;
 pub use ids::{Endpoint, JobId, NodeId, WireChannel};
+pub mod credit;
+pub mod node;
+pub mod scheduler;
+
+pub use config::Config;
+pub use node::{Event, ExchangeError, LinkCause, LinkId, NodeCore, Recv, Scope, Stats, Transmit, TrySendError};

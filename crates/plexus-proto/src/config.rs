@@ -1,0 +1,99 @@
+//! Tunables of a node's protocol core, with defaults that suit a data center.
+//!
+//! Invariant (checked by [`Config::validate`]): the credit reserve, and so the largest
+//! message, fits in a consumer's pool; a blocked sender can always be served eventually.
+
+use std::time::Duration;
+
+use crate::ids::NodeId;
+
+/// Configuration of one node's protocol core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id, unique in the cluster.
+    pub node: NodeId,
+    /// Shared by all members; a peer with another value is refused.
+    pub cluster: u64,
+    /// Largest message a producer may send, in bytes.
+    pub max_message: u32,
+    /// Credit pool of each consumer, in bytes: the most its channels can hold anywhere.
+    pub credit_pool: u64,
+    /// Largest single grant from a pool, in bytes.
+    pub max_grant: u64,
+    /// How much a sender asks for beyond its immediate need.
+    pub credit_want: u32,
+    /// A sender asks ahead once its unused credit falls below this.
+    pub credit_low_water: u32,
+    /// Deficit round robin quantum of a link's scheduler, in bytes.
+    pub quantum: usize,
+    /// A ping is sent on a link that sent nothing for this long.
+    pub ping_interval: Duration,
+    /// A link that received nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection must complete its handshake within this time.
+    pub handshake_timeout: Duration,
+    /// Dial attempts before a peer is declared unreachable.
+    pub dial_attempts: u32,
+    /// Delay before the first redial; doubles on each further attempt.
+    pub dial_backoff: Duration,
+    /// Channels opened by peers for consumers that do not exist yet, held (without data)
+    /// until the consumer appears. Beyond this, new ones are refused.
+    pub max_parked_channels: usize,
+}
+
+/// A configuration that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The pool cannot hold the largest message.
+    #[error("credit pool of {pool} bytes cannot hold a message of {max_message} bytes")]
+    PoolTooSmall {
+        /// Pool size.
+        pool: u64,
+        /// Largest message.
+        max_message: u32,
+    },
+    /// Messages must fit a frame.
+    #[error("max_message of {0} bytes is out of range (1 ..= 256 MiB)")]
+    MessageSize(u32),
+}
+
+impl Config {
+    /// Defaults for node `node` of cluster `cluster`.
+    pub fn new(node: NodeId, cluster: u64) -> Self {
+        Self {
+            node,
+            cluster,
+            max_message: 1 << 20,
+            credit_pool: 4 << 20,
+            max_grant: 1 << 20,
+            credit_want: 256 << 10,
+            credit_low_water: 64 << 10,
+            quantum: 64 << 10,
+            ping_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            dial_attempts: 6,
+            dial_backoff: Duration::from_millis(50),
+            max_parked_channels: 1 << 20,
+        }
+    }
+
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message == 0 || self.max_message > 256 << 20 {
+            return Err(ConfigError::MessageSize(self.max_message));
+        }
+        if u64::from(self.max_message) > self.credit_pool {
+            return Err(ConfigError::PoolTooSmall {
+                pool: self.credit_pool,
+                max_message: self.max_message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Largest frame body the decoder accepts: a data frame of the largest message.
+    pub fn max_frame_body(&self) -> usize {
+        crate::codec::data_frame_len(self.max_message as usize)
+    }
+}

@@ -1,0 +1,347 @@
+//! Per-channel credit: the sender's view ([`SendCredit`]) and the receiver's pool
+//! ([`CreditPool`]) that grants buffer space lazily to channels that ask for it.
+//!
+//! The protocol: a sender puts a message on the link only when its channel's credit covers
+//! the whole message. When it is short, it sends one `Backlog { need, want }` and waits for
+//! exactly one `Credit` answer before asking again. `need` is what it must get to move the
+//! message it holds back; `want` is a hint for how much more it could use soon.
+//!
+//! The receiver's pool (one per consumer) has a fixed capacity. Invariants:
+//! - `outstanding` (granted and not yet released) never exceeds `capacity`, so the bytes a
+//!   consumer's channels hold anywhere — sender queues, the wire, the receive queue — are
+//!   bounded by the pool, whatever the consumer does.
+//! - A `need` is served in arrival order (FIFO) as soon as the pool has room for it.
+//! - Speculative grants (`want`) never take free space below `reserve`, and `reserve` is at
+//!   least the largest `need` there can be (the largest message). Credit granted ahead of
+//!   need may sit unused at an idle sender, but it can never take the space a blocked
+//!   sender needs, so a blocked `need` always gets its grant once the consumer reads.
+//! - A channel with no request holds nothing: idle channels cost no buffer.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// Sender side of one channel's credit.
+#[derive(Clone, Debug, Default)]
+pub struct SendCredit {
+    /// Granted bytes not yet spent on messages.
+    available: u64,
+    /// A `Backlog` was sent and its `Credit` answer has not arrived.
+    request_in_flight: bool,
+    /// Size of the message the application could not send for lack of credit (0: none).
+    blocked: u64,
+    /// The last speculative request was answered with 0; do not ask ahead again until a
+    /// real need arises.
+    ahead_refused: bool,
+}
+
+/// A `Backlog` request the sender should put on the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreditRequest {
+    /// Bytes needed to send the held-back message (0: asking ahead).
+    pub need: u32,
+    /// Extra bytes wanted.
+    pub want: u32,
+}
+
+/// Tuning of the sender's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendPolicy {
+    /// How much a sender asks for beyond its immediate need.
+    pub want: u32,
+    /// When available credit falls below this after a send, ask ahead.
+    pub low_water: u32,
+}
+
+impl SendCredit {
+    /// Bytes of credit available.
+    pub fn available(&self) -> u64 {
+        self.available
+    }
+
+    /// Whether the application is waiting for credit on this channel.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked > 0
+    }
+
+    /// Tries to spend credit for a message of `len` bytes. On success the message may be
+    /// queued. Either way, the returned request (if any) must be sent as a `Backlog`.
+    pub fn try_spend(
+        &mut self,
+        len: u32,
+        policy: SendPolicy,
+    ) -> (bool, Option<CreditRequest>) {
+        let len = u64::from(len);
+        if self.available >= len {
+            self.available -= len;
+            self.blocked = 0;
+            let ask_ahead = !self.request_in_flight
+                && !self.ahead_refused
+                && self.available < u64::from(policy.low_water);
+            let request = ask_ahead.then(|| self.issue(0, policy));
+            (true, request)
+        } else {
+            self.blocked = len;
+            let request = (!self.request_in_flight).then(|| {
+                let need = (len - self.available) as u32;
+                self.issue(need, policy)
+            });
+            (false, request)
+        }
+    }
+
+    /// Applies a `Credit` answer. Returns whether a blocked message can now go, and a
+    /// follow-up request if the grant still does not cover it.
+    pub fn on_grant(&mut self, bytes: u32, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
+        self.request_in_flight = false;
+        self.available = self.available.saturating_add(u64::from(bytes));
+        self.ahead_refused = bytes == 0;
+        if self.blocked == 0 {
+            return (false, None);
+        }
+        if self.available >= self.blocked {
+            return (true, None);
+        }
+        let need = (self.blocked - self.available) as u32;
+        (false, Some(self.issue(need, policy)))
+    }
+
+    fn issue(&mut self, need: u32, policy: SendPolicy) -> CreditRequest {
+        self.request_in_flight = true;
+        if need > 0 {
+            self.ahead_refused = false;
+        }
+        CreditRequest {
+            need,
+            want: policy.want,
+        }
+    }
+}
+
+/// One pending request at the pool.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    need: u64,
+    want: u64,
+}
+
+/// Why the pool refused a request outright (the link must close: the peer broke protocol).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CreditError {
+    /// A `need` larger than the pool can ever hold.
+    #[error("credit need of {need} bytes exceeds the pool reserve of {reserve}")]
+    NeedTooLarge {
+        /// Requested.
+        need: u64,
+        /// The pool's reserve (the largest need it honours).
+        reserve: u64,
+    },
+    /// A second request before the first was answered.
+    #[error("a credit request arrived while one is already pending for the channel")]
+    DuplicateRequest,
+}
+
+/// Receiver-side credit pool of one consumer, shared by all its channels.
+#[derive(Clone, Debug)]
+pub struct CreditPool<K> {
+    /// Total bytes the pool may have granted and not yet had back.
+    capacity: u64,
+    /// Free space speculative grants leave untouched; at least the largest possible need.
+    reserve: u64,
+    /// Largest single grant (need plus extra).
+    max_grant: u64,
+    /// Granted and not yet released.
+    outstanding: u64,
+    /// Highest `outstanding` ever reached.
+    peak: u64,
+    /// Channels with a pending request, in arrival order.
+    queue: VecDeque<K>,
+    /// The pending request of each queued channel.
+    pending: HashMap<K, Pending>,
+}
+
+impl<K: Copy + Eq + Hash> CreditPool<K> {
+    /// A pool of `capacity` bytes, honouring needs up to `reserve` bytes and granting at
+    /// most `max_grant` at once (never less than the need).
+    ///
+    /// # Panics
+    /// If `reserve > capacity`: such a pool could refuse a legal need forever.
+    pub fn new(capacity: u64, reserve: u64, max_grant: u64) -> Self {
+        assert!(reserve <= capacity, "credit reserve exceeds pool capacity");
+        Self {
+            capacity,
+            reserve,
+            max_grant,
+            outstanding: 0,
+            peak: 0,
+            queue: VecDeque::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Granted bytes not yet released.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding
+    }
+
+    /// Highest `outstanding` ever reached.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// Number of channels waiting for an answer.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Records a `Backlog` from `key`. Call [`CreditPool::poll_grants`] afterwards.
+    pub fn request(&mut self, key: K, need: u32, want: u32) -> Result<(), CreditError> {
+        let need = u64::from(need);
+        if need > self.reserve {
+            return Err(CreditError::NeedTooLarge {
+                need,
+                reserve: self.reserve,
+            });
+        }
+        if self.pending.contains_key(&key) {
+            return Err(CreditError::DuplicateRequest);
+        }
+        self.pending.insert(
+            key,
+            Pending {
+                need,
+                want: u64::from(want),
+            },
+        );
+        self.queue.push_back(key);
+        Ok(())
+    }
+
+    /// Returns `bytes` previously granted (consumed by the application, or unused at the
+    /// end of a channel).
+    pub fn release(&mut self, bytes: u64) {
+        debug_assert!(bytes <= self.outstanding, "released more than granted");
+        self.outstanding = self.outstanding.saturating_sub(bytes);
+    }
+
+    /// Drops the pending request of `key`, if any (the channel ended or failed).
+    pub fn forget(&mut self, key: K) {
+        if self.pending.remove(&key).is_some() {
+            self.queue.retain(|k| *k != key);
+        }
+    }
+
+    /// Answers every pending request that can be answered now, in FIFO order, appending
+    /// `(channel, granted bytes)` to `out`. A grant of 0 answers a speculative request the
+    /// pool has no room for. Stops at the first need that does not fit.
+    pub fn poll_grants(&mut self, out: &mut Vec<(K, u32)>) {
+        while let Some(&key) = self.queue.front() {
+            let Some(&Pending { need, want }) = self.pending.get(&key) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let free = self.capacity - self.outstanding;
+            if need > free {
+                break;
+            }
+            let room_ahead = (free - need).saturating_sub(self.reserve);
+            let cap_ahead = self.max_grant.saturating_sub(need);
+            let grant = need + want.min(room_ahead).min(cap_ahead);
+            self.queue.pop_front();
+            self.pending.remove(&key);
+            self.outstanding += grant;
+            self.peak = self.peak.max(self.outstanding);
+            // Grants are bounded by max(need, max_grant), both far below u32::MAX.
+            out.push((key, u32::try_from(grant).unwrap_or(u32::MAX)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: SendPolicy = SendPolicy {
+        want: 1000,
+        low_water: 500,
+    };
+
+    #[test]
+    fn blocked_sender_asks_for_its_need_once() {
+        let mut c = SendCredit::default();
+        let (ok, req) = c.try_spend(300, POLICY);
+        assert!(!ok);
+        assert_eq!(req, Some(CreditRequest { need: 300, want: 1000 }));
+        let (ok, req) = c.try_spend(300, POLICY);
+        assert!(!ok);
+        assert_eq!(req, None, "one request in flight at a time");
+        let (ready, req) = c.on_grant(300, POLICY);
+        assert!(ready);
+        assert_eq!(req, None);
+        assert!(c.try_spend(300, POLICY).0);
+    }
+
+    #[test]
+    fn partial_grant_asks_for_the_rest() {
+        let mut c = SendCredit::default();
+        c.try_spend(300, POLICY);
+        let (ready, req) = c.on_grant(100, POLICY);
+        assert!(!ready);
+        assert_eq!(req, Some(CreditRequest { need: 200, want: 1000 }));
+    }
+
+    #[test]
+    fn refused_speculation_is_not_repeated_until_a_need() {
+        let mut c = SendCredit::default();
+        c.try_spend(10, POLICY);
+        c.on_grant(10, POLICY);
+        let (ok, req) = c.try_spend(10, POLICY);
+        assert!(ok);
+        assert_eq!(req, Some(CreditRequest { need: 0, want: 1000 }));
+        c.on_grant(0, POLICY);
+        assert_eq!(c.try_spend(0, POLICY), (true, None));
+        let (ok, req) = c.try_spend(5, POLICY);
+        assert!(!ok);
+        assert_eq!(req, Some(CreditRequest { need: 5, want: 1000 }));
+    }
+
+    #[test]
+    fn pool_serves_needs_in_order_and_keeps_the_reserve() {
+        let mut p = CreditPool::new(1000, 400, 10_000);
+        p.request(1u32, 100, 1000).unwrap();
+        p.request(2u32, 0, 1000).unwrap();
+        let mut out = Vec::new();
+        p.poll_grants(&mut out);
+        // 1 gets its need plus what leaves the reserve free: 100 + (900 - 400) = 600.
+        // 2 asked ahead only: free is 400, all reserve, so it gets 0.
+        assert_eq!(out, vec![(1, 600), (2, 0)]);
+        assert_eq!(p.outstanding(), 600);
+        p.request(3u32, 400, 0).unwrap();
+        out.clear();
+        p.poll_grants(&mut out);
+        assert_eq!(out, vec![(3, 400)]);
+        p.request(4u32, 50, 0).unwrap();
+        out.clear();
+        p.poll_grants(&mut out);
+        assert!(out.is_empty(), "pool is full");
+        p.release(50);
+        p.poll_grants(&mut out);
+        assert_eq!(out, vec![(4, 50)]);
+        assert_eq!(p.peak(), 1000);
+    }
+
+    #[test]
+    fn pool_rejects_oversized_and_duplicate_requests() {
+        let mut p = CreditPool::new(1000, 400, 10_000);
+        assert!(matches!(
+            p.request(1u32, 401, 0),
+            Err(CreditError::NeedTooLarge { .. })
+        ));
+        p.request(1u32, 10, 0).unwrap();
+        assert_eq!(p.request(1u32, 10, 0), Err(CreditError::DuplicateRequest));
+    }
+}

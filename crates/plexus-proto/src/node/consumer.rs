@@ -1,0 +1,426 @@
+//! The consumer side: attaching incoming channels (or parking them until their consumer
+//! exists), granting credit from the consumer's pool, queuing arriving messages, and
+//! reporting ends and errors.
+//!
+//! Invariants: a channel never receives more payload than it was granted (a peer that
+//! exceeds its credit breaks the protocol and loses the link); every byte granted is
+//! released exactly once, when the application reads it or when the channel ends, fails or
+//! is cancelled; a parked channel holds no data, only its record.
+
+use bytes::Bytes;
+
+use super::state::{Consumer, InChannel, InKey, LocalKey, PeerState};
+use super::{Event, ExchangeError, NodeCore};
+use crate::credit::CreditPool;
+use crate::frame::{CancelCode, Frame};
+use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
+
+/// What a consumer gets when it polls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// The next message, and the producer that sent it.
+    Message(Endpoint, Bytes),
+    /// A failure affecting some of the consumer's producers; others may still deliver.
+    Error(ExchangeError),
+    /// Every producer has closed and every message was read.
+    Finished,
+    /// Nothing yet; a `ConsumerReady` event follows when there is.
+    Pending,
+}
+
+impl NodeCore {
+    /// Opens consumer `slot` of `job`, which receives from `producers`.
+    pub fn open_consumer(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        producers: impl IntoIterator<Item = Endpoint>,
+    ) -> Result<(), ExchangeError> {
+        let key = (job, slot);
+        if self.consumers.contains_key(&key) || self.closed_consumers.contains(&key) {
+            return Err(ExchangeError::SlotInUse {
+                job,
+                slot,
+                role: "consumer",
+            });
+        }
+        let expected: std::collections::HashSet<Endpoint> = producers.into_iter().collect();
+        let mut consumer = Consumer {
+            pool: CreditPool::new(
+                self.config.credit_pool,
+                u64::from(self.config.max_message),
+                self.config.max_grant,
+            ),
+            queue: Default::default(),
+            remaining: expected.clone(),
+            expected,
+            errors: Default::default(),
+            channels: Default::default(),
+        };
+        let mut failed_peers: Vec<(NodeId, ExchangeError)> = Vec::new();
+        for producer in &consumer.expected {
+            if let Some(PeerState::Failed(cause)) = self.peers.get(&producer.node).map(|p| &p.state)
+            {
+                if !failed_peers.iter().any(|(n, _)| *n == producer.node) {
+                    failed_peers.push((
+                        producer.node,
+                        ExchangeError::LinkFailed {
+                            peer: producer.node,
+                            cause: cause.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        for (node, error) in failed_peers {
+            consumer.remaining.retain(|p| p.node != node);
+            consumer.errors.push_back(error);
+        }
+        self.consumers.insert(key, consumer);
+        for in_key in self.parked.remove(&key).unwrap_or_default() {
+            self.parked_count -= 1;
+            self.attach(key, in_key);
+        }
+        self.grant(key);
+        self.events.push_back(Event::ConsumerReady { job, slot });
+        Ok(())
+    }
+
+    /// Takes the next thing for consumer `slot` of `job` to read.
+    pub fn poll_recv(&mut self, job: JobId, slot: u32) -> Recv {
+        let key = (job, slot);
+        let Some(c) = self.consumers.get_mut(&key) else {
+            return Recv::Error(ExchangeError::NoSuchEndpoint {
+                job,
+                slot,
+                role: "consumer",
+            });
+        };
+        if let Some((from, payload)) = c.queue.pop_front() {
+            let len = payload.len() as u64;
+            c.pool.release(len);
+            self.recv_queued_bytes -= len;
+            self.grant(key);
+            return Recv::Message(from, payload);
+        }
+        if let Some(error) = c.errors.pop_front() {
+            return Recv::Error(error);
+        }
+        if c.remaining.is_empty() {
+            return Recv::Finished;
+        }
+        Recv::Pending
+    }
+
+    /// Removes consumer `slot` of `job`. Its open channels are cancelled: their producers
+    /// are told, and data still on its way is dropped on arrival.
+    pub fn drop_consumer(&mut self, job: JobId, slot: u32) {
+        let key = (job, slot);
+        let Some(c) = self.consumers.remove(&key) else {
+            return;
+        };
+        self.closed_consumers.insert(key);
+        let queued: u64 = c.queue.iter().map(|(_, b)| b.len() as u64).sum();
+        self.recv_queued_bytes -= queued;
+        for in_key in c.channels {
+            if let Some(ch) = self.in_channels.get_mut(&in_key) {
+                ch.cancelled = true;
+                ch.attached = false;
+            }
+            self.push_control(
+                in_key.0,
+                Frame::Cancel {
+                    channel: in_key.1,
+                    code: CancelCode::ConsumerGone,
+                },
+            );
+        }
+    }
+
+    /// Handles a channel frame that arrived from `peer` (or from this node itself).
+    pub(super) fn handle_frame(&mut self, peer: NodeId, frame: Frame) -> Result<(), String> {
+        match frame {
+            Frame::Open {
+                channel,
+                job,
+                producer,
+                consumer,
+            } => self.on_open(peer, channel, job, producer, consumer),
+            Frame::Data { channel, payload } => self.on_data(peer, channel, payload),
+            Frame::Backlog {
+                channel,
+                need,
+                want,
+            } => self.on_backlog(peer, channel, need, want),
+            Frame::End { channel, sent } => self.on_finish(peer, channel, Some(sent)),
+            Frame::Abort { channel } => self.on_finish(peer, channel, None),
+            Frame::Credit { channel, bytes } => {
+                self.on_credit(peer, channel, bytes);
+                Ok(())
+            }
+            Frame::Cancel { channel, code } => {
+                self.on_cancel(peer, channel, code);
+                Ok(())
+            }
+            other => Err(format!("unexpected {} frame", other.name())),
+        }
+    }
+
+    fn on_open(
+        &mut self,
+        peer: NodeId,
+        wire: WireChannel,
+        job: JobId,
+        producer: u32,
+        consumer: u32,
+    ) -> Result<(), String> {
+        let in_key = (peer, wire);
+        if self.in_channels.contains_key(&in_key) {
+            return Err(format!("channel {} opened twice", wire.0));
+        }
+        let local = (job, consumer);
+        self.in_channels.insert(
+            in_key,
+            InChannel {
+                consumer: local,
+                producer: Endpoint::new(peer, producer),
+                granted: 0,
+                received: 0,
+                attached: false,
+                cancelled: false,
+                parked_request: None,
+                parked_finish: None,
+            },
+        );
+        if self.consumers.contains_key(&local) {
+            self.attach(local, in_key);
+        } else if self.closed_consumers.contains(&local)
+            || self.parked_count >= self.config.max_parked_channels
+        {
+            self.cancel(in_key, CancelCode::ConsumerGone);
+        } else {
+            self.parked.entry(local).or_default().push(in_key);
+            self.parked_count += 1;
+        }
+        Ok(())
+    }
+
+    /// Joins a channel to its (now existing) consumer, applying what happened while parked.
+    fn attach(&mut self, local: LocalKey, in_key: InKey) {
+        let Some(ch) = self.in_channels.get_mut(&in_key) else {
+            return;
+        };
+        let producer = ch.producer;
+        let Some(c) = self.consumers.get_mut(&local) else {
+            return;
+        };
+        if !c.expected.contains(&producer) {
+            self.cancel(in_key, CancelCode::UnknownConsumer);
+            return;
+        }
+        ch.attached = true;
+        c.channels.insert(in_key);
+        let request = ch.parked_request.take();
+        if let Some(outcome) = ch.parked_finish.take() {
+            self.in_channels.remove(&in_key);
+            c.channels.remove(&in_key);
+            c.remaining.remove(&producer);
+            if let Some(error) = outcome {
+                c.errors.push_back(error);
+            }
+            return;
+        }
+        if let Some((need, want)) = request {
+            // A need above the reserve is refused: the channel is cancelled.
+            if c.pool.request(in_key, need, want).is_err() {
+                self.cancel(in_key, CancelCode::UnknownConsumer);
+            }
+        }
+    }
+
+    /// Refuses a channel: tells the producer, keeps a tombstone until its `Abort` or `End`.
+    fn cancel(&mut self, in_key: InKey, code: CancelCode) {
+        if let Some(ch) = self.in_channels.get_mut(&in_key) {
+            ch.cancelled = true;
+            ch.attached = false;
+        }
+        self.push_control(
+            in_key.0,
+            Frame::Cancel {
+                channel: in_key.1,
+                code,
+            },
+        );
+    }
+
+    fn on_data(&mut self, peer: NodeId, wire: WireChannel, payload: Bytes) -> Result<(), String> {
+        let in_key = (peer, wire);
+        let Some(ch) = self.in_channels.get_mut(&in_key) else {
+            return Err(format!("data on unknown channel {}", wire.0));
+        };
+        let len = payload.len() as u64;
+        if ch.received + len > ch.granted {
+            return Err(format!(
+                "channel {} sent {} bytes beyond its credit",
+                wire.0,
+                ch.received + len - ch.granted
+            ));
+        }
+        ch.received += len;
+        if !ch.attached {
+            return Ok(()); // cancelled: dropped on arrival
+        }
+        let local = ch.consumer;
+        let producer = ch.producer;
+        if let Some(c) = self.consumers.get_mut(&local) {
+            c.queue.push_back((producer, payload));
+            self.recv_queued_bytes += len;
+            self.events.push_back(Event::ConsumerReady {
+                job: local.0,
+                slot: local.1,
+            });
+        }
+        Ok(())
+    }
+
+    fn on_backlog(
+        &mut self,
+        peer: NodeId,
+        wire: WireChannel,
+        need: u32,
+        want: u32,
+    ) -> Result<(), String> {
+        let in_key = (peer, wire);
+        let Some(ch) = self.in_channels.get_mut(&in_key) else {
+            return Err(format!("backlog on unknown channel {}", wire.0));
+        };
+        if ch.cancelled {
+            return Ok(());
+        }
+        if !ch.attached {
+            if ch.parked_request.replace((need, want)).is_some() {
+                return Err("second credit request before an answer".into());
+            }
+            return Ok(());
+        }
+        let local = ch.consumer;
+        if let Some(c) = self.consumers.get_mut(&local) {
+            c.pool.request(in_key, need, want).map_err(|e| e.to_string())?;
+        }
+        self.grant(local);
+        Ok(())
+    }
+
+    /// `End` (with the producer's count of bytes sent) or `Abort` (`sent: None`).
+    fn on_finish(&mut self, peer: NodeId, wire: WireChannel, sent: Option<u64>) -> Result<(), String> {
+        let in_key = (peer, wire);
+        let Some(ch) = self.in_channels.get_mut(&in_key) else {
+            return Err(format!("end of unknown channel {}", wire.0));
+        };
+        if let Some(sent) = sent {
+            if sent != ch.received {
+                return Err(format!(
+                    "channel {} ended after {} bytes but {} arrived",
+                    wire.0, sent, ch.received
+                ));
+            }
+        }
+        let outcome = match sent {
+            Some(_) => None,
+            None => Some(ExchangeError::ProducerAborted {
+                producer: ch.producer,
+            }),
+        };
+        if ch.cancelled {
+            self.in_channels.remove(&in_key);
+            return Ok(());
+        }
+        if !ch.attached {
+            ch.parked_finish = Some(outcome);
+            return Ok(());
+        }
+        let unused = ch.granted - ch.received;
+        let local = ch.consumer;
+        let producer = ch.producer;
+        self.in_channels.remove(&in_key);
+        if let Some(c) = self.consumers.get_mut(&local) {
+            c.pool.forget(in_key);
+            c.pool.release(unused);
+            c.channels.remove(&in_key);
+            c.remaining.remove(&producer);
+            if let Some(error) = outcome {
+                c.errors.push_back(error);
+            }
+        }
+        self.grant(local);
+        self.events.push_back(Event::ConsumerReady {
+            job: local.0,
+            slot: local.1,
+        });
+        Ok(())
+    }
+
+    /// Answers what the consumer's pool can answer now with `Credit` frames.
+    fn grant(&mut self, local: LocalKey) {
+        let Some(c) = self.consumers.get_mut(&local) else {
+            return;
+        };
+        let mut grants = std::mem::take(&mut self.grant_scratch);
+        c.pool.poll_grants(&mut grants);
+        for (in_key, bytes) in grants.drain(..) {
+            if let Some(ch) = self.in_channels.get_mut(&in_key) {
+                ch.granted += u64::from(bytes);
+            }
+            self.push_control(
+                in_key.0,
+                Frame::Credit {
+                    channel: in_key.1,
+                    bytes,
+                },
+            );
+        }
+        self.grant_scratch = grants;
+    }
+
+    /// Fails every consumer expecting a producer on `peer`, and drops the incoming
+    /// channels from `peer`, returning their credit.
+    pub(super) fn fail_in_channels(&mut self, peer: NodeId, error: &ExchangeError) {
+        let keys: Vec<InKey> = self
+            .in_channels
+            .keys()
+            .filter(|(node, _)| *node == peer)
+            .copied()
+            .collect();
+        for in_key in keys {
+            let Some(ch) = self.in_channels.remove(&in_key) else {
+                continue;
+            };
+            if let Some(c) = self.consumers.get_mut(&ch.consumer) {
+                c.pool.forget(in_key);
+                c.pool.release(ch.granted - ch.received);
+                c.channels.remove(&in_key);
+            }
+            if let Some(list) = self.parked.get_mut(&ch.consumer) {
+                let before = list.len();
+                list.retain(|k| *k != in_key);
+                self.parked_count -= before - list.len();
+            }
+        }
+        let mut touched = Vec::new();
+        for (&local, c) in &mut self.consumers {
+            let before = c.remaining.len();
+            c.remaining.retain(|p| p.node != peer);
+            if c.remaining.len() != before {
+                c.errors.push_back(error.clone());
+                touched.push(local);
+            }
+        }
+        for local in touched {
+            self.grant(local);
+            self.events.push_back(Event::ConsumerReady {
+                job: local.0,
+                slot: local.1,
+            });
+        }
+    }
+}

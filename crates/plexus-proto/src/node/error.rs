@@ -1,0 +1,133 @@
+//! Errors the core reports to endpoints, each saying its scope: one channel, one job,
+//! a link to a peer, or the local node's usage.
+
+use std::fmt;
+
+use crate::frame::{CancelCode, GoAwayCode};
+use crate::ids::{Endpoint, JobId, NodeId};
+
+/// How far an error reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One channel; the endpoint's other channels go on.
+    Channel,
+    /// Every channel that crosses one link.
+    Link,
+    /// A misuse of the API by the caller; nothing else is affected.
+    Usage,
+}
+
+/// Why a link failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkCause {
+    /// Dialling failed every attempt; the last error is given.
+    Unreachable(String),
+    /// The peer sent something that breaks the protocol.
+    Protocol(String),
+    /// The peer closed the link, saying why.
+    GoAway(GoAwayCode),
+    /// Nothing was heard from the peer for the idle timeout.
+    Silent,
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// The connection broke (reset, EOF, I/O error).
+    Io(String),
+}
+
+impl fmt::Display for LinkCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkCause::Unreachable(e) => write!(f, "unreachable: {e}"),
+            LinkCause::Protocol(e) => write!(f, "protocol violation: {e}"),
+            LinkCause::GoAway(code) => write!(f, "peer closed the link: {code:?}"),
+            LinkCause::Silent => write!(f, "peer silent past the idle timeout"),
+            LinkCause::HandshakeTimeout => write!(f, "handshake timed out"),
+            LinkCause::Io(e) => write!(f, "connection lost: {e}"),
+        }
+    }
+}
+
+/// An error an endpoint sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The link to a peer failed; every channel crossing it fails.
+    #[error("link to {peer} failed: {cause}")]
+    LinkFailed {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        cause: LinkCause,
+    },
+    /// The consumer side refused or stopped taking the channel.
+    #[error("channel to consumer {consumer} was cancelled: {code:?}")]
+    Cancelled {
+        /// The consumer.
+        consumer: Endpoint,
+        /// Why.
+        code: CancelCode,
+    },
+    /// The producer dropped its channel without closing it.
+    #[error("producer {producer} aborted before closing its channel")]
+    ProducerAborted {
+        /// The producer.
+        producer: Endpoint,
+    },
+    /// The endpoint is not part of the job's topology.
+    #[error("{endpoint} is not a {role} of {job}")]
+    NotInJob {
+        /// The job.
+        job: JobId,
+        /// The endpoint named.
+        endpoint: Endpoint,
+        /// "producer" or "consumer".
+        role: &'static str,
+    },
+    /// The slot is already in use.
+    #[error("{role} slot {slot} of {job} is already open on this node")]
+    SlotInUse {
+        /// The job.
+        job: JobId,
+        /// The slot.
+        slot: u32,
+        /// "producer" or "consumer".
+        role: &'static str,
+    },
+    /// A message above the configured maximum.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    MessageTooLarge {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: u32,
+    },
+    /// The producer was closed already.
+    #[error("the producer is closed")]
+    Closed,
+    /// No such endpoint is open on this node.
+    #[error("no {role} at slot {slot} of {job} on this node")]
+    NoSuchEndpoint {
+        /// The job.
+        job: JobId,
+        /// The slot.
+        slot: u32,
+        /// "producer" or "consumer".
+        role: &'static str,
+    },
+}
+
+impl ExchangeError {
+    /// How far the error reaches.
+    pub fn scope(&self) -> Scope {
+        match self {
+            ExchangeError::LinkFailed { .. } => Scope::Link,
+            ExchangeError::Cancelled { .. } | ExchangeError::ProducerAborted { .. } => {
+                Scope::Channel
+            }
+            ExchangeError::NotInJob { .. }
+            | ExchangeError::SlotInUse { .. }
+            | ExchangeError::MessageTooLarge { .. }
+            | ExchangeError::Closed
+            | ExchangeError::NoSuchEndpoint { .. } => Scope::Usage,
+        }
+    }
+}

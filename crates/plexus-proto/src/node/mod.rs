@@ -1,0 +1,300 @@
+//! The node core: one node's whole protocol state, driven by the runtime.
+//!
+//! [`NodeCore`] owns the peers (what is queued for each other node), the connections
+//! (handshake and liveness), the producers' outgoing channels with their credit, and the
+//! consumers' incoming channels with their credit pools. It never blocks and never does I/O.
+//!
+//! # Driving it
+//! - Inputs: [`NodeCore::handle_dialed`], [`NodeCore::handle_dial_failed`],
+//!   [`NodeCore::handle_accepted`], [`NodeCore::handle_bytes`],
+//!   [`NodeCore::handle_link_closed`], [`NodeCore::handle_timeout`], and the application
+//!   commands (`open_producer`, `try_send`, `close_producer`, `open_consumer`, `poll_recv`, …).
+//! - Outputs: after any input, drain [`NodeCore::poll_event`] until `None` and act on each
+//!   event; when a link has a `Transmit` event (or its writer is idle), call
+//!   [`NodeCore::poll_transmit`] and write what it returns; call `handle_timeout` at least
+//!   every [`NodeCore::tick`].
+//!
+//! # Invariants
+//! - Data reaches a peer's queue only against credit its consumer granted, so the bytes
+//!   queued for any consumer anywhere are bounded by that consumer's pool.
+//! - Control frames leave before data; `End`/`Abort` leave in order after the channel's data.
+//! - Incoming bytes are always consumed: nothing here waits for a consumer to read.
+
+mod consumer;
+pub mod error;
+mod link;
+mod producer;
+mod state;
+mod transmit;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::codec::Decoder;
+use crate::config::{Config, ConfigError};
+use crate::credit::SendPolicy;
+use crate::frame::Frame;
+use crate::ids::{JobId, NodeId};
+
+pub use consumer::Recv;
+pub use error::{ExchangeError, LinkCause, Scope};
+pub use producer::TrySendError;
+pub use state::LinkId;
+pub use transmit::Transmit;
+
+use state::{Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer};
+
+/// Something the runtime must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Open a connection to `peer` and report it with `handle_dialed` or
+    /// `handle_dial_failed`.
+    Dial {
+        /// The node to dial.
+        peer: NodeId,
+    },
+    /// The link has bytes to send: call `poll_transmit`.
+    Transmit {
+        /// The link.
+        link: LinkId,
+    },
+    /// The link is closing: send what `poll_transmit` still returns, then shut the socket
+    /// and call `handle_link_closed`.
+    Close {
+        /// The link.
+        link: LinkId,
+        /// Why it closes, to be logged.
+        cause: LinkCause,
+    },
+    /// A producer may be able to make progress (credit arrived, or a channel failed).
+    ProducerReady {
+        /// Its job.
+        job: JobId,
+        /// Its slot.
+        slot: u32,
+    },
+    /// A consumer has something to read (a message, an error, or the end).
+    ConsumerReady {
+        /// Its job.
+        job: JobId,
+        /// Its slot.
+        slot: u32,
+    },
+}
+
+/// Counters describing what the core holds right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections carrying traffic.
+    pub links_up: usize,
+    /// Outgoing channels.
+    pub out_channels: usize,
+    /// Incoming channels (attached or parked).
+    pub in_channels: usize,
+    /// Incoming channels waiting for their consumer.
+    pub parked_channels: usize,
+    /// Payload bytes queued to be sent, all peers.
+    pub send_queued_bytes: u64,
+    /// Payload bytes received and not yet read, all consumers.
+    pub recv_queued_bytes: u64,
+}
+
+/// Credit figures of one consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumerCredit {
+    /// The pool's capacity.
+    pub capacity: u64,
+    /// Granted and not yet consumed or returned.
+    pub outstanding: u64,
+    /// Highest `outstanding` so far: an upper bound of what its channels ever held.
+    pub peak: u64,
+}
+
+/// The protocol state of one node. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct NodeCore {
+    config: Config,
+    send_policy: SendPolicy,
+    decoder: Decoder,
+    peers: HashMap<NodeId, Peer>,
+    links: HashMap<LinkId, Link>,
+    next_link: u64,
+    producers: HashMap<LocalKey, Producer>,
+    out_channels: HashMap<OutKey, OutChannel>,
+    next_out: OutKey,
+    consumers: HashMap<LocalKey, Consumer>,
+    in_channels: HashMap<InKey, InChannel>,
+    /// Incoming channels whose consumer does not exist yet, by that consumer.
+    parked: HashMap<LocalKey, Vec<InKey>>,
+    parked_count: usize,
+    /// Consumers that were dropped: late channels for them are refused at once.
+    closed_consumers: HashSet<LocalKey>,
+    grant_scratch: Vec<(InKey, u32)>,
+    events: VecDeque<Event>,
+    recv_queued_bytes: u64,
+    /// `pump_local` is on the stack; nested calls leave the work to it.
+    pumping: bool,
+}
+
+impl NodeCore {
+    /// A core for the node described by `config`.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let send_policy = SendPolicy {
+            want: config.credit_want,
+            low_water: config.credit_low_water,
+        };
+        let decoder = Decoder::new(config.max_frame_body());
+        let mut peers = HashMap::new();
+        peers.insert(config.node, Peer::new(PeerState::Local, config.quantum));
+        Ok(Self {
+            config,
+            send_policy,
+            decoder,
+            peers,
+            links: HashMap::new(),
+            next_link: 0,
+            producers: HashMap::new(),
+            out_channels: HashMap::new(),
+            next_out: 0,
+            consumers: HashMap::new(),
+            in_channels: HashMap::new(),
+            parked: HashMap::new(),
+            parked_count: 0,
+            closed_consumers: HashSet::new(),
+            grant_scratch: Vec::new(),
+            events: VecDeque::new(),
+            recv_queued_bytes: 0,
+            pumping: false,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    /// The longest interval allowed between two `handle_timeout` calls.
+    pub fn tick(&self) -> Duration {
+        (self.config.ping_interval / 4).max(Duration::from_millis(10))
+    }
+
+    /// The next event for the runtime, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// What the core holds right now.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            links_up: self
+                .peers
+                .values()
+                .filter(|p| matches!(p.state, PeerState::Up(_)))
+                .count(),
+            out_channels: self.out_channels.len(),
+            in_channels: self.in_channels.len(),
+            parked_channels: self.parked_count,
+            send_queued_bytes: self
+                .peers
+                .values()
+                .map(|p| p.data.queued_bytes() as u64)
+                .sum(),
+            recv_queued_bytes: self.recv_queued_bytes,
+        }
+    }
+
+    /// Credit figures of consumer `slot` of `job`, if it is open here.
+    pub fn consumer_credit(&self, job: JobId, slot: u32) -> Option<ConsumerCredit> {
+        self.consumers.get(&(job, slot)).map(|c| ConsumerCredit {
+            capacity: c.pool.capacity(),
+            outstanding: c.pool.outstanding(),
+            peak: c.pool.peak(),
+        })
+    }
+
+    /// Marks `peer` failed with `cause`: every channel crossing to it fails, on both sides.
+    fn fail_peer(&mut self, peer: NodeId, cause: LinkCause) {
+        let error = ExchangeError::LinkFailed {
+            peer,
+            cause: cause.clone(),
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.state = PeerState::Failed(cause);
+            p.control.clear();
+            p.redial_at = None;
+        }
+        self.fail_out_channels(peer, &error);
+        self.fail_in_channels(peer, &error);
+    }
+
+    /// Queues a control frame for `peer` and wakes whatever carries it.
+    fn push_control(&mut self, peer: NodeId, frame: Frame) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.control.push_back(frame);
+        }
+        self.wake_peer(peer);
+    }
+
+    /// Makes sure the queues of `peer` will be sent: hands local frames over at once,
+    /// signals the carrying link, or asks for a dial.
+    fn wake_peer(&mut self, peer: NodeId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match p.state {
+            PeerState::Local => self.pump_local(),
+            PeerState::Up(link) => self.wake_link(link),
+            PeerState::Idle => {
+                p.state = PeerState::Dialing;
+                self.events.push_back(Event::Dial { peer });
+            }
+            PeerState::Dialing | PeerState::AwaitingInbound | PeerState::Failed(_) => {}
+        }
+    }
+
+    fn wake_link(&mut self, link: LinkId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.wake_pending {
+                l.wake_pending = true;
+                self.events.push_back(Event::Transmit { link });
+            }
+        }
+    }
+
+    /// Delivers everything queued for this node itself, as a remote peer would receive it.
+    fn pump_local(&mut self) {
+        if self.pumping {
+            return;
+        }
+        self.pumping = true;
+        let me = self.config.node;
+        loop {
+            let Some(peer) = self.peers.get_mut(&me) else {
+                break;
+            };
+            let frame = if let Some(frame) = peer.control.pop_front() {
+                frame
+            } else if let Some((key, item)) = peer.data.pop() {
+                match self.item_to_frame(key, item) {
+                    Some(frame) => frame,
+                    None => continue,
+                }
+            } else {
+                break;
+            };
+            if let Err(reason) = self.handle_frame(me, frame) {
+                // Both ends are this node: a violation here is a bug, not hostile input.
+                if cfg!(debug_assertions) {
+                    panic!("local protocol violation: {reason}");
+                }
+            }
+        }
+        self.pumping = false;
+    }
+}

@@ -1,0 +1,323 @@
+//! The producer side: opening channels lazily, spending credit, queuing data fairly on the
+//! peer's scheduler, and reacting to `Credit` and `Cancel` from consumers.
+//!
+//! Invariants: a message is queued only once its channel's credit covers it; a channel's
+//! `End`/`Abort` is queued behind its data; a finished channel's outcome stays recorded in
+//! its producer so a late `send` gets the channel's real fate, not a fresh channel.
+
+use bytes::Bytes;
+
+use super::state::{ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState, Producer};
+use super::{Event, ExchangeError, NodeCore};
+use crate::credit::SendCredit;
+use crate::frame::{CancelCode, Frame};
+use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
+
+/// Why `try_send` did not queue a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The consumer has granted no room for it yet; the message is handed back. A
+    /// `ProducerReady` event follows when credit arrives.
+    NoCredit(Bytes),
+    /// The channel (or the whole producer) can take no more messages.
+    Failed(ExchangeError),
+}
+
+impl NodeCore {
+    /// Opens producer `slot` of `job`, which may send to `consumers`.
+    pub fn open_producer(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumers: impl IntoIterator<Item = Endpoint>,
+    ) -> Result<(), ExchangeError> {
+        if self.producers.contains_key(&(job, slot)) {
+            return Err(ExchangeError::SlotInUse {
+                job,
+                slot,
+                role: "producer",
+            });
+        }
+        let consumers: Vec<Endpoint> = consumers.into_iter().collect();
+        let allowed = consumers.iter().copied().collect();
+        self.producers.insert(
+            (job, slot),
+            Producer {
+                consumers,
+                allowed,
+                channels: Default::default(),
+                closed: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Queues `payload` for `consumer` if its channel has credit for it.
+    pub fn try_send(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumer: Endpoint,
+        payload: Bytes,
+    ) -> Result<(), TrySendError> {
+        if payload.len() > self.config.max_message as usize {
+            return Err(TrySendError::Failed(ExchangeError::MessageTooLarge {
+                len: payload.len(),
+                max: self.config.max_message,
+            }));
+        }
+        let producer = (job, slot);
+        let key = self
+            .live_channel(producer, consumer)
+            .map_err(TrySendError::Failed)?;
+        let policy = self.send_policy;
+        let Some(ch) = self.out_channels.get_mut(&key) else {
+            return Err(TrySendError::Failed(ExchangeError::Closed));
+        };
+        if let OutState::Failed(e) = &ch.state {
+            return Err(TrySendError::Failed(e.clone()));
+        }
+        if ch.state == OutState::Finishing {
+            return Err(TrySendError::Failed(ExchangeError::Closed));
+        }
+        // Bounded by max_message above.
+        let len = payload.len() as u32;
+        let (spent, request) = ch.credit.try_spend(len, policy);
+        let wire = ch.wire;
+        if spent {
+            ch.sent += u64::from(len);
+        }
+        let peer = consumer.node;
+        let mut refused = None;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if let Some(r) = request {
+                p.control.push_back(Frame::Backlog {
+                    channel: wire,
+                    need: r.need,
+                    want: r.want,
+                });
+            }
+            if spent {
+                p.data.push(key, OutItem::Data(payload));
+            } else {
+                refused = Some(payload);
+            }
+        }
+        self.wake_peer(peer);
+        match refused {
+            None => Ok(()),
+            Some(payload) => Err(TrySendError::NoCredit(payload)),
+        }
+    }
+
+    /// Closes the producer: every channel to the job's consumers ends after its data.
+    pub fn close_producer(&mut self, job: JobId, slot: u32) -> Result<(), ExchangeError> {
+        self.finish_producer((job, slot), OutItem::End)
+    }
+
+    /// Removes the producer. If it was not closed, its channels are aborted: consumers see
+    /// an error instead of a silently short stream.
+    pub fn drop_producer(&mut self, job: JobId, slot: u32) {
+        let key = (job, slot);
+        let closed = self.producers.get(&key).is_none_or(|p| p.closed);
+        if !closed {
+            // The producer exists, so this cannot fail with NoSuchEndpoint.
+            let _ = self.finish_producer(key, OutItem::Abort);
+        }
+        self.producers.remove(&key);
+    }
+
+    fn finish_producer(&mut self, producer: LocalKey, last: OutItem) -> Result<(), ExchangeError> {
+        let consumers = match self.producers.get_mut(&producer) {
+            None => {
+                return Err(ExchangeError::NoSuchEndpoint {
+                    job: producer.0,
+                    slot: producer.1,
+                    role: "producer",
+                })
+            }
+            Some(p) if p.closed => return Ok(()),
+            Some(p) => p.consumers.clone(),
+        };
+        for consumer in consumers {
+            let Ok(key) = self.live_channel(producer, consumer) else {
+                continue;
+            };
+            let Some(ch) = self.out_channels.get_mut(&key) else {
+                continue;
+            };
+            if ch.state != OutState::Open {
+                continue;
+            }
+            ch.state = OutState::Finishing;
+            let item = match last {
+                OutItem::Abort => OutItem::Abort,
+                _ => OutItem::End,
+            };
+            if let Some(p) = self.peers.get_mut(&consumer.node) {
+                p.data.push(key, item);
+            }
+            self.wake_peer(consumer.node);
+        }
+        if let Some(p) = self.producers.get_mut(&producer) {
+            p.closed = true;
+        }
+        Ok(())
+    }
+
+    /// The live channel from `producer` to `consumer`, opened on first use.
+    fn live_channel(&mut self, producer: LocalKey, consumer: Endpoint) -> Result<OutKey, ExchangeError> {
+        let (job, slot) = producer;
+        let Some(p) = self.producers.get(&producer) else {
+            return Err(ExchangeError::NoSuchEndpoint {
+                job,
+                slot,
+                role: "producer",
+            });
+        };
+        match p.channels.get(&consumer) {
+            Some(ChannelSlot::Live(key)) => return Ok(*key),
+            Some(ChannelSlot::Done(None)) => return Err(ExchangeError::Closed),
+            Some(ChannelSlot::Done(Some(e))) => return Err(e.clone()),
+            None => {}
+        }
+        if p.closed {
+            return Err(ExchangeError::Closed);
+        }
+        if !p.allowed.contains(&consumer) {
+            return Err(ExchangeError::NotInJob {
+                job,
+                endpoint: consumer,
+                role: "consumer",
+            });
+        }
+        let quantum = self.config.quantum;
+        let peer = self
+            .peers
+            .entry(consumer.node)
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
+        if let PeerState::Failed(cause) = &peer.state {
+            let e = ExchangeError::LinkFailed {
+                peer: consumer.node,
+                cause: cause.clone(),
+            };
+            if let Some(p) = self.producers.get_mut(&producer) {
+                p.channels.insert(consumer, ChannelSlot::Done(Some(e.clone())));
+            }
+            return Err(e);
+        }
+        let wire = WireChannel(peer.next_wire);
+        peer.next_wire = peer.next_wire.wrapping_add(1);
+        let key = self.next_out;
+        self.next_out += 1;
+        peer.out_by_wire.insert(wire, key);
+        peer.control.push_back(Frame::Open {
+            channel: wire,
+            job,
+            producer: slot,
+            consumer: consumer.slot,
+        });
+        self.out_channels.insert(
+            key,
+            OutChannel {
+                producer,
+                consumer,
+                wire,
+                credit: SendCredit::default(),
+                sent: 0,
+                state: OutState::Open,
+            },
+        );
+        if let Some(p) = self.producers.get_mut(&producer) {
+            p.channels.insert(consumer, ChannelSlot::Live(key));
+        }
+        self.wake_peer(consumer.node);
+        Ok(key)
+    }
+
+    /// A `Credit` from `peer` for our channel `wire`.
+    pub(super) fn on_credit(&mut self, peer: NodeId, wire: WireChannel, bytes: u32) {
+        let Some(&key) = self.peers.get(&peer).and_then(|p| p.out_by_wire.get(&wire)) else {
+            return; // the channel already finished; a late grant is harmless
+        };
+        let policy = self.send_policy;
+        let Some(ch) = self.out_channels.get_mut(&key) else {
+            return;
+        };
+        let (ready, request) = ch.credit.on_grant(bytes, policy);
+        let (job, slot) = ch.producer;
+        if let Some(r) = request {
+            self.push_control(
+                peer,
+                Frame::Backlog {
+                    channel: wire,
+                    need: r.need,
+                    want: r.want,
+                },
+            );
+        }
+        if ready {
+            self.events.push_back(Event::ProducerReady { job, slot });
+        }
+    }
+
+    /// A `Cancel` from `peer` for our channel `wire`: drop its queued data and tell the
+    /// consumer side we are done with `Abort`, which retires the channel on both sides.
+    pub(super) fn on_cancel(&mut self, peer: NodeId, wire: WireChannel, code: CancelCode) {
+        let Some(&key) = self.peers.get(&peer).and_then(|p| p.out_by_wire.get(&wire)) else {
+            return;
+        };
+        let Some(ch) = self.out_channels.get_mut(&key) else {
+            return;
+        };
+        ch.state = OutState::Failed(ExchangeError::Cancelled {
+            consumer: ch.consumer,
+            code,
+        });
+        let (job, slot) = ch.producer;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.data.remove(key);
+            p.data.push(key, OutItem::Abort);
+        }
+        self.wake_peer(peer);
+        self.events.push_back(Event::ProducerReady { job, slot });
+    }
+
+    /// Forgets outgoing channel `key`, recording its outcome with its producer.
+    pub(super) fn retire_out_channel(&mut self, key: OutKey) {
+        let Some(ch) = self.out_channels.remove(&key) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&ch.consumer.node) {
+            p.out_by_wire.remove(&ch.wire);
+        }
+        let outcome = match ch.state {
+            OutState::Failed(e) => Some(e),
+            OutState::Open | OutState::Finishing => None,
+        };
+        if let Some(p) = self.producers.get_mut(&ch.producer) {
+            p.channels.insert(ch.consumer, ChannelSlot::Done(outcome));
+        }
+    }
+
+    /// Fails every outgoing channel to `peer` with `error`.
+    pub(super) fn fail_out_channels(&mut self, peer: NodeId, error: &ExchangeError) {
+        let keys: Vec<OutKey> = self
+            .out_channels
+            .iter()
+            .filter(|(_, ch)| ch.consumer.node == peer)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.data.remove(key);
+            }
+            if let Some(ch) = self.out_channels.get_mut(&key) {
+                ch.state = OutState::Failed(error.clone());
+                let (job, slot) = ch.producer;
+                self.events.push_back(Event::ProducerReady { job, slot });
+            }
+            self.retire_out_channel(key);
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The records the node core keeps: peers, links, producers' outgoing channels and
+//! consumers' incoming channels. Pure data with small helpers; the logic lives in the
+//! sibling modules that handle each side.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::credit::{CreditPool, SendCredit};
+use crate::frame::Frame;
+use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
+use crate::node::error::{ExchangeError, LinkCause};
+use crate::scheduler::{Scheduler, Weighted};
+
+/// One connection, as the core knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u64);
+
+/// Key of an outgoing channel in the core's table.
+pub(crate) type OutKey = u64;
+/// Key of an incoming channel: the sending peer and its number for the channel.
+pub(crate) type InKey = (NodeId, WireChannel);
+/// A producer or consumer on this node: job and slot.
+pub(crate) type LocalKey = (JobId, u32);
+
+/// What a channel puts on its link, in order.
+#[derive(Debug)]
+pub(crate) enum OutItem {
+    Data(Bytes),
+    End,
+    Abort,
+}
+
+impl Weighted for OutItem {
+    fn weight(&self) -> usize {
+        match self {
+            OutItem::Data(payload) => crate::codec::data_frame_len(payload.len()),
+            OutItem::End | OutItem::Abort => 16,
+        }
+    }
+}
+
+/// Where the traffic to one peer node stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// This node itself: frames are handed over in memory.
+    Local,
+    /// No link and none wanted yet.
+    Idle,
+    /// A dial was requested (or will be retried at `redial_at`).
+    Dialing,
+    /// Our dial lost a simultaneous-dial tie-break; the peer's connection is expected.
+    AwaitingInbound,
+    /// Traffic flows on this link.
+    Up(LinkId),
+    /// The peer could not be reached or the link broke; channels through it failed.
+    Failed(LinkCause),
+}
+
+/// Everything queued for one peer, independent of which connection carries it.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub state: PeerState,
+    /// Control frames, sent before any data.
+    pub control: VecDeque<Frame>,
+    /// Credit-covered data and in-order channel markers.
+    pub data: Scheduler<OutKey, OutItem>,
+    /// Next number for a channel we open towards this peer.
+    pub next_wire: u32,
+    /// Our outgoing channels to this peer by their number.
+    pub out_by_wire: HashMap<WireChannel, OutKey>,
+    /// Failed dial attempts so far.
+    pub dial_failures: u32,
+    /// When to dial again, if a dial is pending a retry.
+    pub redial_at: Option<Instant>,
+}
+
+impl Peer {
+    pub fn new(state: PeerState, quantum: usize) -> Self {
+        Self {
+            state,
+            control: VecDeque::new(),
+            data: Scheduler::new(quantum),
+            next_wire: 0,
+            out_by_wire: HashMap::new(),
+            dial_failures: 0,
+            redial_at: None,
+        }
+    }
+}
+
+/// Handshake progress of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the peer's `Hello`.
+    Handshake,
+    /// Carrying the peer's traffic.
+    Up,
+    /// Sending its last control frames (a `GoAway`), then to be shut.
+    Closing,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// The peer we dialled, or `None` for an accepted connection before its `Hello`.
+    pub dialled: Option<NodeId>,
+    /// The peer, once known.
+    pub peer: Option<NodeId>,
+    pub phase: Phase,
+    /// Link-level frames (handshake, ping, goaway), sent before the peer's queues.
+    pub control: VecDeque<Frame>,
+    pub opened_at: Instant,
+    pub last_rx: Instant,
+    pub last_tx: Instant,
+    /// A `Transmit` event was emitted and not yet followed by a `poll_transmit`.
+    pub wake_pending: bool,
+    pub next_ping: u64,
+}
+
+/// A producer's channel to one consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChannelSlot {
+    /// The channel is open (or finishing) under this key.
+    Live(OutKey),
+    /// The channel is over: ended normally (`None`) or failed.
+    Done(Option<ExchangeError>),
+}
+
+/// A producer on this node.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    /// The consumers of the job: the only destinations allowed.
+    pub consumers: Vec<Endpoint>,
+    pub allowed: HashSet<Endpoint>,
+    pub channels: HashMap<Endpoint, ChannelSlot>,
+    pub closed: bool,
+}
+
+/// Where an outgoing channel stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OutState {
+    Open,
+    /// `End` or `Abort` queued; the record goes once it is sent.
+    Finishing,
+    Failed(ExchangeError),
+}
+
+/// One outgoing channel.
+#[derive(Debug)]
+pub(crate) struct OutChannel {
+    pub producer: LocalKey,
+    pub consumer: Endpoint,
+    pub wire: WireChannel,
+    pub credit: SendCredit,
+    /// Payload bytes queued or sent so far.
+    pub sent: u64,
+    pub state: OutState,
+}
+
+/// One incoming channel.
+#[derive(Debug)]
+pub(crate) struct InChannel {
+    pub consumer: LocalKey,
+    pub producer: Endpoint,
+    /// Credit granted to the channel so far.
+    pub granted: u64,
+    /// Payload bytes received so far.
+    pub received: u64,
+    /// Whether the consumer exists and the channel is part of it.
+    pub attached: bool,
+    /// The consumer cancelled the channel; data still arriving is dropped.
+    pub cancelled: bool,
+    /// A `Backlog` that arrived while the channel was parked, with its need and want.
+    pub parked_request: Option<(u32, u32)>,
+    /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`) while parked.
+    pub parked_finish: Option<Option<ExchangeError>>,
+}
+
+/// A consumer on this node.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    pub pool: CreditPool<InKey>,
+    /// Messages received and not yet read, in arrival order.
+    pub queue: VecDeque<(Endpoint, Bytes)>,
+    /// The job's producers.
+    pub expected: HashSet<Endpoint>,
+    /// Producers whose channel has not ended yet.
+    pub remaining: HashSet<Endpoint>,
+    /// Errors to report once the messages already received have been read.
+    pub errors: VecDeque<ExchangeError>,
+    /// Incoming channels attached to this consumer.
+    pub channels: HashSet<InKey>,
+}

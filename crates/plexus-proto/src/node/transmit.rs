@@ -1,0 +1,72 @@
+//! Assembly of outgoing bytes: control frames and data headers are encoded into one
+//! scratch buffer; large payloads are referenced as they are, never copied.
+//!
+//! Invariant: `chunks` concatenated is exactly the encoding of the frames pushed, in
+//! order; `len` is their total length.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec;
+use crate::frame::Frame;
+use crate::ids::WireChannel;
+
+/// Payloads shorter than this are copied next to their header: an extra I/O vector entry
+/// costs more than copying a few hundred bytes.
+pub const INLINE_PAYLOAD_BELOW: usize = 512;
+
+/// Bytes ready for one vectored write.
+#[derive(Debug, Default)]
+pub struct Transmit {
+    scratch: BytesMut,
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Transmit {
+    /// An empty transmit buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Total bytes queued.
+    pub fn len(&self) -> usize {
+        self.len + self.scratch.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a control frame.
+    pub(crate) fn push_control(&mut self, frame: &Frame) {
+        codec::encode(frame, &mut self.scratch);
+    }
+
+    /// Appends a data frame, referencing large payloads without copying.
+    pub(crate) fn push_data(&mut self, channel: WireChannel, payload: Bytes) {
+        codec::encode_data_header(channel, payload.len(), &mut self.scratch);
+        if payload.len() < INLINE_PAYLOAD_BELOW {
+            self.scratch.put_slice(&payload);
+        } else {
+            self.seal();
+            self.len += payload.len();
+            self.chunks.push(payload);
+        }
+    }
+
+    /// Takes the queued chunks, in order, leaving the buffer empty.
+    pub fn take_chunks(&mut self) -> Vec<Bytes> {
+        self.seal();
+        self.len = 0;
+        std::mem::take(&mut self.chunks)
+    }
+
+    fn seal(&mut self) {
+        if !self.scratch.is_empty() {
+            let head = self.scratch.split().freeze();
+            self.len += head.len();
+            self.chunks.push(head);
+        }
+    }
+}
