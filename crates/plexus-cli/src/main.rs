@@ -1,1 +1,35 @@
-fn main() {}
+//! `plexus`: the command line of the plexus data-exchange layer.
+
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// plexus: data exchange for distributed jobs, one link per node pair.
+#[derive(Debug, Parser)]
+#[command(name = "plexus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the all-to-all job on loopback and report throughput, links and memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(args) => bench::main(args),
+    }
+}

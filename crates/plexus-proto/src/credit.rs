@@ -65,11 +65,7 @@ impl SendCredit {
 
     /// Tries to spend credit for a message of `len` bytes. On success the message may be
     /// queued. Either way, the returned request (if any) must be sent as a `Backlog`.
-    pub fn try_spend(
-        &mut self,
-        len: u32,
-        policy: SendPolicy,
-    ) -> (bool, Option<CreditRequest>) {
+    pub fn try_spend(&mut self, len: u32, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
         let len = u64::from(len);
         if self.available >= len {
             self.available -= len;
@@ -87,6 +83,21 @@ impl SendCredit {
             });
             (false, request)
         }
+    }
+
+    /// Whether a message of `len` bytes could be sent now, without spending. When it could
+    /// not, records the need as a refused send would, and returns the request to send.
+    pub fn check(&mut self, len: u32, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
+        let len = u64::from(len);
+        if self.available >= len {
+            return (true, None);
+        }
+        self.blocked = len;
+        let request = (!self.request_in_flight).then(|| {
+            let need = (len - self.available) as u32;
+            self.issue(need, policy)
+        });
+        (false, request)
     }
 
     /// Applies a `Credit` answer. Returns whether a blocked message can now go, and a
@@ -275,7 +286,13 @@ mod tests {
         let mut c = SendCredit::default();
         let (ok, req) = c.try_spend(300, POLICY);
         assert!(!ok);
-        assert_eq!(req, Some(CreditRequest { need: 300, want: 1000 }));
+        assert_eq!(
+            req,
+            Some(CreditRequest {
+                need: 300,
+                want: 1000
+            })
+        );
         let (ok, req) = c.try_spend(300, POLICY);
         assert!(!ok);
         assert_eq!(req, None, "one request in flight at a time");
@@ -291,7 +308,13 @@ mod tests {
         c.try_spend(300, POLICY);
         let (ready, req) = c.on_grant(100, POLICY);
         assert!(!ready);
-        assert_eq!(req, Some(CreditRequest { need: 200, want: 1000 }));
+        assert_eq!(
+            req,
+            Some(CreditRequest {
+                need: 200,
+                want: 1000
+            })
+        );
     }
 
     #[test]
@@ -301,12 +324,24 @@ mod tests {
         c.on_grant(10, POLICY);
         let (ok, req) = c.try_spend(10, POLICY);
         assert!(ok);
-        assert_eq!(req, Some(CreditRequest { need: 0, want: 1000 }));
+        assert_eq!(
+            req,
+            Some(CreditRequest {
+                need: 0,
+                want: 1000
+            })
+        );
         c.on_grant(0, POLICY);
         assert_eq!(c.try_spend(0, POLICY), (true, None));
         let (ok, req) = c.try_spend(5, POLICY);
         assert!(!ok);
-        assert_eq!(req, Some(CreditRequest { need: 5, want: 1000 }));
+        assert_eq!(
+            req,
+            Some(CreditRequest {
+                need: 5,
+                want: 1000
+            })
+        );
     }
 
     #[test]

@@ -18,4 +18,6 @@ pub mod node;
 pub mod scheduler;
 
 pub use config::Config;
-pub use node::{Event, ExchangeError, LinkCause, LinkId, NodeCore, Recv, Scope, Stats, Transmit, TrySendError};
+pub use node::{
+    Event, ExchangeError, LinkCause, LinkId, NodeCore, Recv, Scope, Stats, Transmit, TrySendError,
+};

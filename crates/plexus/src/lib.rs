@@ -1,1 +1,41 @@
-//! placeholder
+//! plexus: data exchange for distributed jobs.
+//!
+//! Every producer of a job sends to every consumer of the job over logical channels; the
+//! channels between two nodes share one TCP link, and each channel has its own credit, so
+//! a consumer that stops reading holds up nobody else. The protocol lives in the sans-IO
+//! crate `plexus-proto`; this crate runs it on tokio and exposes the API:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), plexus::Error> {
+//! use plexus::{Config, JobId, Node, NodeId, Topology};
+//! let node = Node::builder()
+//!     .config(Config::new(NodeId(0), 7))
+//!     .listen("127.0.0.1:0".parse().unwrap())
+//!     .start()
+//!     .await?;
+//! let job = node.job(JobId(1), Topology::all_to_all(&[NodeId(0)], 1, 1));
+//! let mut tx = job.producer(0).await?;
+//! let mut rx = job.consumer(0).await?;
+//! tx.send(rx.endpoint(), bytes::Bytes::from_static(b"hello")).await?;
+//! tx.close().await?;
+//! while let Some(item) = rx.recv().await {
+//!     let (_producer, _message) = item?;
+//! }
+//! # Ok(()) }
+//! ```
+
+mod driver;
+mod error;
+mod job;
+mod membership;
+mod node;
+mod shared;
+mod topology;
+
+pub use error::{Error, ExchangeError, LinkCause, Scope};
+pub use job::{Consumer, Job, Producer, TrySend};
+pub use membership::Membership;
+pub use node::{Node, NodeBuilder};
+pub use plexus_proto::node::{ConsumerCredit, Stats};
+pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
+pub use topology::Topology;

@@ -305,14 +305,21 @@ impl NodeCore {
         }
         let local = ch.consumer;
         if let Some(c) = self.consumers.get_mut(&local) {
-            c.pool.request(in_key, need, want).map_err(|e| e.to_string())?;
+            c.pool
+                .request(in_key, need, want)
+                .map_err(|e| e.to_string())?;
         }
         self.grant(local);
         Ok(())
     }
 
     /// `End` (with the producer's count of bytes sent) or `Abort` (`sent: None`).
-    fn on_finish(&mut self, peer: NodeId, wire: WireChannel, sent: Option<u64>) -> Result<(), String> {
+    fn on_finish(
+        &mut self,
+        peer: NodeId,
+        wire: WireChannel,
+        sent: Option<u64>,
+    ) -> Result<(), String> {
         let in_key = (peer, wire);
         let Some(ch) = self.in_channels.get_mut(&in_key) else {
             return Err(format!("end of unknown channel {}", wire.0));

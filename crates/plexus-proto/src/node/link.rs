@@ -171,8 +171,7 @@ impl NodeCore {
         for (&id, l) in &mut self.links {
             match l.phase {
                 Phase::Handshake => {
-                    if now.saturating_duration_since(l.opened_at) > self.config.handshake_timeout
-                    {
+                    if now.saturating_duration_since(l.opened_at) > self.config.handshake_timeout {
                         to_close.push((id, LinkCause::HandshakeTimeout));
                     }
                 }
@@ -196,7 +195,11 @@ impl NodeCore {
         for id in to_wake {
             self.wake_link(id);
         }
+        let defer = self.config.dial_defer;
         for (&peer, p) in &mut self.peers {
+            if p.state == PeerState::AwaitingInbound && p.redial_at.is_none() {
+                p.redial_at = Some(now + defer);
+            }
             if p.redial_at.is_some_and(|at| at <= now) {
                 p.redial_at = None;
                 p.state = PeerState::Dialing;
@@ -291,16 +294,18 @@ impl NodeCore {
             return Ok(());
         };
         match (l.phase, frame) {
-            (Phase::Handshake, Frame::Hello { version, cluster, node }) => {
-                self.handle_hello(link, version, cluster, node, now)
+            (
+                Phase::Handshake,
+                Frame::Hello {
+                    version,
+                    cluster,
+                    node,
+                },
+            ) => self.handle_hello(link, version, cluster, node, now),
+            (Phase::Handshake, Frame::GoAway { code }) => Err((code, LinkCause::GoAway(code))),
+            (Phase::Handshake, other) => {
+                Err(protocol(format!("expected Hello, got {}", other.name())))
             }
-            (Phase::Handshake, Frame::GoAway { code }) => {
-                Err((code, LinkCause::GoAway(code)))
-            }
-            (Phase::Handshake, other) => Err(protocol(format!(
-                "expected Hello, got {}",
-                other.name()
-            ))),
             (Phase::Up, Frame::Hello { .. }) => Err(protocol("Hello after handshake".into())),
             (Phase::Up, Frame::GoAway { code }) => Err((code, LinkCause::GoAway(code))),
             (Phase::Up, Frame::Ping { nonce }) => {
@@ -361,7 +366,10 @@ impl NodeCore {
             Some(_) => {
                 if !matches!(peer.state, PeerState::Dialing | PeerState::AwaitingInbound) {
                     // Another connection won meanwhile; this one is surplus.
-                    return Err((GoAwayCode::Duplicate, LinkCause::GoAway(GoAwayCode::Duplicate)));
+                    return Err((
+                        GoAwayCode::Duplicate,
+                        LinkCause::GoAway(GoAwayCode::Duplicate),
+                    ));
                 }
                 self.adopt_link(link, node, now);
                 Ok(())

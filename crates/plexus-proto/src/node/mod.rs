@@ -34,7 +34,7 @@ use crate::codec::Decoder;
 use crate::config::{Config, ConfigError};
 use crate::credit::SendPolicy;
 use crate::frame::Frame;
-use crate::ids::{JobId, NodeId};
+use crate::ids::{Endpoint, JobId, NodeId};
 
 pub use consumer::Recv;
 pub use error::{ExchangeError, LinkCause, Scope};
@@ -42,7 +42,9 @@ pub use producer::TrySendError;
 pub use state::LinkId;
 pub use transmit::Transmit;
 
-use state::{Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer};
+use state::{
+    Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer,
+};
 
 /// Something the runtime must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,12 +68,15 @@ pub enum Event {
         /// Why it closes, to be logged.
         cause: LinkCause,
     },
-    /// A producer may be able to make progress (credit arrived, or a channel failed).
+    /// A producer's channel to `consumer` can make progress: credit arrived for the
+    /// message it held back, or the channel failed (the next `try_send` says how).
     ProducerReady {
         /// Its job.
         job: JobId,
         /// Its slot.
         slot: u32,
+        /// The consumer whose channel changed.
+        consumer: Endpoint,
     },
     /// A consumer has something to read (a message, an error, or the end).
     ConsumerReady {
@@ -181,7 +186,9 @@ impl NodeCore {
 
     /// The longest interval allowed between two `handle_timeout` calls.
     pub fn tick(&self) -> Duration {
-        (self.config.ping_interval / 4).max(Duration::from_millis(10))
+        (self.config.ping_interval / 4)
+            .min(self.config.dial_defer / 4)
+            .max(Duration::from_millis(5))
     }
 
     /// The next event for the runtime, if any.
@@ -250,6 +257,12 @@ impl NodeCore {
         match p.state {
             PeerState::Local => self.pump_local(),
             PeerState::Up(link) => self.wake_link(link),
+            PeerState::Idle if peer < self.config.node => {
+                // The lower id dials first; give its dial a moment to arrive so that two
+                // nodes needing each other at once open one connection, not two.
+                p.state = PeerState::AwaitingInbound;
+                p.redial_at = None;
+            }
             PeerState::Idle => {
                 p.state = PeerState::Dialing;
                 self.events.push_back(Event::Dial { peer });
@@ -274,10 +287,7 @@ impl NodeCore {
         }
         self.pumping = true;
         let me = self.config.node;
-        loop {
-            let Some(peer) = self.peers.get_mut(&me) else {
-                break;
-            };
+        while let Some(peer) = self.peers.get_mut(&me) {
             let frame = if let Some(frame) = peer.control.pop_front() {
                 frame
             } else if let Some((key, item)) = peer.data.pop() {

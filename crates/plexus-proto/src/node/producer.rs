@@ -7,7 +7,9 @@
 
 use bytes::Bytes;
 
-use super::state::{ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState, Producer};
+use super::state::{
+    ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState, Producer,
+};
 use super::{Event, ExchangeError, NodeCore};
 use crate::credit::SendCredit;
 use crate::frame::{CancelCode, Frame};
@@ -110,6 +112,48 @@ impl NodeCore {
         }
     }
 
+    /// Whether a message of `len` bytes to `consumer` would be taken now. When it would
+    /// not, the channel asks for credit as a refused `try_send` does, and a
+    /// `ProducerReady` event follows. Lets a producer build a message only once it can go.
+    pub fn has_credit(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumer: Endpoint,
+        len: usize,
+    ) -> Result<bool, ExchangeError> {
+        if len > self.config.max_message as usize {
+            return Err(ExchangeError::MessageTooLarge {
+                len,
+                max: self.config.max_message,
+            });
+        }
+        let key = self.live_channel((job, slot), consumer)?;
+        let policy = self.send_policy;
+        let Some(ch) = self.out_channels.get_mut(&key) else {
+            return Err(ExchangeError::Closed);
+        };
+        match &ch.state {
+            OutState::Failed(e) => return Err(e.clone()),
+            OutState::Finishing => return Err(ExchangeError::Closed),
+            OutState::Open => {}
+        }
+        // Bounded by max_message above.
+        let (ok, request) = ch.credit.check(len as u32, policy);
+        if let Some(r) = request {
+            let wire = ch.wire;
+            self.push_control(
+                consumer.node,
+                Frame::Backlog {
+                    channel: wire,
+                    need: r.need,
+                    want: r.want,
+                },
+            );
+        }
+        Ok(ok)
+    }
+
     /// Closes the producer: every channel to the job's consumers ends after its data.
     pub fn close_producer(&mut self, job: JobId, slot: u32) -> Result<(), ExchangeError> {
         self.finish_producer((job, slot), OutItem::End)
@@ -166,7 +210,11 @@ impl NodeCore {
     }
 
     /// The live channel from `producer` to `consumer`, opened on first use.
-    fn live_channel(&mut self, producer: LocalKey, consumer: Endpoint) -> Result<OutKey, ExchangeError> {
+    fn live_channel(
+        &mut self,
+        producer: LocalKey,
+        consumer: Endpoint,
+    ) -> Result<OutKey, ExchangeError> {
         let (job, slot) = producer;
         let Some(p) = self.producers.get(&producer) else {
             return Err(ExchangeError::NoSuchEndpoint {
@@ -202,7 +250,8 @@ impl NodeCore {
                 cause: cause.clone(),
             };
             if let Some(p) = self.producers.get_mut(&producer) {
-                p.channels.insert(consumer, ChannelSlot::Done(Some(e.clone())));
+                p.channels
+                    .insert(consumer, ChannelSlot::Done(Some(e.clone())));
             }
             return Err(e);
         }
@@ -246,6 +295,7 @@ impl NodeCore {
         };
         let (ready, request) = ch.credit.on_grant(bytes, policy);
         let (job, slot) = ch.producer;
+        let consumer = ch.consumer;
         if let Some(r) = request {
             self.push_control(
                 peer,
@@ -257,7 +307,11 @@ impl NodeCore {
             );
         }
         if ready {
-            self.events.push_back(Event::ProducerReady { job, slot });
+            self.events.push_back(Event::ProducerReady {
+                job,
+                slot,
+                consumer,
+            });
         }
     }
 
@@ -275,12 +329,17 @@ impl NodeCore {
             code,
         });
         let (job, slot) = ch.producer;
+        let consumer = ch.consumer;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.data.remove(key);
             p.data.push(key, OutItem::Abort);
         }
         self.wake_peer(peer);
-        self.events.push_back(Event::ProducerReady { job, slot });
+        self.events.push_back(Event::ProducerReady {
+            job,
+            slot,
+            consumer,
+        });
     }
 
     /// Forgets outgoing channel `key`, recording its outcome with its producer.
@@ -315,7 +374,11 @@ impl NodeCore {
             if let Some(ch) = self.out_channels.get_mut(&key) {
                 ch.state = OutState::Failed(error.clone());
                 let (job, slot) = ch.producer;
-                self.events.push_back(Event::ProducerReady { job, slot });
+                self.events.push_back(Event::ProducerReady {
+                    job,
+                    slot,
+                    consumer: ch.consumer,
+                });
             }
             self.retire_out_channel(key);
         }

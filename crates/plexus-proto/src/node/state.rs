@@ -50,7 +50,8 @@ pub(crate) enum PeerState {
     Idle,
     /// A dial was requested (or will be retried at `redial_at`).
     Dialing,
-    /// Our dial lost a simultaneous-dial tie-break; the peer's connection is expected.
+    /// Waiting for the peer to dial us: it has the lower id and dials first, or our dial
+    /// lost a simultaneous-dial tie-break. We dial (again) at `redial_at`.
     AwaitingInbound,
     /// Traffic flows on this link.
     Up(LinkId),
@@ -72,7 +73,7 @@ pub(crate) struct Peer {
     pub out_by_wire: HashMap<WireChannel, OutKey>,
     /// Failed dial attempts so far.
     pub dial_failures: u32,
-    /// When to dial again, if a dial is pending a retry.
+    /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
     pub redial_at: Option<Instant>,
 }
 

@@ -1,0 +1,224 @@
+//! The tasks that move bytes between sockets and the core: the accept loop, dialers, one
+//! reader and one writer per link, and the timer. They make no protocol decision.
+//!
+//! Invariants: a link's reader always drains its socket into the core (the core never
+//! refuses bytes, so a slow consumer cannot stall a link); a link's writer sends exactly
+//! what `poll_transmit` returns, in order, with vectored writes; when either task ends, the
+//! other is stopped and the core is told the link is gone.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use plexus_proto::codec::Decoder;
+use plexus_proto::node::LinkCause;
+use plexus_proto::{LinkId, NodeId, Transmit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Notify;
+
+use crate::shared::Shared;
+
+/// Bytes a reader asks the socket for at least, per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes a writer gathers from the core per vectored write batch.
+const WRITE_BATCH: usize = 512 * 1024;
+/// I/O vectors per `writev` call (Linux allows 1024).
+const MAX_IOVECS: usize = 512;
+/// How long a dial may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Accepts connections until the node stops.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let link = shared.op(|st| st.core.handle_accepted(Instant::now()));
+                start_link(&shared, link, stream);
+            }
+            Err(e) => {
+                tracing::warn!(node = shared.node.0, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Calls the core's timer at its tick until the node stops.
+pub(crate) async fn timer_loop(shared: Arc<Shared>) {
+    let tick = shared.lock().core.tick();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        shared.op(|st| st.core.handle_timeout(Instant::now()));
+    }
+}
+
+/// Dials `peer` in the background and reports the outcome to the core.
+pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
+    let task = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            match dial(&shared, peer).await {
+                Ok(stream) => {
+                    let link = shared.op(|st| st.core.handle_dialed(peer, Instant::now()));
+                    if let Some(link) = link {
+                        start_link(&shared, link, stream);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(node = shared.node.0, peer = peer.0, error = %e, "dial failed");
+                    shared.op(|st| {
+                        st.core
+                            .handle_dial_failed(peer, &e.to_string(), Instant::now())
+                    });
+                }
+            }
+        }
+    });
+    shared.track(task.abort_handle());
+}
+
+async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
+    let addr = shared.membership.get(peer).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no address for {peer}"),
+        )
+    })?;
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if shared.local_ip.is_ipv4() == addr.is_ipv4() {
+        socket.bind(SocketAddr::new(shared.local_ip, 0))?;
+    }
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Runs a reader and a writer for `link` over `stream`.
+fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let notify = Arc::new(Notify::new());
+    let decoder = {
+        let mut st = shared.lock();
+        st.link_writers.insert(link, notify.clone());
+        Decoder::new(st.core.config().max_frame_body())
+    };
+    let (rd, wr) = stream.into_split();
+    let reader = tokio::spawn(read_loop(shared.clone(), link, rd, decoder));
+    let writer = tokio::spawn(write_loop(shared.clone(), link, wr, notify));
+    let (reader_abort, writer_abort) = (reader.abort_handle(), writer.abort_handle());
+    let supervisor = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let cause = tokio::select! {
+                r = reader => r.unwrap_or_else(|e| LinkCause::Io(e.to_string())),
+                w = writer => w.unwrap_or_else(|e| LinkCause::Io(e.to_string())),
+            };
+            reader_abort.abort();
+            writer_abort.abort();
+            shared.op(|st| {
+                st.link_writers.remove(&link);
+                st.core.handle_link_closed(link, cause);
+            });
+        }
+    });
+    shared.track(supervisor.abort_handle());
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    link: LinkId,
+    mut rd: OwnedReadHalf,
+    decoder: Decoder,
+) -> LinkCause {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let want = decoder.bytes_needed(&buf).unwrap_or(0).max(READ_CHUNK / 4);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want.max(READ_CHUNK));
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return LinkCause::Io("peer closed the connection".into()),
+            Ok(_) => {
+                let open = shared.op(|st| {
+                    st.core.handle_bytes(link, &mut buf, Instant::now());
+                    st.core.link_is_open(link)
+                });
+                if !open {
+                    // The writer sends the GoAway and ends the link.
+                    std::future::pending::<()>().await;
+                }
+            }
+            Err(e) => return LinkCause::Io(e.to_string()),
+        }
+    }
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    link: LinkId,
+    mut wr: OwnedWriteHalf,
+    notify: Arc<Notify>,
+) -> LinkCause {
+    let mut transmit = Transmit::new();
+    loop {
+        let open = shared.op(|st| {
+            st.core
+                .poll_transmit(link, Instant::now(), &mut transmit, WRITE_BATCH)
+        });
+        if transmit.is_empty() {
+            if !open {
+                let _ = wr.shutdown().await;
+                return LinkCause::Io("link closed".into());
+            }
+            notify.notified().await;
+            continue;
+        }
+        let chunks = transmit.take_chunks();
+        if let Err(e) = write_all_vectored(&mut wr, chunks).await {
+            return LinkCause::Io(e.to_string());
+        }
+    }
+}
+
+/// Writes every chunk, in order, using as few `writev` calls as the socket allows.
+async fn write_all_vectored(
+    wr: &mut OwnedWriteHalf,
+    mut chunks: Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|c| IoSlice::new(c))
+            .collect();
+        let mut written = wr.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let head = &mut chunks[first];
+            if written >= head.len() {
+                written -= head.len();
+                first += 1;
+            } else {
+                head.advance(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Jobs and their endpoints: [`Producer`] sends to consumers under per-channel credit,
+//! [`Consumer`] is a stream of messages from every producer of its job.
+//!
+//! Invariants: `Producer::send` waits only for the credit of the consumer it sends to;
+//! `try_send` never waits; a consumer's stream ends only after every producer of the job
+//! closed its channel and every message was read, and reports any failure before that.
+//! Dropping a producer without `close` aborts its channels; dropping a consumer cancels them.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use plexus_proto::node::{Recv, TrySendError};
+use plexus_proto::{Endpoint, JobId};
+
+use crate::error::Error;
+use crate::shared::Shared;
+use crate::topology::Topology;
+
+/// One job as seen from one node.
+#[derive(Clone, Debug)]
+pub struct Job {
+    shared: Arc<Shared>,
+    id: JobId,
+    topology: Topology,
+}
+
+impl Job {
+    pub(crate) fn new(shared: Arc<Shared>, id: JobId, topology: Topology) -> Self {
+        Self {
+            shared,
+            id,
+            topology,
+        }
+    }
+
+    /// The job id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The job's topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Opens producer `slot` of this node.
+    pub async fn producer(&self, slot: u32) -> Result<Producer, Error> {
+        let me = Endpoint::new(self.shared.node, slot);
+        if !self.topology.producers().contains(&me) {
+            return Err(self.not_in_topology(slot, "producer"));
+        }
+        let consumers = self.topology.consumers().iter().copied();
+        self.shared
+            .op(|st| st.core.open_producer(self.id, slot, consumers))?;
+        Ok(Producer {
+            shared: self.shared.clone(),
+            job: self.id,
+            slot,
+        })
+    }
+
+    /// Opens consumer `slot` of this node.
+    pub async fn consumer(&self, slot: u32) -> Result<Consumer, Error> {
+        let me = Endpoint::new(self.shared.node, slot);
+        if !self.topology.consumers().contains(&me) {
+            return Err(self.not_in_topology(slot, "consumer"));
+        }
+        let producers = self.topology.producers().iter().copied();
+        self.shared
+            .op(|st| st.core.open_consumer(self.id, slot, producers))?;
+        Ok(Consumer {
+            shared: self.shared.clone(),
+            job: self.id,
+            slot,
+            done: false,
+        })
+    }
+
+    fn not_in_topology(&self, slot: u32, role: &'static str) -> Error {
+        Error::NotInTopology {
+            job: self.id.0,
+            node: self.shared.node.0,
+            slot,
+            role,
+        }
+    }
+}
+
+/// Why [`Producer::try_send`] did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum TrySend {
+    /// The consumer has no room for it now; the message is handed back.
+    #[error("no credit from the consumer yet")]
+    NoCredit(Bytes),
+    /// The channel cannot take messages any more.
+    #[error(transparent)]
+    Failed(Error),
+}
+
+/// A producer endpoint.
+#[derive(Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    job: JobId,
+    slot: u32,
+}
+
+impl Producer {
+    /// This producer's endpoint.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.shared.node, self.slot)
+    }
+
+    /// Queues `message` for `consumer` if that consumer's channel has credit for it.
+    pub fn try_send(&mut self, consumer: Endpoint, message: Bytes) -> Result<(), TrySend> {
+        let (job, slot) = (self.job, self.slot);
+        self.shared
+            .op(|st| st.core.try_send(job, slot, consumer, message))
+            .map_err(|e| match e {
+                TrySendError::NoCredit(m) => TrySend::NoCredit(m),
+                TrySendError::Failed(e) => TrySend::Failed(e.into()),
+            })
+    }
+
+    /// Whether a message of `len` bytes to `consumer` would be taken now. If not, credit
+    /// is asked for and [`Producer::ready`] later returns `consumer`. Lets a producer
+    /// build (or fetch) a message only once it can go.
+    pub fn has_credit(&mut self, consumer: Endpoint, len: usize) -> Result<bool, Error> {
+        let (job, slot) = (self.job, self.slot);
+        Ok(self
+            .shared
+            .op(|st| st.core.has_credit(job, slot, consumer, len))?)
+    }
+
+    /// Sends `message` to `consumer`, waiting while that consumer has no credit for it.
+    /// Readiness of other consumers is left for [`Producer::ready`].
+    pub async fn send(&mut self, consumer: Endpoint, message: Bytes) -> Result<(), Error> {
+        let mut message = message;
+        loop {
+            match self.try_send(consumer, message) {
+                Ok(()) => return Ok(()),
+                Err(TrySend::Failed(e)) => return Err(e),
+                Err(TrySend::NoCredit(m)) => {
+                    message = m;
+                    self.wait_ready(Some(consumer)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until at least one consumer refused by `try_send` can make progress (credit
+    /// arrived, or its channel failed, which the next `try_send` reports), and returns
+    /// those consumers. Lets one producer serve whichever consumers can take data.
+    pub async fn ready(&mut self) -> Vec<Endpoint> {
+        self.wait_ready(None).await
+    }
+
+    /// Waits for `only` (or, with `None`, for anyone) to be ready; takes what it waited for.
+    async fn wait_ready(&mut self, only: Option<Endpoint>) -> Vec<Endpoint> {
+        let key = (self.job, self.slot);
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            let wake = st.producers.entry(key).or_default();
+            let taken: Vec<Endpoint> = match only {
+                None => std::mem::take(&mut wake.ready),
+                Some(c) => match wake.ready.iter().position(|e| *e == c) {
+                    Some(i) => vec![wake.ready.swap_remove(i)],
+                    None => Vec::new(),
+                },
+            };
+            if taken.is_empty() {
+                wake.waker = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(taken)
+            }
+        })
+        .await
+    }
+
+    /// Closes every channel of the producer after the data already queued.
+    pub async fn close(self) -> Result<(), Error> {
+        let (job, slot) = (self.job, self.slot);
+        self.shared.op(|st| st.core.close_producer(job, slot))?;
+        Ok(())
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let (job, slot) = (self.job, self.slot);
+        self.shared.op(|st| {
+            st.core.drop_producer(job, slot);
+            st.producers.remove(&(job, slot));
+        });
+    }
+}
+
+/// A consumer endpoint: a stream of `(producer, message)`.
+#[derive(Debug)]
+pub struct Consumer {
+    shared: Arc<Shared>,
+    job: JobId,
+    slot: u32,
+    done: bool,
+}
+
+impl Consumer {
+    /// This consumer's endpoint.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.shared.node, self.slot)
+    }
+
+    /// The next message, an error, or `None` once every producer has closed.
+    pub async fn recv(&mut self) -> Option<Result<(Endpoint, Bytes), Error>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next message; see [`Consumer::recv`].
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let key = (self.job, self.slot);
+        let recv = self.shared.op(|st| {
+            let recv = st.core.poll_recv(key.0, key.1);
+            if recv == Recv::Pending {
+                st.consumers.insert(key, cx.waker().clone());
+            }
+            recv
+        });
+        match recv {
+            Recv::Message(from, payload) => Poll::Ready(Some(Ok((from, payload)))),
+            Recv::Error(e) => Poll::Ready(Some(Err(e.into()))),
+            Recv::Finished => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Recv::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::Stream for Consumer {
+    type Item = Result<(Endpoint, Bytes), Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let (job, slot) = (self.job, self.slot);
+        self.shared.op(|st| {
+            st.core.drop_consumer(job, slot);
+            st.consumers.remove(&(job, slot));
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! A running node: its listener, timer and links, and the entry point to jobs.
+//!
+//! Invariant: a node holds at most one link per peer; links are dialled lazily when a
+//! channel first needs the peer (see the protocol core for the tie-break of simultaneous
+//! dials). Dropping the [`Node`] handle does not stop it; [`Node::shutdown`] does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use plexus_proto::node::{ConsumerCredit, Stats};
+use plexus_proto::{Config, JobId, NodeCore, NodeId};
+use tokio::net::TcpListener;
+
+use crate::error::Error;
+use crate::job::Job;
+use crate::membership::Membership;
+use crate::shared::Shared;
+use crate::topology::Topology;
+
+/// Builds and starts a [`Node`].
+#[derive(Debug, Default)]
+pub struct NodeBuilder {
+    config: Option<Config>,
+    listen: Option<SocketAddr>,
+    membership: Option<Membership>,
+}
+
+impl NodeBuilder {
+    /// The protocol configuration (node id, cluster id, limits). Required.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The address to listen on; outgoing connections are bound to its IP. Required.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The cluster's directory of addresses; the node publishes its own address in it.
+    /// Defaults to a fresh, empty directory.
+    pub fn membership(mut self, membership: Membership) -> Self {
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Binds the listener and starts the node's tasks on the current tokio runtime.
+    pub async fn start(self) -> Result<Node, Error> {
+        let config = self.config.ok_or(Error::Missing("config"))?;
+        let listen = self.listen.ok_or(Error::Missing("listen address"))?;
+        let membership = self.membership.unwrap_or_default();
+        let node = config.node;
+        let core = NodeCore::new(config)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Io {
+                node: node.0,
+                what: "binding the listener",
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+            node: node.0,
+            what: "reading the listener address",
+            source,
+        })?;
+        membership.insert(node, local_addr);
+        let shared = Shared::new(core, membership, local_addr.ip());
+        let accept = tokio::spawn(crate::driver::accept_loop(shared.clone(), listener));
+        shared.track(accept.abort_handle());
+        let timer = tokio::spawn(crate::driver::timer_loop(shared.clone()));
+        shared.track(timer.abort_handle());
+        Ok(Node { shared, local_addr })
+    }
+}
+
+/// A handle to a running node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl Node {
+    /// A builder for a node.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.node
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to job `id` with the given topology. Endpoints are opened from it.
+    pub fn job(&self, id: JobId, topology: Topology) -> Job {
+        Job::new(self.shared.clone(), id, topology)
+    }
+
+    /// What the node's core holds right now.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().core.stats()
+    }
+
+    /// Credit figures of a consumer open on this node.
+    pub fn consumer_credit(&self, job: JobId, slot: u32) -> Option<ConsumerCredit> {
+        self.shared.lock().core.consumer_credit(job, slot)
+    }
+
+    /// Stops the node's tasks and closes its sockets. Endpoints still open see their
+    /// links fail.
+    pub fn shutdown(&self) {
+        let tasks = std::mem::take(&mut self.shared.lock().tasks);
+        for task in tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The state one node's tasks and handles share: the protocol core behind a mutex, and the
+//! wakers and notifiers through which the core's events reach tasks.
+//!
+//! Invariants: every call into the core goes through [`Shared::op`], which drains the core's
+//! events before releasing the lock and acts on them after releasing it, so no event is
+//! lost and no waker runs under the lock. A producer's readiness is a list of consumers
+//! kept until the producer takes it, so a readiness that happens between a failed
+//! `try_send` and the wait is never missed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use plexus_proto::node::Event;
+use plexus_proto::{Endpoint, JobId, LinkId, NodeCore, NodeId};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::membership::Membership;
+
+/// Readiness of one producer.
+#[derive(Debug, Default)]
+pub(crate) struct ProducerWake {
+    /// Consumers whose channels became able to make progress, not yet taken by the producer.
+    pub ready: Vec<Endpoint>,
+    pub waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub core: NodeCore,
+    pub producers: HashMap<(JobId, u32), ProducerWake>,
+    pub consumers: HashMap<(JobId, u32), Waker>,
+    pub link_writers: HashMap<LinkId, Arc<Notify>>,
+    pub tasks: Vec<AbortHandle>,
+}
+
+/// One node's shared runtime state.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub membership: Membership,
+    /// The address outgoing connections are bound to, so the OS attributes them to us.
+    pub local_ip: IpAddr,
+    pub node: NodeId,
+}
+
+impl Shared {
+    pub fn new(core: NodeCore, membership: Membership, local_ip: IpAddr) -> Arc<Self> {
+        let node = core.node();
+        Arc::new(Self {
+            state: Mutex::new(State {
+                core,
+                producers: HashMap::new(),
+                consumers: HashMap::new(),
+                link_writers: HashMap::new(),
+                tasks: Vec::new(),
+            }),
+            membership,
+            local_ip,
+            node,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the state, then delivers the core's events.
+    pub fn op<R>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut wakers: Vec<Waker> = Vec::new();
+        let mut notifies: Vec<Arc<Notify>> = Vec::new();
+        let mut dials: Vec<NodeId> = Vec::new();
+        let result = {
+            let mut st = self.lock();
+            let result = f(&mut st);
+            while let Some(event) = st.core.poll_event() {
+                match event {
+                    Event::Dial { peer } => dials.push(peer),
+                    Event::Transmit { link } => {
+                        if let Some(n) = st.link_writers.get(&link) {
+                            notifies.push(n.clone());
+                        }
+                    }
+                    Event::Close { link, cause } => {
+                        tracing::info!(node = self.node.0, link = link.0, %cause, "closing link");
+                        if let Some(n) = st.link_writers.get(&link) {
+                            notifies.push(n.clone());
+                        }
+                    }
+                    Event::ProducerReady {
+                        job,
+                        slot,
+                        consumer,
+                    } => {
+                        let w = st.producers.entry((job, slot)).or_default();
+                        w.ready.push(consumer);
+                        if let Some(waker) = w.waker.take() {
+                            wakers.push(waker);
+                        }
+                    }
+                    Event::ConsumerReady { job, slot } => {
+                        if let Some(waker) = st.consumers.remove(&(job, slot)) {
+                            wakers.push(waker);
+                        }
+                    }
+                }
+            }
+            result
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+        for notify in notifies {
+            notify.notify_one();
+        }
+        for peer in dials {
+            crate::driver::spawn_dial(self.clone(), peer);
+        }
+        result
+    }
+
+    /// Remembers a task so that shutting the node down stops it.
+    pub fn track(&self, handle: AbortHandle) {
+        let mut st = self.lock();
+        st.tasks.retain(|t| !t.is_finished());
+        st.tasks.push(handle);
+    }
+}

@@ -1,0 +1,56 @@
+//! Which endpoints take part in a job: its producers and its consumers.
+//!
+//! Invariant: endpoints are unique within each role; every producer may send to every
+//! consumer, and every consumer expects an end of stream from every producer.
+
+use std::sync::Arc;
+
+use plexus_proto::{Endpoint, NodeId};
+
+/// The producers and consumers of one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    producers: Arc<[Endpoint]>,
+    consumers: Arc<[Endpoint]>,
+}
+
+impl Topology {
+    /// A topology with explicit endpoint lists (duplicates are dropped).
+    pub fn new(
+        producers: impl IntoIterator<Item = Endpoint>,
+        consumers: impl IntoIterator<Item = Endpoint>,
+    ) -> Self {
+        let mut p: Vec<Endpoint> = producers.into_iter().collect();
+        let mut c: Vec<Endpoint> = consumers.into_iter().collect();
+        p.sort();
+        p.dedup();
+        c.sort();
+        c.dedup();
+        Self {
+            producers: p.into(),
+            consumers: c.into(),
+        }
+    }
+
+    /// Every node runs `producers` producers (slots `0..producers`) and `consumers`
+    /// consumers (slots `0..consumers`).
+    pub fn all_to_all(nodes: &[NodeId], producers: u32, consumers: u32) -> Self {
+        let p = nodes
+            .iter()
+            .flat_map(|&n| (0..producers).map(move |s| Endpoint::new(n, s)));
+        let c = nodes
+            .iter()
+            .flat_map(|&n| (0..consumers).map(move |s| Endpoint::new(n, s)));
+        Self::new(p, c)
+    }
+
+    /// The producers.
+    pub fn producers(&self) -> &[Endpoint] {
+        &self.producers
+    }
+
+    /// The consumers.
+    pub fn consumers(&self) -> &[Endpoint] {
+        &self.consumers
+    }
+}
