@@ -119,6 +119,8 @@ fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream) {
     let reader = tokio::spawn(read_loop(shared.clone(), link, rd, decoder));
     let writer = tokio::spawn(write_loop(shared.clone(), link, wr, notify));
     let (reader_abort, writer_abort) = (reader.abort_handle(), writer.abort_handle());
+    shared.track(reader_abort.clone());
+    shared.track(writer_abort.clone());
     let supervisor = tokio::spawn({
         let shared = shared.clone();
         async move {

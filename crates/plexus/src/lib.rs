@@ -30,6 +30,7 @@ mod job;
 mod membership;
 mod node;
 mod shared;
+pub mod sockets;
 mod topology;
 
 pub use error::{Error, ExchangeError, LinkCause, Scope};

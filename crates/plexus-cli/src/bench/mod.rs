@@ -11,7 +11,6 @@ pub mod memory;
 mod report;
 mod run;
 pub mod size;
-pub mod sockets;
 pub mod workload;
 
 use std::process::ExitCode;

@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 
 use super::report::Report;
 use super::workload::{ChannelVerifier, MessageFactory, Plan};
-use super::{memory, sockets, BenchArgs};
+use super::{memory, BenchArgs};
+use plexus::sockets;
 
 const CLUSTER_ID: u64 = 0x706c_6578_7573_0001;
 
@@ -70,12 +71,14 @@ async fn run_async(args: &BenchArgs, plan: Plan) -> Result<Report, String> {
     let n = args.nodes;
     let (m_p, m_c) = (args.producers, args.consumers);
     let membership = Membership::new();
+    // A pool must hold at least one message.
+    let credit_pool = args.credit_pool.max(u64::from(plan.message_size()));
     let mut nodes = Vec::with_capacity(n as usize);
     for i in 0..n {
         let mut config = Config::new(NodeId(i), CLUSTER_ID);
-        config.credit_pool = args.credit_pool;
-        config.max_message = config.max_message.max(plan.message_size());
-        config.credit_pool = config.credit_pool.max(u64::from(config.max_message));
+        // The bench's messages are never larger than its message size.
+        config.max_message = plan.message_size();
+        config.credit_pool = credit_pool;
         config.max_grant = config.max_grant.max(u64::from(config.max_message));
         let ip = node_ip(args.first_ip, i);
         let node = Node::builder()
@@ -157,7 +160,7 @@ async fn run_async(args: &BenchArgs, plan: Plan) -> Result<Report, String> {
     let ips: Vec<Ipv4Addr> = (0..n).map(|i| node_ip(args.first_ip, i)).collect();
     let links_max = Arc::new(AtomicUsize::new(0));
     let sampler = tokio::spawn(sample_links(
-        ips,
+        ips.clone(),
         links_max.clone(),
         delivered.clone(),
         progress.clone(),
@@ -185,6 +188,8 @@ async fn run_async(args: &BenchArgs, plan: Plan) -> Result<Report, String> {
     .await;
     let elapsed = start.elapsed().as_secs_f64();
     sampler.abort();
+    // The links are still up: one last look, for runs shorter than the sampling period.
+    links_max.fetch_max(max_links(&ips), Ordering::Relaxed);
     progress.finish_and_clear();
     let outcomes = match outcomes {
         Ok(outcomes) => outcomes,
@@ -257,7 +262,7 @@ async fn run_async(args: &BenchArgs, plan: Plan) -> Result<Report, String> {
         healthy_throughput_bytes_per_s: healthy_bytes as f64 / healthy_elapsed,
         healthy_elapsed_s: healthy_elapsed,
         stalled_buffered_bytes_max: stalled_peak,
-        credit_pool_bytes: args.credit_pool,
+        credit_pool_bytes: credit_pool,
         rss_peak_bytes: memory::peak_rss_bytes().unwrap_or(0),
     })
 }
@@ -429,17 +434,22 @@ async fn sample_links(
     loop {
         interval.tick().await;
         progress.set_position(delivered.load(Ordering::Relaxed));
-        let counts = match tokio::task::spawn_blocking(sockets::established_by_local_ip).await {
-            Ok(Ok(counts)) => counts,
-            _ => continue,
-        };
-        let max = ips
-            .iter()
-            .map(|ip| counts.get(ip).copied().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
-        links_max.fetch_max(max, Ordering::Relaxed);
+        let ips = ips.clone();
+        if let Ok(max) = tokio::task::spawn_blocking(move || max_links(&ips)).await {
+            links_max.fetch_max(max, Ordering::Relaxed);
+        }
     }
+}
+
+/// Most established connections any of `ips` holds, per the OS socket table.
+fn max_links(ips: &[Ipv4Addr]) -> usize {
+    let Ok(counts) = sockets::established_by_local_ip() else {
+        return 0;
+    };
+    ips.iter()
+        .map(|ip| counts.get(ip).copied().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
 }
 
 fn progress_bar(total: u64, hidden: bool) -> ProgressBar {

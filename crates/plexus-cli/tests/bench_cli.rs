@@ -1,0 +1,116 @@
+//! End-to-end tests of `plexus bench`: the real binary, real sockets, its JSON report.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
+        .arg("bench")
+        .arg("--json")
+        .args(["--timeout-s", "120"])
+        .args(args)
+        .output()
+        .expect("run plexus bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one JSON line, got {stdout}"
+    );
+    serde_json::from_str(lines[0]).expect("valid JSON")
+}
+
+#[test]
+fn small_all_to_all_verifies_with_one_link_per_peer() {
+    let r = bench(&[
+        "--nodes",
+        "4",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--jobs",
+        "2",
+        "--bytes-per-producer",
+        "256KiB",
+        "--message-size",
+        "4KiB",
+        "--first-ip",
+        "127.0.41.1",
+    ]);
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["nodes"], 4);
+    assert_eq!(r["channels"], 2 * 8 * 8);
+    // 2·k·m·(m·n) = 2·2·2·8
+    assert_eq!(r["naive_connections_per_node"], 64);
+    let links = r["links_per_node_max"].as_u64().expect("links");
+    assert!((1..=3).contains(&links), "links per node {links}");
+    let total = r["bytes_total"].as_u64().expect("bytes");
+    assert!(
+        total >= 2 * 8 * 256 * 1024 - 2 * 8 * 8 * 4096,
+        "bytes {total}"
+    );
+    for field in [
+        "elapsed_s",
+        "throughput_bytes_per_s",
+        "messages_per_s",
+        "messages_total",
+        "rss_peak_bytes",
+        "credit_pool_bytes",
+        "healthy_throughput_bytes_per_s",
+        "stalled_buffered_bytes_max",
+        "stalled_consumers",
+        "producers_per_node",
+        "consumers_per_node",
+        "jobs",
+    ] {
+        assert!(r.get(field).is_some(), "missing field {field}");
+    }
+}
+
+#[test]
+fn stalled_consumers_hold_at_most_their_pool_and_the_run_still_verifies() {
+    let r = bench(&[
+        "--nodes",
+        "3",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--jobs",
+        "1",
+        "--bytes-per-producer",
+        "2MiB",
+        "--message-size",
+        "8KiB",
+        "--credit-pool",
+        "64KiB",
+        "--stall-consumers",
+        "2",
+        "--first-ip",
+        "127.0.42.1",
+    ]);
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["stalled_consumers"], 2);
+    let held = r["stalled_buffered_bytes_max"].as_u64().expect("held");
+    assert!(held > 0, "stalled consumers were never granted anything");
+    assert!(held <= 64 * 1024, "a stalled consumer held {held} bytes");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
+        .args(["bench", "--message-size", "12Q"])
+        .output()
+        .expect("run plexus");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("12Q"));
+}
