@@ -32,9 +32,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A connection must complete its handshake within this time.
     pub handshake_timeout: Duration,
-    /// How long a node that needs a link to a lower-id peer waits for that peer's dial
-    /// before dialling itself (the lower id dials at once). Avoids a second connection
-    /// when both sides need the link at the same moment.
+    /// How long a node that needs a link to a lower-id peer, which needs the link too (it
+    /// runs producers for consumers here), waits for that peer's dial before dialling
+    /// itself. The lower id dials at once. Avoids a second connection when both sides need
+    /// the link at the same moment.
     pub dial_defer: Duration,
     /// Dial attempts before a peer is declared unreachable.
     pub dial_attempts: u32,
@@ -76,7 +77,7 @@ impl Config {
             ping_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
-            dial_defer: Duration::from_millis(200),
+            dial_defer: Duration::from_secs(1),
             dial_attempts: 6,
             dial_backoff: Duration::from_millis(50),
             max_parked_channels: 1 << 20,

@@ -17,7 +17,9 @@
 //!   sender needs, so a blocked `need` always gets its grant once the consumer reads.
 //! - A channel with no request holds nothing: idle channels cost no buffer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::map::Map;
 use std::hash::Hash;
 
 /// Sender side of one channel's credit.
@@ -32,6 +34,10 @@ pub struct SendCredit {
     /// The last speculative request was answered with 0; do not ask ahead again until a
     /// real need arises.
     ahead_refused: bool,
+    /// Bytes spent since the last request was issued: the channel's recent appetite, which
+    /// sizes how much it asks for ahead of need (twice that, up to the policy's `want`), so
+    /// a channel that sends once asks for exactly what it sends.
+    spent_since_request: u64,
 }
 
 /// A `Backlog` request the sender should put on the link.
@@ -46,7 +52,7 @@ pub struct CreditRequest {
 /// Tuning of the sender's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendPolicy {
-    /// How much a sender asks for beyond its immediate need.
+    /// The most a sender asks for beyond its immediate need.
     pub want: u32,
     /// When available credit falls below this after a send, ask ahead.
     pub low_water: u32,
@@ -69,6 +75,7 @@ impl SendCredit {
         let len = u64::from(len);
         if self.available >= len {
             self.available -= len;
+            self.spent_since_request += len;
             self.blocked = 0;
             let ask_ahead = !self.request_in_flight
                 && !self.ahead_refused
@@ -121,9 +128,11 @@ impl SendCredit {
         if need > 0 {
             self.ahead_refused = false;
         }
+        let appetite = self.spent_since_request.saturating_mul(2);
+        self.spent_since_request = 0;
         CreditRequest {
             need,
-            want: policy.want,
+            want: appetite.min(u64::from(policy.want)) as u32,
         }
     }
 }
@@ -167,7 +176,7 @@ pub struct CreditPool<K> {
     /// Channels with a pending request, in arrival order.
     queue: VecDeque<K>,
     /// The pending request of each queued channel.
-    pending: HashMap<K, Pending>,
+    pending: Map<K, Pending>,
 }
 
 impl<K: Copy + Eq + Hash> CreditPool<K> {
@@ -185,7 +194,7 @@ impl<K: Copy + Eq + Hash> CreditPool<K> {
             outstanding: 0,
             peak: 0,
             queue: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: Map::default(),
         }
     }
 
@@ -286,13 +295,7 @@ mod tests {
         let mut c = SendCredit::default();
         let (ok, req) = c.try_spend(300, POLICY);
         assert!(!ok);
-        assert_eq!(
-            req,
-            Some(CreditRequest {
-                need: 300,
-                want: 1000
-            })
-        );
+        assert_eq!(req, Some(CreditRequest { need: 300, want: 0 }));
         let (ok, req) = c.try_spend(300, POLICY);
         assert!(!ok);
         assert_eq!(req, None, "one request in flight at a time");
@@ -308,13 +311,7 @@ mod tests {
         c.try_spend(300, POLICY);
         let (ready, req) = c.on_grant(100, POLICY);
         assert!(!ready);
-        assert_eq!(
-            req,
-            Some(CreditRequest {
-                need: 200,
-                want: 1000
-            })
-        );
+        assert_eq!(req, Some(CreditRequest { need: 200, want: 0 }));
     }
 
     #[test]
@@ -324,24 +321,44 @@ mod tests {
         c.on_grant(10, POLICY);
         let (ok, req) = c.try_spend(10, POLICY);
         assert!(ok);
-        assert_eq!(
-            req,
-            Some(CreditRequest {
-                need: 0,
-                want: 1000
-            })
-        );
+        assert_eq!(req, Some(CreditRequest { need: 0, want: 20 }));
         c.on_grant(0, POLICY);
         assert_eq!(c.try_spend(0, POLICY), (true, None));
         let (ok, req) = c.try_spend(5, POLICY);
         assert!(!ok);
+        assert_eq!(req, Some(CreditRequest { need: 5, want: 0 }));
+    }
+
+    #[test]
+    fn appetite_grows_with_what_the_channel_sends_up_to_the_policy() {
+        let mut c = SendCredit::default();
+        c.try_spend(100, POLICY);
+        c.on_grant(100, POLICY);
+        // Credit ran low after a send: ask ahead for twice what was spent.
+        let (ok, req) = c.try_spend(100, POLICY);
+        assert!(ok);
+        assert_eq!(req, Some(CreditRequest { need: 0, want: 200 }));
+        c.on_grant(800, POLICY);
+        // 800 available: three sends leave 500, not below the low-water mark of 500.
+        for _ in 0..3 {
+            assert_eq!(c.try_spend(100, POLICY), (true, None));
+        }
+        let (ok, req) = c.try_spend(600, POLICY);
+        assert!(!ok);
         assert_eq!(
             req,
             Some(CreditRequest {
-                need: 5,
-                want: 1000
+                need: 100,
+                want: 600
             })
         );
+        c.on_grant(100, POLICY);
+        for _ in 0..20 {
+            c.try_spend(100, POLICY);
+            c.on_grant(100, POLICY);
+        }
+        let (_, req) = c.try_spend(10_000, POLICY);
+        assert_eq!(req.map(|r| r.want), Some(1000), "capped by the policy");
     }
 
     #[test]

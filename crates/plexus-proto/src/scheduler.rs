@@ -10,7 +10,9 @@
 //! items leave in the order they were pushed; `queued_bytes` is the sum of the queued
 //! items' weights.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::map::Map;
 use std::hash::Hash;
 
 /// Something a channel sends, in order with its other items.
@@ -33,7 +35,7 @@ pub struct Scheduler<K, T> {
     round: VecDeque<K>,
     /// Whether the front channel already earned its quantum this turn.
     front_served: bool,
-    queues: HashMap<K, Queue<T>>,
+    queues: Map<K, Queue<T>>,
     queued_bytes: usize,
 }
 
@@ -44,7 +46,7 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
             quantum: quantum.max(1),
             round: VecDeque::new(),
             front_served: false,
-            queues: HashMap::new(),
+            queues: Map::default(),
             queued_bytes: 0,
         }
     }

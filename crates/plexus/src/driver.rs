@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use crate::shared::Shared;
 
 /// Bytes a reader asks the socket for at least, per read.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 /// Bytes a writer gathers from the core per vectored write batch.
 const WRITE_BATCH: usize = 512 * 1024;
 /// I/O vectors per `writev` call (Linux allows 1024).

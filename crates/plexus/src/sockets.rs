@@ -18,9 +18,11 @@
 //!   the source address of an unbound socket connecting to any `127.x.y.z`,
 //!   so a connecting end is only counted under its node's address if it was
 //!   bound to that address before `connect`;
+//! - the kernel prints the table while it changes, so a socket can appear twice in one
+//!   read; each (local, remote) pair is counted once;
 //! - the parser is lenient: malformed lines are skipped, never an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The `st` column value of an established TCP socket.
@@ -56,10 +58,13 @@ pub fn established_by_local_ip() -> std::io::Result<HashMap<Ipv4Addr, usize>> {
 /// IPv6 and count only if IPv4-mapped. The header line and malformed lines
 /// are skipped.
 pub fn parse_proc_net_tcp(text: &str) -> HashMap<Ipv4Addr, usize> {
+    // The kernel walks a changing hash table while printing it, so one socket may be
+    // printed twice in one read: count each (local, remote) pair once.
+    let mut seen = HashSet::new();
     let mut counts = HashMap::new();
     for line in text.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(_slot), Some(local), Some(_remote), Some(state)) =
+        let (Some(_slot), Some(local), Some(remote), Some(state)) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
@@ -70,14 +75,16 @@ pub fn parse_proc_net_tcp(text: &str) -> HashMap<Ipv4Addr, usize> {
         let Some((addr, _port)) = local.split_once(':') else {
             continue;
         };
-        if let Some(ip) = parse_local_ipv4(addr) {
+        let Some(ip) = parse_local_ipv4(addr) else {
+            continue;
+        };
+        if seen.insert((local, remote)) {
             *counts.entry(ip).or_insert(0) += 1;
         }
     }
     counts
 }
 
-/// Decodes the address half of a `/proc/net/tcp{,6}` `address:port` field.
 fn parse_local_ipv4(hex: &str) -> Option<Ipv4Addr> {
     match hex.len() {
         8 => parse_word(hex).map(Ipv4Addr::from),
@@ -147,6 +154,16 @@ garbage line
         // Only the established IPv4-mapped socket counts; `::1` is not IPv4.
         assert_eq!(counts.get(&Ipv4Addr::new(127, 0, 0, 5)), Some(&1));
         assert_eq!(counts.len(), 1, "{counts:?}");
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn a_socket_printed_twice_counts_once() {
+        let line = "   1: 0700007F:9C41 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000        0 1002 1\n";
+        let other = "   2: 0700007F:9C42 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000        0 1003 1\n";
+        let text = format!("header\n{line}{other}{line}");
+        let counts = parse_proc_net_tcp(&text);
+        assert_eq!(counts.get(&Ipv4Addr::new(127, 0, 0, 7)), Some(&2));
     }
 
     #[test]

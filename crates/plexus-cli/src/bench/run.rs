@@ -422,22 +422,25 @@ impl ConsumerCtx {
     }
 }
 
-/// Samples established connections per node address from the OS every 50 ms, keeping the
-/// maximum, and updates the progress bar.
+/// Samples established connections per node address from the OS, keeping the maximum, and
+/// updates the progress bar. Reading the socket table costs time in proportion to its size
+/// (hundreds of milliseconds with thousands of sockets), so samples are spaced to keep that
+/// cost to about a quarter of one core.
 async fn sample_links(
     ips: Vec<Ipv4Addr>,
     links_max: Arc<AtomicUsize>,
     delivered: Arc<AtomicU64>,
     progress: ProgressBar,
 ) {
-    let mut interval = tokio::time::interval(Duration::from_millis(50));
     loop {
-        interval.tick().await;
         progress.set_position(delivered.load(Ordering::Relaxed));
         let ips = ips.clone();
+        let started = Instant::now();
         if let Ok(max) = tokio::task::spawn_blocking(move || max_links(&ips)).await {
             links_max.fetch_max(max, Ordering::Relaxed);
         }
+        let pause = (started.elapsed() * 3).max(Duration::from_millis(50));
+        tokio::time::sleep(pause).await;
     }
 }
 

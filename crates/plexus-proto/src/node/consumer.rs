@@ -44,7 +44,7 @@ impl NodeCore {
                 role: "consumer",
             });
         }
-        let expected: std::collections::HashSet<Endpoint> = producers.into_iter().collect();
+        let expected: crate::map::Set<Endpoint> = producers.into_iter().collect();
         let mut consumer = Consumer {
             pool: CreditPool::new(
                 self.config.credit_pool,

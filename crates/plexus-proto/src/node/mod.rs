@@ -27,7 +27,9 @@ mod producer;
 mod state;
 mod transmit;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::map::{Map, Set};
 use std::time::Duration;
 
 use crate::codec::Decoder;
@@ -121,19 +123,19 @@ pub struct NodeCore {
     config: Config,
     send_policy: SendPolicy,
     decoder: Decoder,
-    peers: HashMap<NodeId, Peer>,
-    links: HashMap<LinkId, Link>,
+    peers: Map<NodeId, Peer>,
+    links: Map<LinkId, Link>,
     next_link: u64,
-    producers: HashMap<LocalKey, Producer>,
-    out_channels: HashMap<OutKey, OutChannel>,
+    producers: Map<LocalKey, Producer>,
+    out_channels: Map<OutKey, OutChannel>,
     next_out: OutKey,
-    consumers: HashMap<LocalKey, Consumer>,
-    in_channels: HashMap<InKey, InChannel>,
+    consumers: Map<LocalKey, Consumer>,
+    in_channels: Map<InKey, InChannel>,
     /// Incoming channels whose consumer does not exist yet, by that consumer.
-    parked: HashMap<LocalKey, Vec<InKey>>,
+    parked: Map<LocalKey, Vec<InKey>>,
     parked_count: usize,
     /// Consumers that were dropped: late channels for them are refused at once.
-    closed_consumers: HashSet<LocalKey>,
+    closed_consumers: Set<LocalKey>,
     grant_scratch: Vec<(InKey, u32)>,
     events: VecDeque<Event>,
     recv_queued_bytes: u64,
@@ -150,23 +152,23 @@ impl NodeCore {
             low_water: config.credit_low_water,
         };
         let decoder = Decoder::new(config.max_frame_body());
-        let mut peers = HashMap::new();
+        let mut peers = Map::default();
         peers.insert(config.node, Peer::new(PeerState::Local, config.quantum));
         Ok(Self {
             config,
             send_policy,
             decoder,
             peers,
-            links: HashMap::new(),
+            links: Map::default(),
             next_link: 0,
-            producers: HashMap::new(),
-            out_channels: HashMap::new(),
+            producers: Map::default(),
+            out_channels: Map::default(),
             next_out: 0,
-            consumers: HashMap::new(),
-            in_channels: HashMap::new(),
-            parked: HashMap::new(),
+            consumers: Map::default(),
+            in_channels: Map::default(),
+            parked: Map::default(),
             parked_count: 0,
-            closed_consumers: HashSet::new(),
+            closed_consumers: Set::default(),
             grant_scratch: Vec::new(),
             events: VecDeque::new(),
             recv_queued_bytes: 0,
@@ -251,15 +253,17 @@ impl NodeCore {
     /// Makes sure the queues of `peer` will be sent: hands local frames over at once,
     /// signals the carrying link, or asks for a dial.
     fn wake_peer(&mut self, peer: NodeId) {
+        let peer_will_dial = peer < self.config.node && self.expects_data_from(peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
         match p.state {
             PeerState::Local => self.pump_local(),
             PeerState::Up(link) => self.wake_link(link),
-            PeerState::Idle if peer < self.config.node => {
-                // The lower id dials first; give its dial a moment to arrive so that two
-                // nodes needing each other at once open one connection, not two.
+            PeerState::Idle if peer_will_dial => {
+                // A consumer here expects a producer there, so the peer needs the link too,
+                // and the lower id dials: wait a moment for its connection rather than
+                // open a second one.
                 p.state = PeerState::AwaitingInbound;
                 p.redial_at = None;
             }
@@ -269,6 +273,13 @@ impl NodeCore {
             }
             PeerState::Dialing | PeerState::AwaitingInbound | PeerState::Failed(_) => {}
         }
+    }
+
+    /// Whether a consumer here still expects data from a producer on `peer`.
+    fn expects_data_from(&self, peer: NodeId) -> bool {
+        self.consumers
+            .values()
+            .any(|c| c.remaining.iter().any(|p| p.node == peer))
     }
 
     fn wake_link(&mut self, link: LinkId) {

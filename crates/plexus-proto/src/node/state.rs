@@ -2,7 +2,9 @@
 //! consumers' incoming channels. Pure data with small helpers; the logic lives in the
 //! sibling modules that handle each side.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::map::{Map, Set};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -70,7 +72,7 @@ pub(crate) struct Peer {
     /// Next number for a channel we open towards this peer.
     pub next_wire: u32,
     /// Our outgoing channels to this peer by their number.
-    pub out_by_wire: HashMap<WireChannel, OutKey>,
+    pub out_by_wire: Map<WireChannel, OutKey>,
     /// Failed dial attempts so far.
     pub dial_failures: u32,
     /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
@@ -84,7 +86,7 @@ impl Peer {
             control: VecDeque::new(),
             data: Scheduler::new(quantum),
             next_wire: 0,
-            out_by_wire: HashMap::new(),
+            out_by_wire: Map::default(),
             dial_failures: 0,
             redial_at: None,
         }
@@ -134,8 +136,8 @@ pub(crate) enum ChannelSlot {
 pub(crate) struct Producer {
     /// The consumers of the job: the only destinations allowed.
     pub consumers: Vec<Endpoint>,
-    pub allowed: HashSet<Endpoint>,
-    pub channels: HashMap<Endpoint, ChannelSlot>,
+    pub allowed: Set<Endpoint>,
+    pub channels: Map<Endpoint, ChannelSlot>,
     pub closed: bool,
 }
 
@@ -186,11 +188,11 @@ pub(crate) struct Consumer {
     /// Messages received and not yet read, in arrival order.
     pub queue: VecDeque<(Endpoint, Bytes)>,
     /// The job's producers.
-    pub expected: HashSet<Endpoint>,
+    pub expected: Set<Endpoint>,
     /// Producers whose channel has not ended yet.
-    pub remaining: HashSet<Endpoint>,
+    pub remaining: Set<Endpoint>,
     /// Errors to report once the messages already received have been read.
     pub errors: VecDeque<ExchangeError>,
     /// Incoming channels attached to this consumer.
-    pub channels: HashSet<InKey>,
+    pub channels: Set<InKey>,
 }
