@@ -50,7 +50,9 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The pool cannot hold the largest message.
-    #[error("credit pool of {pool} bytes cannot hold a message of {max_message} bytes")]
+    #[error(
+        "credit pool of {pool} bytes cannot hold a message of {max_message} bytes and its overhead"
+    )]
     PoolTooSmall {
         /// Pool size.
         pool: u64,
@@ -89,13 +91,18 @@ impl Config {
         if self.max_message == 0 || self.max_message > 256 << 20 {
             return Err(ConfigError::MessageSize(self.max_message));
         }
-        if u64::from(self.max_message) > self.credit_pool {
+        if self.max_message_cost() > self.credit_pool {
             return Err(ConfigError::PoolTooSmall {
                 pool: self.credit_pool,
                 max_message: self.max_message,
             });
         }
         Ok(())
+    }
+
+    /// Credit the largest message costs: the most any one need can be.
+    pub fn max_message_cost(&self) -> u64 {
+        crate::credit::message_cost(self.max_message as usize)
     }
 
     /// Largest frame body the decoder accepts: a data frame of the largest message.

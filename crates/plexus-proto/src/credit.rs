@@ -19,6 +19,15 @@
 
 use std::collections::VecDeque;
 
+/// Credit every message costs beyond its payload: its frame header and queue entry. So
+/// even empty messages are paid for, and a consumer's queue is bounded in entries too.
+pub const MESSAGE_OVERHEAD: u64 = 16;
+
+/// The credit a message of `payload_len` bytes costs.
+pub const fn message_cost(payload_len: usize) -> u64 {
+    payload_len as u64 + MESSAGE_OVERHEAD
+}
+
 use crate::map::Map;
 use std::hash::Hash;
 
@@ -69,10 +78,9 @@ impl SendCredit {
         self.blocked > 0
     }
 
-    /// Tries to spend credit for a message of `len` bytes. On success the message may be
-    /// queued. Either way, the returned request (if any) must be sent as a `Backlog`.
-    pub fn try_spend(&mut self, len: u32, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
-        let len = u64::from(len);
+    /// Tries to spend `len` bytes of credit (a message's cost). On success the message may
+    /// be queued. Either way, the returned request (if any) must be sent as a `Backlog`.
+    pub fn try_spend(&mut self, len: u64, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
         if self.available >= len {
             self.available -= len;
             self.spent_since_request += len;
@@ -92,10 +100,9 @@ impl SendCredit {
         }
     }
 
-    /// Whether a message of `len` bytes could be sent now, without spending. When it could
+    /// Whether `len` bytes of credit (a message's cost) are there now, without spending. When it could
     /// not, records the need as a refused send would, and returns the request to send.
-    pub fn check(&mut self, len: u32, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
-        let len = u64::from(len);
+    pub fn check(&mut self, len: u64, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
         if self.available >= len {
             return (true, None);
         }

@@ -282,7 +282,7 @@ proptest! {
             let available = granted - spent;
             let request = match op {
                 SendOp::Spend { len } => {
-                    let (ok, request) = credit.try_spend(len, policy);
+                    let (ok, request) = credit.try_spend(u64::from(len), policy);
                     let len = u64::from(len);
                     prop_assert_eq!(ok, available >= len, "spend {} with {} available", len, available);
                     if ok {
@@ -303,7 +303,7 @@ proptest! {
                     request
                 }
                 SendOp::Check { len } => {
-                    let (ok, request) = credit.check(len, policy);
+                    let (ok, request) = credit.check(u64::from(len), policy);
                     let len = u64::from(len);
                     prop_assert_eq!(ok, available >= len, "check {} with {} available", len, available);
                     if ok {

@@ -9,9 +9,9 @@
 
 use bytes::Bytes;
 
-use super::state::{Consumer, InChannel, InKey, LocalKey, PeerState};
+use super::state::{Consumer, InChannel, InKey, LocalKey};
 use super::{Event, ExchangeError, NodeCore};
-use crate::credit::CreditPool;
+use crate::credit::{message_cost, CreditPool};
 use crate::frame::{CancelCode, Frame};
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
 
@@ -45,10 +45,10 @@ impl NodeCore {
             });
         }
         let expected: crate::map::Set<Endpoint> = producers.into_iter().collect();
-        let mut consumer = Consumer {
+        let consumer = Consumer {
             pool: CreditPool::new(
                 self.config.credit_pool,
-                u64::from(self.config.max_message),
+                self.config.max_message_cost(),
                 self.config.max_grant,
             ),
             queue: Default::default(),
@@ -56,26 +56,8 @@ impl NodeCore {
             expected,
             errors: Default::default(),
             channels: Default::default(),
+            attached_from: Default::default(),
         };
-        let mut failed_peers: Vec<(NodeId, ExchangeError)> = Vec::new();
-        for producer in &consumer.expected {
-            if let Some(PeerState::Failed(cause)) = self.peers.get(&producer.node).map(|p| &p.state)
-            {
-                if !failed_peers.iter().any(|(n, _)| *n == producer.node) {
-                    failed_peers.push((
-                        producer.node,
-                        ExchangeError::LinkFailed {
-                            peer: producer.node,
-                            cause: cause.clone(),
-                        },
-                    ));
-                }
-            }
-        }
-        for (node, error) in failed_peers {
-            consumer.remaining.retain(|p| p.node != node);
-            consumer.errors.push_back(error);
-        }
         self.consumers.insert(key, consumer);
         for in_key in self.parked.remove(&key).unwrap_or_default() {
             self.parked_count -= 1;
@@ -97,9 +79,9 @@ impl NodeCore {
             });
         };
         if let Some((from, payload)) = c.queue.pop_front() {
-            let len = payload.len() as u64;
-            c.pool.release(len);
-            self.recv_queued_bytes -= len;
+            let cost = message_cost(payload.len());
+            c.pool.release(cost);
+            self.recv_queued_bytes -= cost;
             self.grant(key);
             return Recv::Message(from, payload);
         }
@@ -120,13 +102,12 @@ impl NodeCore {
             return;
         };
         self.closed_consumers.insert(key);
-        let queued: u64 = c.queue.iter().map(|(_, b)| b.len() as u64).sum();
+        let queued: u64 = c.queue.iter().map(|(_, b)| message_cost(b.len())).sum();
         self.recv_queued_bytes -= queued;
         for in_key in c.channels {
-            if let Some(ch) = self.in_channels.get_mut(&in_key) {
-                ch.cancelled = true;
-                ch.attached = false;
-            }
+            // The record goes now: frames still on their way for it are recognised as
+            // belonging to a retired channel and dropped.
+            self.in_channels.remove(&in_key);
             self.push_control(
                 in_key.0,
                 Frame::Cancel {
@@ -174,35 +155,63 @@ impl NodeCore {
         producer: u32,
         consumer: u32,
     ) -> Result<(), String> {
-        let in_key = (peer, wire);
-        if self.in_channels.contains_key(&in_key) {
-            return Err(format!("channel {} opened twice", wire.0));
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err("channel from an unknown peer".into());
+        };
+        if wire.0 != p.next_in_wire {
+            return Err(format!(
+                "channel {} opened out of order (expected {})",
+                wire.0, p.next_in_wire
+            ));
         }
+        p.next_in_wire = p.next_in_wire.wrapping_add(1);
+        let in_key = (peer, wire);
         let local = (job, consumer);
-        self.in_channels.insert(
-            in_key,
-            InChannel {
-                consumer: local,
-                producer: Endpoint::new(peer, producer),
-                granted: 0,
-                received: 0,
-                attached: false,
-                cancelled: false,
-                parked_request: None,
-                parked_finish: None,
-            },
-        );
+        let record = InChannel {
+            consumer: local,
+            producer: Endpoint::new(peer, producer),
+            granted: 0,
+            received: 0,
+            attached: false,
+            parked_request: None,
+            parked_finish: None,
+        };
         if self.consumers.contains_key(&local) {
+            self.in_channels.insert(in_key, record);
             self.attach(local, in_key);
         } else if self.closed_consumers.contains(&local)
             || self.parked_count >= self.config.max_parked_channels
         {
-            self.cancel(in_key, CancelCode::ConsumerGone);
+            // Refused without a record: what still arrives for it is dropped as retired.
+            self.refuse(in_key, CancelCode::ConsumerGone);
         } else {
+            self.in_channels.insert(in_key, record);
             self.parked.entry(local).or_default().push(in_key);
             self.parked_count += 1;
         }
         Ok(())
+    }
+
+    /// Whether `wire` from `peer` is a channel that was opened and is now gone (ended,
+    /// refused or cancelled), rather than one never opened.
+    fn is_retired(&self, peer: NodeId, wire: WireChannel) -> bool {
+        self.peers.get(&peer).is_some_and(|p| {
+            let behind = p.next_in_wire.wrapping_sub(wire.0);
+            behind > 0 && behind <= u32::MAX / 2
+        })
+    }
+
+    /// The record of channel `in_key`, or `Ok(None)` if it is retired (its frames are
+    /// dropped), or an error if it was never opened.
+    fn in_channel(&mut self, in_key: InKey, what: &str) -> Result<Option<&mut InChannel>, String> {
+        if self.in_channels.contains_key(&in_key) {
+            return Ok(self.in_channels.get_mut(&in_key));
+        }
+        if self.is_retired(in_key.0, in_key.1) {
+            Ok(None)
+        } else {
+            Err(format!("{what} on unknown channel {}", in_key.1 .0))
+        }
     }
 
     /// Joins a channel to its (now existing) consumer, applying what happened while parked.
@@ -214,36 +223,39 @@ impl NodeCore {
         let Some(c) = self.consumers.get_mut(&local) else {
             return;
         };
-        if !c.expected.contains(&producer) {
-            self.cancel(in_key, CancelCode::UnknownConsumer);
+        let welcome = c.expected.contains(&producer) && c.attached_from.insert(producer);
+        if let Some(outcome) = ch.parked_finish.take() {
+            // It ended while parked, so it never held data: only its outcome is left.
+            self.in_channels.remove(&in_key);
+            if welcome {
+                c.remaining.remove(&producer);
+                if let Some(error) = outcome {
+                    c.errors.push_back(error);
+                }
+            }
+            return;
+        }
+        if !welcome {
+            // Not a producer of this consumer, or a second channel from the same one.
+            self.in_channels.remove(&in_key);
+            self.refuse(in_key, CancelCode::UnknownConsumer);
             return;
         }
         ch.attached = true;
         c.channels.insert(in_key);
-        let request = ch.parked_request.take();
-        if let Some(outcome) = ch.parked_finish.take() {
-            self.in_channels.remove(&in_key);
-            c.channels.remove(&in_key);
-            c.remaining.remove(&producer);
-            if let Some(error) = outcome {
-                c.errors.push_back(error);
-            }
-            return;
-        }
-        if let Some((need, want)) = request {
-            // A need above the reserve is refused: the channel is cancelled.
+        if let Some((need, want)) = ch.parked_request.take() {
+            // A need above the reserve cannot be honoured: refuse the channel.
             if c.pool.request(in_key, need, want).is_err() {
-                self.cancel(in_key, CancelCode::UnknownConsumer);
+                c.channels.remove(&in_key);
+                c.remaining.remove(&producer);
+                self.in_channels.remove(&in_key);
+                self.refuse(in_key, CancelCode::UnknownConsumer);
             }
         }
     }
 
-    /// Refuses a channel: tells the producer, keeps a tombstone until its `Abort` or `End`.
-    fn cancel(&mut self, in_key: InKey, code: CancelCode) {
-        if let Some(ch) = self.in_channels.get_mut(&in_key) {
-            ch.cancelled = true;
-            ch.attached = false;
-        }
+    /// Tells the producer side that channel `in_key` is refused.
+    fn refuse(&mut self, in_key: InKey, code: CancelCode) {
         self.push_control(
             in_key.0,
             Frame::Cancel {
@@ -255,26 +267,23 @@ impl NodeCore {
 
     fn on_data(&mut self, peer: NodeId, wire: WireChannel, payload: Bytes) -> Result<(), String> {
         let in_key = (peer, wire);
-        let Some(ch) = self.in_channels.get_mut(&in_key) else {
-            return Err(format!("data on unknown channel {}", wire.0));
+        let Some(ch) = self.in_channel(in_key, "data")? else {
+            return Ok(()); // a retired channel: dropped on arrival
         };
-        let len = payload.len() as u64;
-        if ch.received + len > ch.granted {
+        let cost = message_cost(payload.len());
+        if ch.received + cost > ch.granted {
             return Err(format!(
                 "channel {} sent {} bytes beyond its credit",
                 wire.0,
-                ch.received + len - ch.granted
+                ch.received + cost - ch.granted
             ));
         }
-        ch.received += len;
-        if !ch.attached {
-            return Ok(()); // cancelled: dropped on arrival
-        }
+        ch.received += cost;
         let local = ch.consumer;
         let producer = ch.producer;
         if let Some(c) = self.consumers.get_mut(&local) {
             c.queue.push_back((producer, payload));
-            self.recv_queued_bytes += len;
+            self.recv_queued_bytes += cost;
             self.events.push_back(Event::ConsumerReady {
                 job: local.0,
                 slot: local.1,
@@ -291,12 +300,9 @@ impl NodeCore {
         want: u32,
     ) -> Result<(), String> {
         let in_key = (peer, wire);
-        let Some(ch) = self.in_channels.get_mut(&in_key) else {
-            return Err(format!("backlog on unknown channel {}", wire.0));
-        };
-        if ch.cancelled {
+        let Some(ch) = self.in_channel(in_key, "backlog")? else {
             return Ok(());
-        }
+        };
         if !ch.attached {
             if ch.parked_request.replace((need, want)).is_some() {
                 return Err("second credit request before an answer".into());
@@ -321,8 +327,8 @@ impl NodeCore {
         sent: Option<u64>,
     ) -> Result<(), String> {
         let in_key = (peer, wire);
-        let Some(ch) = self.in_channels.get_mut(&in_key) else {
-            return Err(format!("end of unknown channel {}", wire.0));
+        let Some(ch) = self.in_channel(in_key, "end")? else {
+            return Ok(());
         };
         if let Some(sent) = sent {
             if sent != ch.received {
@@ -338,10 +344,6 @@ impl NodeCore {
                 producer: ch.producer,
             }),
         };
-        if ch.cancelled {
-            self.in_channels.remove(&in_key);
-            return Ok(());
-        }
         if !ch.attached {
             ch.parked_finish = Some(outcome);
             return Ok(());

@@ -378,10 +378,7 @@ impl NodeCore {
                 let accept = match peer.state {
                     PeerState::Up(_) => false,
                     PeerState::Dialing => node < self.config.node,
-                    PeerState::Idle
-                    | PeerState::AwaitingInbound
-                    | PeerState::Failed(_)
-                    | PeerState::Local => true,
+                    PeerState::Idle | PeerState::AwaitingInbound | PeerState::Local => true,
                 };
                 if !accept {
                     let code = if matches!(peer.state, PeerState::Up(_)) {

@@ -227,19 +227,15 @@ impl NodeCore {
         })
     }
 
-    /// Marks `peer` failed with `cause`: every channel crossing to it fails, on both sides.
+    /// Fails every channel crossing to `peer` with `cause`, on both sides, and forgets the
+    /// session with it: a later channel to it starts afresh with a new link.
     fn fail_peer(&mut self, peer: NodeId, cause: LinkCause) {
-        let error = ExchangeError::LinkFailed {
-            peer,
-            cause: cause.clone(),
-        };
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.state = PeerState::Failed(cause);
-            p.control.clear();
-            p.redial_at = None;
-        }
+        let error = ExchangeError::LinkFailed { peer, cause };
         self.fail_out_channels(peer, &error);
         self.fail_in_channels(peer, &error);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            *p = Peer::new(PeerState::Idle, self.config.quantum);
+        }
     }
 
     /// Queues a control frame for `peer` and wakes whatever carries it.
@@ -271,7 +267,7 @@ impl NodeCore {
                 p.state = PeerState::Dialing;
                 self.events.push_back(Event::Dial { peer });
             }
-            PeerState::Dialing | PeerState::AwaitingInbound | PeerState::Failed(_) => {}
+            PeerState::Dialing | PeerState::AwaitingInbound => {}
         }
     }
 

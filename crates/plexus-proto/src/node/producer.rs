@@ -11,7 +11,7 @@ use super::state::{
     ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState, Producer,
 };
 use super::{Event, ExchangeError, NodeCore};
-use crate::credit::SendCredit;
+use crate::credit::{message_cost, SendCredit};
 use crate::frame::{CancelCode, Frame};
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
 
@@ -82,12 +82,11 @@ impl NodeCore {
         if ch.state == OutState::Finishing {
             return Err(TrySendError::Failed(ExchangeError::Closed));
         }
-        // Bounded by max_message above.
-        let len = payload.len() as u32;
-        let (spent, request) = ch.credit.try_spend(len, policy);
+        let cost = message_cost(payload.len());
+        let (spent, request) = ch.credit.try_spend(cost, policy);
         let wire = ch.wire;
         if spent {
-            ch.sent += u64::from(len);
+            ch.sent += cost;
         }
         let peer = consumer.node;
         let mut refused = None;
@@ -138,8 +137,7 @@ impl NodeCore {
             OutState::Finishing => return Err(ExchangeError::Closed),
             OutState::Open => {}
         }
-        // Bounded by max_message above.
-        let (ok, request) = ch.credit.check(len as u32, policy);
+        let (ok, request) = ch.credit.check(message_cost(len), policy);
         if let Some(r) = request {
             let wire = ch.wire;
             self.push_control(
@@ -244,17 +242,6 @@ impl NodeCore {
             .peers
             .entry(consumer.node)
             .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
-        if let PeerState::Failed(cause) = &peer.state {
-            let e = ExchangeError::LinkFailed {
-                peer: consumer.node,
-                cause: cause.clone(),
-            };
-            if let Some(p) = self.producers.get_mut(&producer) {
-                p.channels
-                    .insert(consumer, ChannelSlot::Done(Some(e.clone())));
-            }
-            return Err(e);
-        }
         let wire = WireChannel(peer.next_wire);
         peer.next_wire = peer.next_wire.wrapping_add(1);
         let key = self.next_out;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::credit::{CreditPool, SendCredit};
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
-use crate::node::error::{ExchangeError, LinkCause};
+use crate::node::error::ExchangeError;
 use crate::scheduler::{Scheduler, Weighted};
 
 /// One connection, as the core knows it.
@@ -57,8 +57,6 @@ pub(crate) enum PeerState {
     AwaitingInbound,
     /// Traffic flows on this link.
     Up(LinkId),
-    /// The peer could not be reached or the link broke; channels through it failed.
-    Failed(LinkCause),
 }
 
 /// Everything queued for one peer, independent of which connection carries it.
@@ -73,6 +71,9 @@ pub(crate) struct Peer {
     pub next_wire: u32,
     /// Our outgoing channels to this peer by their number.
     pub out_by_wire: Map<WireChannel, OutKey>,
+    /// The number the peer's next `Open` must carry: it numbers its channels in order, so
+    /// any lower number is a channel that is gone, and any other is a protocol error.
+    pub next_in_wire: u32,
     /// Failed dial attempts so far.
     pub dial_failures: u32,
     /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
@@ -87,6 +88,7 @@ impl Peer {
             data: Scheduler::new(quantum),
             next_wire: 0,
             out_by_wire: Map::default(),
+            next_in_wire: 0,
             dial_failures: 0,
             redial_at: None,
         }
@@ -173,8 +175,6 @@ pub(crate) struct InChannel {
     pub received: u64,
     /// Whether the consumer exists and the channel is part of it.
     pub attached: bool,
-    /// The consumer cancelled the channel; data still arriving is dropped.
-    pub cancelled: bool,
     /// A `Backlog` that arrived while the channel was parked, with its need and want.
     pub parked_request: Option<(u32, u32)>,
     /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`) while parked.
@@ -195,4 +195,6 @@ pub(crate) struct Consumer {
     pub errors: VecDeque<ExchangeError>,
     /// Incoming channels attached to this consumer.
     pub channels: Set<InKey>,
+    /// Producers that ever attached a channel: a second channel from one is refused.
+    pub attached_from: Set<Endpoint>,
 }
