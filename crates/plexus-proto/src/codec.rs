@@ -36,6 +36,8 @@ const KIND_CANCEL: u8 = 8;
 const KIND_PING: u8 = 9;
 const KIND_PONG: u8 = 10;
 const KIND_ABORT: u8 = 11;
+const KIND_ACK: u8 = 12;
+const KIND_CANCEL_JOB: u8 = 13;
 
 /// A frame that could not be decoded. Any of these closes the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,11 +74,25 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             version,
             cluster,
             node,
+            incarnation,
+            peer_incarnation,
+            received,
         } => {
-            put_head(out, KIND_HELLO, 2 + 8 + 4);
+            put_head(out, KIND_HELLO, 2 + 8 + 4 + 8 + 8 + 8);
             out.put_u16_le(*version);
             out.put_u64_le(*cluster);
             out.put_u32_le(node.0);
+            out.put_u64_le(*incarnation);
+            out.put_u64_le(*peer_incarnation);
+            out.put_u64_le(*received);
+        }
+        Frame::Ack { received } => {
+            put_head(out, KIND_ACK, 8);
+            out.put_u64_le(*received);
+        }
+        Frame::CancelJob { job } => {
+            put_head(out, KIND_CANCEL_JOB, 8);
+            out.put_u64_le(job.0);
         }
         Frame::GoAway { code } => {
             put_head(out, KIND_GOAWAY, 2);
@@ -237,11 +253,26 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
     };
     let frame = match kind {
         KIND_HELLO => {
-            exact(14)?;
+            exact(38)?;
             Frame::Hello {
                 version: body.get_u16_le(),
                 cluster: body.get_u64_le(),
                 node: NodeId(body.get_u32_le()),
+                incarnation: body.get_u64_le(),
+                peer_incarnation: body.get_u64_le(),
+                received: body.get_u64_le(),
+            }
+        }
+        KIND_ACK => {
+            exact(8)?;
+            Frame::Ack {
+                received: body.get_u64_le(),
+            }
+        }
+        KIND_CANCEL_JOB => {
+            exact(8)?;
+            Frame::CancelJob {
+                job: JobId(body.get_u64_le()),
             }
         }
         KIND_GOAWAY => {

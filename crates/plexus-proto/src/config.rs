@@ -12,6 +12,9 @@ use crate::ids::NodeId;
 pub struct Config {
     /// This node's id, unique in the cluster.
     pub node: NodeId,
+    /// Chosen anew (at random) each time the node starts, so peers can tell a restart,
+    /// which lost all state, from a reconnect. Never 0.
+    pub incarnation: u64,
     /// Shared by all members; a peer with another value is refused.
     pub cluster: u64,
     /// Largest message a producer may send, in bytes.
@@ -28,8 +31,17 @@ pub struct Config {
     pub quantum: usize,
     /// A ping is sent on a link that sent nothing for this long.
     pub ping_interval: Duration,
-    /// A link that received nothing for this long is closed.
+    /// A link that received nothing (not even a ping) for this long is considered broken
+    /// and reconnected.
     pub idle_timeout: Duration,
+    /// A peer with no working link for this long is declared dead: the jobs that touch it
+    /// fail. A link that heals within it is invisible to jobs.
+    pub grace_period: Duration,
+    /// A peer whose address refuses this many dials in a row (nothing listens there: its
+    /// process is gone) is declared dead at once.
+    pub dead_after_refusals: u32,
+    /// Received frames are acknowledged at most this late.
+    pub ack_delay: Duration,
     /// A connection must complete its handshake within this time.
     pub handshake_timeout: Duration,
     /// How long a node that needs a link to a lower-id peer, which needs the link too (it
@@ -37,13 +49,16 @@ pub struct Config {
     /// itself. The lower id dials at once. Avoids a second connection when both sides need
     /// the link at the same moment.
     pub dial_defer: Duration,
-    /// Dial attempts before a peer is declared unreachable.
-    pub dial_attempts: u32,
-    /// Delay before the first redial; doubles on each further attempt.
+    /// Delay before the first redial; doubles on each further attempt, with jitter.
     pub dial_backoff: Duration,
+    /// Longest delay between two redials.
+    pub dial_backoff_max: Duration,
     /// Channels opened by peers for consumers that do not exist yet, held (without data)
     /// until the consumer appears. Beyond this, new ones are refused.
     pub max_parked_channels: usize,
+    /// A parked channel whose consumer does not appear within this time is refused; its
+    /// producer gets an error.
+    pub park_timeout: Duration,
 }
 
 /// A configuration that cannot work.
@@ -59,16 +74,21 @@ pub enum ConfigError {
         /// Largest message.
         max_message: u32,
     },
+    /// The incarnation must not be 0, which means "none" on the wire.
+    #[error("the incarnation must not be 0")]
+    ZeroIncarnation,
     /// Messages must fit a frame.
     #[error("max_message of {0} bytes is out of range (1 ..= 256 MiB)")]
     MessageSize(u32),
 }
 
 impl Config {
-    /// Defaults for node `node` of cluster `cluster`.
+    /// Defaults for node `node` of cluster `cluster`. The incarnation is 1; a runtime sets
+    /// a fresh random one each time it starts a node.
     pub fn new(node: NodeId, cluster: u64) -> Self {
         Self {
             node,
+            incarnation: 1,
             cluster,
             max_message: 1 << 20,
             credit_pool: 4 << 20,
@@ -76,18 +96,25 @@ impl Config {
             credit_want: 256 << 10,
             credit_low_water: 64 << 10,
             quantum: 64 << 10,
-            ping_interval: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(2),
+            grace_period: Duration::from_secs(10),
+            dead_after_refusals: 2,
+            ack_delay: Duration::from_millis(10),
             handshake_timeout: Duration::from_secs(5),
             dial_defer: Duration::from_secs(1),
-            dial_attempts: 6,
-            dial_backoff: Duration::from_millis(50),
+            dial_backoff: Duration::from_millis(20),
+            dial_backoff_max: Duration::from_secs(1),
             max_parked_channels: 1 << 20,
+            park_timeout: Duration::from_secs(30),
         }
     }
 
     /// Checks that the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.incarnation == 0 {
+            return Err(ConfigError::ZeroIncarnation);
+        }
         if self.max_message == 0 || self.max_message > 256 << 20 {
             return Err(ConfigError::MessageSize(self.max_message));
         }

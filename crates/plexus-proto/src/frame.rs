@@ -21,6 +21,8 @@ pub enum GoAwayCode {
     WrongCluster,
     /// The peer is not the node that was dialled, or is not a member.
     UnexpectedNode,
+    /// The peer's session state does not match ours (it restarted, or we did).
+    SessionMismatch,
     /// Both sides dialled at once and this connection lost the tie-break; the winner
     /// (the connection dialled by the lower node id) carries the traffic.
     SimultaneousDial,
@@ -43,6 +45,7 @@ impl GoAwayCode {
             GoAwayCode::SimultaneousDial => 5,
             GoAwayCode::Duplicate => 6,
             GoAwayCode::Shutdown => 7,
+            GoAwayCode::SessionMismatch => 8,
             GoAwayCode::Unknown(v) => v,
         }
     }
@@ -57,6 +60,7 @@ impl GoAwayCode {
             5 => GoAwayCode::SimultaneousDial,
             6 => GoAwayCode::Duplicate,
             7 => GoAwayCode::Shutdown,
+            8 => GoAwayCode::SessionMismatch,
             other => GoAwayCode::Unknown(other),
         }
     }
@@ -69,6 +73,8 @@ pub enum CancelCode {
     ConsumerGone,
     /// The receiving node knows no such consumer for the job.
     UnknownConsumer,
+    /// The consumer did not appear within the parking timeout.
+    ConsumerNeverAppeared,
     /// A code this build does not know.
     Unknown(u16),
 }
@@ -79,6 +85,7 @@ impl CancelCode {
         match self {
             CancelCode::ConsumerGone => 1,
             CancelCode::UnknownConsumer => 2,
+            CancelCode::ConsumerNeverAppeared => 3,
             CancelCode::Unknown(v) => v,
         }
     }
@@ -88,6 +95,7 @@ impl CancelCode {
         match v {
             1 => CancelCode::ConsumerGone,
             2 => CancelCode::UnknownConsumer,
+            3 => CancelCode::ConsumerNeverAppeared,
             other => CancelCode::Unknown(other),
         }
     }
@@ -109,6 +117,25 @@ pub enum Frame {
         cluster: u64,
         /// The sender's node id.
         node: NodeId,
+        /// Chosen anew each time the sender's node starts: a peer that comes back with
+        /// another incarnation lost its state.
+        incarnation: u64,
+        /// The incarnation of the receiver that the sender's session is with (0: none).
+        peer_incarnation: u64,
+        /// Channel frames the sender received in that session: the receiver resends its
+        /// frames from this number on.
+        received: u64,
+    },
+    /// Cumulative acknowledgement: the sender received the first `received` channel frames
+    /// of the session.
+    Ack {
+        /// Frames received.
+        received: u64,
+    },
+    /// The job is cancelled: every endpoint of it fails.
+    CancelJob {
+        /// The job.
+        job: JobId,
     },
     /// The link is closing, and why.
     GoAway {
@@ -193,6 +220,8 @@ impl Frame {
     pub fn name(&self) -> &'static str {
         match self {
             Frame::Hello { .. } => "Hello",
+            Frame::Ack { .. } => "Ack",
+            Frame::CancelJob { .. } => "CancelJob",
             Frame::GoAway { .. } => "GoAway",
             Frame::Open { .. } => "Open",
             Frame::Data { .. } => "Data",

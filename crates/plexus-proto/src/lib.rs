@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod frame;
 pub mod ids;
+mod jitter;
 pub mod map;
 
 pub use bytes::Bytes;

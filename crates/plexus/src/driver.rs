@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use plexus_proto::codec::Decoder;
-use plexus_proto::node::LinkCause;
+use plexus_proto::node::{DialFailure, LinkCause};
 use plexus_proto::{LinkId, NodeId, Transmit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -72,9 +72,14 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
                 }
                 Err(e) => {
                     tracing::debug!(node = shared.node.0, peer = peer.0, error = %e, "dial failed");
+                    let failure = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        DialFailure::Refused
+                    } else {
+                        DialFailure::Other
+                    };
                     shared.op(|st| {
                         st.core
-                            .handle_dial_failed(peer, &e.to_string(), Instant::now())
+                            .handle_dial_failed(peer, failure, &e.to_string(), Instant::now())
                     });
                 }
             }

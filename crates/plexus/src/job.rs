@@ -53,8 +53,11 @@ impl Job {
             return Err(self.not_in_topology(slot, "producer"));
         }
         let consumers = self.topology.consumers().iter().copied();
-        self.shared
-            .op(|st| st.core.open_producer(self.id, slot, consumers))?;
+        let nodes = self.topology.nodes();
+        self.shared.op(|st| {
+            st.core.register_job(self.id, nodes);
+            st.core.open_producer(self.id, slot, consumers)
+        })?;
         Ok(Producer {
             shared: self.shared.clone(),
             job: self.id,
@@ -69,14 +72,27 @@ impl Job {
             return Err(self.not_in_topology(slot, "consumer"));
         }
         let producers = self.topology.producers().iter().copied();
-        self.shared
-            .op(|st| st.core.open_consumer(self.id, slot, producers))?;
+        let nodes = self.topology.nodes();
+        self.shared.op(|st| {
+            st.core.register_job(self.id, nodes);
+            st.core.open_consumer(self.id, slot, producers)
+        })?;
         Ok(Consumer {
             shared: self.shared.clone(),
             job: self.id,
             slot,
             done: false,
         })
+    }
+
+    /// Cancels the job: its endpoints on every node it spans fail with
+    /// [`crate::ExchangeError::JobCancelled`], and their buffers are released.
+    pub fn cancel(&self) {
+        let nodes = self.topology.nodes();
+        self.shared.op(|st| {
+            st.core.register_job(self.id, nodes);
+            st.core.cancel_job(self.id);
+        });
     }
 
     fn not_in_topology(&self, slot: u32, role: &'static str) -> Error {

@@ -4,8 +4,10 @@
 //! channel first needs the peer (see the protocol core for the tie-break of simultaneous
 //! dials). Dropping the [`Node`] handle does not stop it; [`Node::shutdown`] does.
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use plexus_proto::node::{ConsumerCredit, Stats};
 use plexus_proto::{Config, JobId, NodeCore, NodeId};
@@ -50,8 +52,10 @@ impl NodeBuilder {
         let config = self.config.ok_or(Error::Missing("config"))?;
         let listen = self.listen.ok_or(Error::Missing("listen address"))?;
         let membership = self.membership.unwrap_or_default();
+        let mut config = config;
+        config.incarnation = fresh_incarnation();
         let node = config.node;
-        let core = NodeCore::new(config)?;
+        let core = NodeCore::new(config, Instant::now())?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Io {
@@ -112,6 +116,11 @@ impl Node {
         self.shared.lock().core.consumer_credit(job, slot)
     }
 
+    /// How long each link that resumed after a loss was down (the most recent ones).
+    pub fn resume_times(&self) -> Vec<Duration> {
+        self.shared.lock().core.resume_times()
+    }
+
     /// Stops the node's tasks and closes its sockets. Endpoints still open see their
     /// links fail.
     pub fn shutdown(&self) {
@@ -120,4 +129,16 @@ impl Node {
             task.abort();
         }
     }
+}
+
+/// A random, non-zero incarnation for a node starting now: peers compare it to tell a
+/// restarted node (which lost its state) from one that reconnected.
+fn fresh_incarnation() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }

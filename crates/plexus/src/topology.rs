@@ -53,4 +53,17 @@ impl Topology {
     pub fn consumers(&self) -> &[Endpoint] {
         &self.consumers
     }
+
+    /// Every node with an endpoint of the job.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .producers
+            .iter()
+            .chain(self.consumers.iter())
+            .map(|e| e.node)
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
 }

@@ -45,6 +45,10 @@ impl NodeCore {
             });
         }
         let expected: crate::map::Set<Endpoint> = producers.into_iter().collect();
+        self.register_job(job, expected.iter().map(|p| p.node));
+        if let Some(error) = self.job_failure(job) {
+            return Err(error);
+        }
         let consumer = Consumer {
             pool: CreditPool::new(
                 self.config.credit_pool,
@@ -65,6 +69,18 @@ impl NodeCore {
         }
         self.grant(key);
         self.events.push_back(Event::ConsumerReady { job, slot });
+        // Every node with a producer for us must be reachable, or the job must fail: make
+        // sure a link to each is (or will be) there, so a dead one is noticed.
+        let nodes: crate::map::Set<NodeId> = self
+            .consumers
+            .get(&key)
+            .map(|c| c.remaining.iter().map(|p| p.node).collect())
+            .unwrap_or_default();
+        for node in nodes {
+            if node != self.config.node {
+                self.ensure_peer(node);
+            }
+        }
         Ok(())
     }
 
@@ -143,6 +159,10 @@ impl NodeCore {
                 self.on_cancel(peer, channel, code);
                 Ok(())
             }
+            Frame::CancelJob { job } => {
+                self.on_cancel_job(peer, job);
+                Ok(())
+            }
             other => Err(format!("unexpected {} frame", other.name())),
         }
     }
@@ -174,6 +194,7 @@ impl NodeCore {
             received: 0,
             attached: false,
             parked_request: None,
+            parked_at: self.now,
             parked_finish: None,
         };
         if self.consumers.contains_key(&local) {
@@ -187,6 +208,7 @@ impl NodeCore {
         } else {
             self.in_channels.insert(in_key, record);
             self.parked.entry(local).or_default().push(in_key);
+            self.parked_order.push_back((self.now, in_key));
             self.parked_count += 1;
         }
         Ok(())
@@ -389,47 +411,5 @@ impl NodeCore {
             );
         }
         self.grant_scratch = grants;
-    }
-
-    /// Fails every consumer expecting a producer on `peer`, and drops the incoming
-    /// channels from `peer`, returning their credit.
-    pub(super) fn fail_in_channels(&mut self, peer: NodeId, error: &ExchangeError) {
-        let keys: Vec<InKey> = self
-            .in_channels
-            .keys()
-            .filter(|(node, _)| *node == peer)
-            .copied()
-            .collect();
-        for in_key in keys {
-            let Some(ch) = self.in_channels.remove(&in_key) else {
-                continue;
-            };
-            if let Some(c) = self.consumers.get_mut(&ch.consumer) {
-                c.pool.forget(in_key);
-                c.pool.release(ch.granted - ch.received);
-                c.channels.remove(&in_key);
-            }
-            if let Some(list) = self.parked.get_mut(&ch.consumer) {
-                let before = list.len();
-                list.retain(|k| *k != in_key);
-                self.parked_count -= before - list.len();
-            }
-        }
-        let mut touched = Vec::new();
-        for (&local, c) in &mut self.consumers {
-            let before = c.remaining.len();
-            c.remaining.retain(|p| p.node != peer);
-            if c.remaining.len() != before {
-                c.errors.push_back(error.clone());
-                touched.push(local);
-            }
-        }
-        for local in touched {
-            self.grant(local);
-            self.events.push_back(Event::ConsumerReady {
-                job: local.0,
-                slot: local.1,
-            });
-        }
     }
 }

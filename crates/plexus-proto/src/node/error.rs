@@ -13,6 +13,8 @@ pub enum Scope {
     Channel,
     /// Every channel that crosses one link.
     Link,
+    /// Every endpoint of one job, on every node.
+    Job,
     /// A misuse of the API by the caller; nothing else is affected.
     Usage,
 }
@@ -30,6 +32,8 @@ pub enum LinkCause {
     Silent,
     /// The handshake did not complete in time.
     HandshakeTimeout,
+    /// The peer restarted (or dropped our session): what was in flight with it is lost.
+    Restarted(String),
     /// The connection broke (reset, EOF, I/O error).
     Io(String),
 }
@@ -42,6 +46,7 @@ impl fmt::Display for LinkCause {
             LinkCause::GoAway(code) => write!(f, "peer closed the link: {code:?}"),
             LinkCause::Silent => write!(f, "peer silent past the idle timeout"),
             LinkCause::HandshakeTimeout => write!(f, "handshake timed out"),
+            LinkCause::Restarted(e) => write!(f, "peer restarted: {e}"),
             LinkCause::Io(e) => write!(f, "connection lost: {e}"),
         }
     }
@@ -65,6 +70,14 @@ pub enum ExchangeError {
         consumer: Endpoint,
         /// Why.
         code: CancelCode,
+    },
+    /// An endpoint of the job cancelled it.
+    #[error("{job} was cancelled from {by}")]
+    JobCancelled {
+        /// The job.
+        job: JobId,
+        /// The node whose endpoint cancelled it.
+        by: NodeId,
     },
     /// The producer dropped its channel without closing it.
     #[error("producer {producer} aborted before closing its channel")]
@@ -116,10 +129,19 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
+    /// The peer node the error names as its cause, if any.
+    pub fn peer(&self) -> Option<NodeId> {
+        match self {
+            ExchangeError::LinkFailed { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
+
     /// How far the error reaches.
     pub fn scope(&self) -> Scope {
         match self {
             ExchangeError::LinkFailed { .. } => Scope::Link,
+            ExchangeError::JobCancelled { .. } => Scope::Job,
             ExchangeError::Cancelled { .. } | ExchangeError::ProducerAborted { .. } => {
                 Scope::Channel
             }

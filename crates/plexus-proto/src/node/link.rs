@@ -1,32 +1,44 @@
-//! Connections: handshake, tie-break of simultaneous dials, decoding of incoming bytes,
-//! assembly of outgoing bytes, liveness (ping, idle timeout) and closing.
+//! Connections: dialling and accepting, decoding of incoming bytes, assembly of outgoing
+//! bytes (resent frames first, then control, then data), liveness (ping, idle timeout),
+//! acknowledgements, and what happens when a connection is lost.
 //!
-//! Invariants: a connection carries a peer's channel traffic only once the handshake has
-//! chosen it (`Phase::Up`, and the peer's state names it); a peer has at most one such
-//! connection; of two connections dialled at once between the same nodes, both sides keep
-//! the one dialled by the lower node id. Any decoding or protocol error closes the link with
-//! a `GoAway` and a reason, and fails the channels that crossed it.
+//! Invariants: a connection carries a peer's channel traffic only once the handshake
+//! (see `handshake`) has chosen it (`Phase::Up`, and the peer's state names it); a peer has
+//! at most one such connection. Losing it does not fail anything: the peer is redialled, with
+//! backoff and jitter, and the session resumes. Only a peer unreachable for the grace period,
+//! refusing connections (no process listens), restarted, or breaking the protocol is
+//! declared dead, which fails the jobs that touch it.
 
 use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::state::{Link, LinkId, OutItem, Peer, PeerState, Phase};
+use super::state::{Link, LinkId, OutItem, PeerState, Phase};
 use super::transmit::Transmit;
 use super::{Event, LinkCause, NodeCore};
-use crate::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
+use crate::frame::{Frame, GoAwayCode};
 use crate::ids::NodeId;
+
+/// Why a dial failed, as far as the core cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialFailure {
+    /// The peer's address answered that nothing listens there: its process is gone.
+    Refused,
+    /// Anything else (timeout, unreachable network, reset): it may come back.
+    Other,
+}
 
 impl NodeCore {
     /// A connection we dialled to `peer` is established. Returns the link to drive, or
     /// `None` when the connection is no longer wanted (the runtime then drops it).
     pub fn handle_dialed(&mut self, peer: NodeId, now: Instant) -> Option<LinkId> {
+        self.now = now;
         let p = self.peers.get_mut(&peer)?;
         if !matches!(p.state, PeerState::Dialing | PeerState::AwaitingInbound) {
             return None;
         }
         let link = self.new_link(Some(peer), now);
-        let hello = self.hello();
+        let hello = self.hello_for(peer);
         if let Some(l) = self.links.get_mut(&link) {
             l.control.push_back(hello);
         }
@@ -34,10 +46,16 @@ impl NodeCore {
         Some(link)
     }
 
-    /// Dialling `peer` failed with `error`. Retries with backoff, then fails the peer.
-    pub fn handle_dial_failed(&mut self, peer: NodeId, error: &str, now: Instant) {
-        let backoff = self.config.dial_backoff;
-        let attempts = self.config.dial_attempts;
+    /// Dialling `peer` failed. Retries with exponential backoff and jitter until the peer
+    /// is declared dead: refused repeatedly, or unreachable for the grace period.
+    pub fn handle_dial_failed(
+        &mut self,
+        peer: NodeId,
+        failure: DialFailure,
+        error: &str,
+        now: Instant,
+    ) {
+        self.now = now;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -45,22 +63,45 @@ impl NodeCore {
             return;
         }
         p.dial_failures += 1;
-        if p.dial_failures >= attempts {
-            self.fail_peer(peer, LinkCause::Unreachable(error.to_owned()));
+        p.refusals = match failure {
+            DialFailure::Refused => p.refusals + 1,
+            DialFailure::Other => 0,
+        };
+        let down_since = *p.session.down_since.get_or_insert(now);
+        if p.refusals >= self.config.dead_after_refusals {
+            let cause = LinkCause::Unreachable(format!(
+                "connection refused {} times in a row: no process listens at its address",
+                p.refusals
+            ));
+            self.declare_dead(peer, cause);
+        } else if now.saturating_duration_since(down_since) >= self.config.grace_period {
+            let cause = LinkCause::Unreachable(format!(
+                "not reachable for {:?}: {error}",
+                self.config.grace_period
+            ));
+            self.declare_dead(peer, cause);
         } else {
-            let factor = 1u32 << (p.dial_failures - 1).min(16);
-            p.redial_at = Some(now + backoff * factor);
+            let exponent = (p.dial_failures - 1).min(16);
+            let backoff =
+                (self.config.dial_backoff * (1u32 << exponent)).min(self.config.dial_backoff_max);
+            // Full jitter on the upper half: spreads redials of many nodes apart.
+            let jitter = backoff.mul_f64(0.5 * self.rng.next_unit());
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.redial_at = Some(now + backoff / 2 + jitter);
+            }
         }
     }
 
     /// A connection was accepted from an unknown peer; its `Hello` will tell who it is.
     pub fn handle_accepted(&mut self, now: Instant) -> LinkId {
+        self.now = now;
         self.new_link(None, now)
     }
 
     /// Bytes arrived on `link`. Consumes every complete frame at the front of `buf`; a
     /// partial frame stays for the next call.
     pub fn handle_bytes(&mut self, link: LinkId, buf: &mut BytesMut, now: Instant) {
+        self.now = now;
         loop {
             let Some(l) = self.links.get_mut(&link) else {
                 buf.clear();
@@ -73,7 +114,7 @@ impl NodeCore {
             l.last_rx = now;
             let frame = match self.decoder.decode(buf) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     self.close_link(
                         link,
@@ -88,6 +129,13 @@ impl NodeCore {
                 return;
             }
         }
+        let peer = self.links.get(&link).and_then(|l| l.peer);
+        let urgent = peer
+            .and_then(|peer| self.peers.get(&peer))
+            .is_some_and(|p| p.session.ack_urgent(now, self.config.ack_delay));
+        if urgent {
+            self.wake_link(link);
+        }
     }
 
     /// The socket under `link` is gone (EOF, reset, or shut after `Close`).
@@ -99,9 +147,10 @@ impl NodeCore {
             .peer
             .filter(|peer| self.peers.get(peer).map(|p| &p.state) == Some(&PeerState::Up(link)));
         if let Some(peer) = carried {
-            self.fail_peer(peer, cause);
+            self.link_lost(peer, cause);
         } else if let (Some(peer), Phase::Handshake) = (l.dialled, l.phase) {
-            self.handle_dial_failed(peer, &cause.to_string(), l.last_rx);
+            let now = self.now;
+            self.handle_dial_failed(peer, DialFailure::Other, &cause.to_string(), now);
         }
     }
 
@@ -121,6 +170,7 @@ impl NodeCore {
         out: &mut Transmit,
         max_bytes: usize,
     ) -> bool {
+        self.now = now;
         let Some(l) = self.links.get_mut(&link) else {
             return false;
         };
@@ -143,29 +193,43 @@ impl NodeCore {
         phase != Phase::Closing || !out.is_empty()
     }
 
+    /// Writes the peer's frames: an `Ack` for what arrived, then frames to resend after a
+    /// reconnect, then control frames, then data in fair order. New channel frames are
+    /// retained until the peer acknowledges them.
     fn transmit_peer(&mut self, peer: NodeId, out: &mut Transmit, max_bytes: usize) {
+        if let Some(received) = self.peers.get_mut(&peer).and_then(|p| p.session.take_ack()) {
+            out.push_control(&Frame::Ack { received });
+        }
         while out.len() < max_bytes {
             let Some(p) = self.peers.get_mut(&peer) else {
                 return;
             };
-            if let Some(frame) = p.control.pop_front() {
-                out.push_control(&frame);
+            if let Some(frame) = p.session.next_resend() {
+                push_frame(out, frame);
                 continue;
             }
-            let Some((key, item)) = p.data.pop() else {
+            let frame = if let Some(frame) = p.control.pop_front() {
+                frame
+            } else if let Some((key, item)) = p.data.pop() {
+                match self.item_to_frame(key, item) {
+                    Some(frame) => frame,
+                    None => continue,
+                }
+            } else {
                 return;
             };
-            if let Some(frame) = self.item_to_frame(key, item) {
-                match frame {
-                    Frame::Data { channel, payload } => out.push_data(channel, payload),
-                    other => out.push_control(&other),
-                }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.session.record_sent(frame.clone());
             }
+            push_frame(out, frame);
         }
     }
 
-    /// Sends pings on quiet links, closes silent ones and stuck handshakes, and redials.
+    /// Pings quiet links, closes silent ones and stuck handshakes, acknowledges, redials,
+    /// declares dead the peers unreachable past the grace period, and expires parked
+    /// channels whose consumer never appeared.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         let mut to_close = Vec::new();
         let mut to_wake = Vec::new();
         for (&id, l) in &mut self.links {
@@ -192,20 +256,42 @@ impl NodeCore {
         for (id, cause) in to_close {
             self.close_link(id, GoAwayCode::ProtocolError, cause);
         }
+        let mut dead = Vec::new();
+        let defer = self.config.dial_defer;
+        let grace = self.config.grace_period;
+        for (&peer, p) in &mut self.peers {
+            match p.state {
+                PeerState::Up(link) => {
+                    if p.session.ack_urgent(now, self.config.ack_delay) {
+                        to_wake.push(link);
+                    }
+                }
+                PeerState::Dialing | PeerState::AwaitingInbound => {
+                    let down_since = *p.session.down_since.get_or_insert(now);
+                    if now.saturating_duration_since(down_since) >= grace {
+                        dead.push(peer);
+                        continue;
+                    }
+                    if p.state == PeerState::AwaitingInbound && p.redial_at.is_none() {
+                        p.redial_at = Some(now + defer);
+                    }
+                    if p.redial_at.is_some_and(|at| at <= now) {
+                        p.redial_at = None;
+                        p.state = PeerState::Dialing;
+                        self.events.push_back(Event::Dial { peer });
+                    }
+                }
+                PeerState::Local | PeerState::Idle => {}
+            }
+        }
         for id in to_wake {
             self.wake_link(id);
         }
-        let defer = self.config.dial_defer;
-        for (&peer, p) in &mut self.peers {
-            if p.state == PeerState::AwaitingInbound && p.redial_at.is_none() {
-                p.redial_at = Some(now + defer);
-            }
-            if p.redial_at.is_some_and(|at| at <= now) {
-                p.redial_at = None;
-                p.state = PeerState::Dialing;
-                self.events.push_back(Event::Dial { peer });
-            }
+        for peer in dead {
+            let cause = LinkCause::Unreachable(format!("no link for {grace:?}"));
+            self.declare_dead(peer, cause);
         }
+        self.expire_parked(now);
     }
 
     fn new_link(&mut self, dialled: Option<NodeId>, now: Instant) -> LinkId {
@@ -228,15 +314,38 @@ impl NodeCore {
         id
     }
 
-    fn hello(&self) -> Frame {
-        Frame::Hello {
-            version: PROTOCOL_VERSION,
-            cluster: self.config.cluster,
-            node: self.config.node,
+    /// The connection carrying `peer` is gone. Transient causes start a reconnect within
+    /// the grace period; a broken protocol or a peer going away on purpose is fatal.
+    fn link_lost(&mut self, peer: NodeId, cause: LinkCause) {
+        let fatal = matches!(
+            cause,
+            LinkCause::Protocol(_)
+                | LinkCause::GoAway(
+                    GoAwayCode::ProtocolError
+                        | GoAwayCode::Shutdown
+                        | GoAwayCode::SessionMismatch
+                        | GoAwayCode::VersionMismatch
+                        | GoAwayCode::WrongCluster
+                        | GoAwayCode::UnexpectedNode
+                )
+        );
+        if fatal {
+            self.declare_dead(peer, cause);
+            return;
+        }
+        let now = self.now;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.state = PeerState::Dialing;
+            p.dial_failures = 0;
+            p.refusals = 0;
+            p.redial_at = None;
+            p.session.down_since = Some(now);
+            self.events.push_back(Event::Dial { peer });
         }
     }
 
-    /// Closes `link`: queues a `GoAway` with `code`, fails the peer it carried with `cause`.
+    /// Closes `link`: queues a `GoAway` with `code`; the peer it carried reconnects or is
+    /// declared dead, depending on `cause`.
     pub(super) fn close_link(&mut self, link: LinkId, code: GoAwayCode, cause: LinkCause) {
         let Some(l) = self.links.get_mut(&link) else {
             return;
@@ -255,164 +364,42 @@ impl NodeCore {
             cause: cause.clone(),
         });
         self.wake_link(link);
+        let now = self.now;
         match peer {
             Some(peer)
                 if was_up
                     && self.peers.get(&peer).map(|p| &p.state) == Some(&PeerState::Up(link)) =>
             {
-                self.fail_peer(peer, cause);
+                self.link_lost(peer, cause);
             }
             _ => {
-                if let Some(peer) = dialled {
-                    if code == GoAwayCode::SimultaneousDial {
+                let Some(peer) = dialled else {
+                    return;
+                };
+                match cause {
+                    LinkCause::GoAway(GoAwayCode::SimultaneousDial) => {
+                        // The peer's own dial wins; wait for it (and dial again if it
+                        // never comes).
                         let retry = self.config.handshake_timeout;
-                        let at = self.links.get(&link).map(|l| l.last_rx + retry);
                         if let Some(p) = self.peers.get_mut(&peer) {
                             if p.state == PeerState::Dialing {
                                 p.state = PeerState::AwaitingInbound;
-                                p.redial_at = at;
+                                p.redial_at = Some(now + retry);
                             }
                         }
-                    } else {
-                        let at = self.links.get(&link).map(|l| l.last_rx);
-                        if let Some(at) = at {
-                            self.handle_dial_failed(peer, &cause.to_string(), at);
-                        }
                     }
+                    LinkCause::Protocol(_)
+                    | LinkCause::GoAway(
+                        GoAwayCode::VersionMismatch
+                        | GoAwayCode::WrongCluster
+                        | GoAwayCode::UnexpectedNode
+                        | GoAwayCode::ProtocolError
+                        | GoAwayCode::SessionMismatch,
+                    ) => self.declare_dead(peer, cause),
+                    _ => self.handle_dial_failed(peer, DialFailure::Other, &cause.to_string(), now),
                 }
             }
         }
-    }
-
-    fn handle_link_frame(
-        &mut self,
-        link: LinkId,
-        frame: Frame,
-        now: Instant,
-    ) -> Result<(), (GoAwayCode, LinkCause)> {
-        let Some(l) = self.links.get_mut(&link) else {
-            return Ok(());
-        };
-        match (l.phase, frame) {
-            (
-                Phase::Handshake,
-                Frame::Hello {
-                    version,
-                    cluster,
-                    node,
-                },
-            ) => self.handle_hello(link, version, cluster, node, now),
-            (Phase::Handshake, Frame::GoAway { code }) => Err((code, LinkCause::GoAway(code))),
-            (Phase::Handshake, other) => {
-                Err(protocol(format!("expected Hello, got {}", other.name())))
-            }
-            (Phase::Up, Frame::Hello { .. }) => Err(protocol("Hello after handshake".into())),
-            (Phase::Up, Frame::GoAway { code }) => Err((code, LinkCause::GoAway(code))),
-            (Phase::Up, Frame::Ping { nonce }) => {
-                l.control.push_back(Frame::Pong { nonce });
-                self.wake_link(link);
-                Ok(())
-            }
-            (Phase::Up, Frame::Pong { .. }) => Ok(()),
-            (Phase::Up, frame) => {
-                let Some(peer) = l.peer else {
-                    return Err(protocol("channel frame on an anonymous link".into()));
-                };
-                self.handle_frame(peer, frame).map_err(protocol)
-            }
-            (Phase::Closing, _) => Ok(()),
-        }
-    }
-
-    fn handle_hello(
-        &mut self,
-        link: LinkId,
-        version: u16,
-        cluster: u64,
-        node: NodeId,
-        now: Instant,
-    ) -> Result<(), (GoAwayCode, LinkCause)> {
-        if version != PROTOCOL_VERSION {
-            return Err((
-                GoAwayCode::VersionMismatch,
-                LinkCause::Protocol(format!(
-                    "peer speaks protocol version {version}, we speak {PROTOCOL_VERSION}"
-                )),
-            ));
-        }
-        if cluster != self.config.cluster {
-            return Err((
-                GoAwayCode::WrongCluster,
-                LinkCause::Protocol(format!("peer belongs to cluster {cluster:#x}")),
-            ));
-        }
-        if node == self.config.node {
-            return Err((
-                GoAwayCode::UnexpectedNode,
-                LinkCause::Protocol("peer claims our own node id".into()),
-            ));
-        }
-        let dialled = self.links.get(&link).and_then(|l| l.dialled);
-        let quantum = self.config.quantum;
-        let peer = self
-            .peers
-            .entry(node)
-            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
-        match dialled {
-            Some(expected) if expected != node => Err((
-                GoAwayCode::UnexpectedNode,
-                LinkCause::Protocol(format!("dialled {expected}, but {node} answered")),
-            )),
-            Some(_) => {
-                if !matches!(peer.state, PeerState::Dialing | PeerState::AwaitingInbound) {
-                    // Another connection won meanwhile; this one is surplus.
-                    return Err((
-                        GoAwayCode::Duplicate,
-                        LinkCause::GoAway(GoAwayCode::Duplicate),
-                    ));
-                }
-                self.adopt_link(link, node, now);
-                Ok(())
-            }
-            None => {
-                let accept = match peer.state {
-                    PeerState::Up(_) => false,
-                    PeerState::Dialing => node < self.config.node,
-                    PeerState::Idle | PeerState::AwaitingInbound | PeerState::Local => true,
-                };
-                if !accept {
-                    let code = if matches!(peer.state, PeerState::Up(_)) {
-                        GoAwayCode::Duplicate
-                    } else {
-                        GoAwayCode::SimultaneousDial
-                    };
-                    return Err((code, LinkCause::GoAway(code)));
-                }
-                let hello = self.hello();
-                if let Some(l) = self.links.get_mut(&link) {
-                    l.peer = Some(node);
-                    l.control.push_back(hello);
-                }
-                self.adopt_link(link, node, now);
-                Ok(())
-            }
-        }
-    }
-
-    /// Makes `link` the carrier of `peer`'s traffic.
-    fn adopt_link(&mut self, link: LinkId, peer: NodeId, now: Instant) {
-        if let Some(l) = self.links.get_mut(&link) {
-            l.phase = Phase::Up;
-            l.last_rx = now;
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.state = PeerState::Up(link);
-            p.dial_failures = 0;
-            p.redial_at = None;
-        }
-        // A losing dial of ours may still be in its handshake: it will be refused by the
-        // peer or find the peer up when its Hello arrives.
-        self.wake_link(link);
     }
 
     /// Turns a queued item of outgoing channel `key` into its frame, retiring the channel
@@ -435,6 +422,9 @@ impl NodeCore {
     }
 }
 
-fn protocol(reason: String) -> (GoAwayCode, LinkCause) {
-    (GoAwayCode::ProtocolError, LinkCause::Protocol(reason))
+fn push_frame(out: &mut Transmit, frame: Frame) {
+    match frame {
+        Frame::Data { channel, payload } => out.push_data(channel, payload),
+        other => out.push_control(&other),
+    }
 }

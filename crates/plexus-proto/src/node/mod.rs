@@ -22,15 +22,19 @@
 
 mod consumer;
 pub mod error;
+mod handshake;
+mod jobs;
 mod link;
 mod producer;
+mod session;
 mod state;
 mod transmit;
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
+use crate::jitter::Jitter;
 use crate::map::{Map, Set};
-use std::time::Duration;
 
 use crate::codec::Decoder;
 use crate::config::{Config, ConfigError};
@@ -40,6 +44,7 @@ use crate::ids::{Endpoint, JobId, NodeId};
 
 pub use consumer::Recv;
 pub use error::{ExchangeError, LinkCause, Scope};
+pub use link::DialFailure;
 pub use producer::TrySendError;
 pub use state::LinkId;
 pub use transmit::Transmit;
@@ -102,8 +107,10 @@ pub struct Stats {
     pub parked_channels: usize,
     /// Payload bytes queued to be sent, all peers.
     pub send_queued_bytes: u64,
-    /// Payload bytes received and not yet read, all consumers.
+    /// Bytes received and not yet read (payload and per-message overhead), all consumers.
     pub recv_queued_bytes: u64,
+    /// Payload bytes sent and kept until the peer acknowledges them, all peers.
+    pub retained_bytes: u64,
 }
 
 /// Credit figures of one consumer.
@@ -134,6 +141,9 @@ pub struct NodeCore {
     /// Incoming channels whose consumer does not exist yet, by that consumer.
     parked: Map<LocalKey, Vec<InKey>>,
     parked_count: usize,
+    /// Parked channels in the order they were parked, for expiry (entries whose channel
+    /// was attached or dropped meanwhile are skipped).
+    parked_order: VecDeque<(Instant, InKey)>,
     /// Consumers that were dropped: late channels for them are refused at once.
     closed_consumers: Set<LocalKey>,
     grant_scratch: Vec<(InKey, u32)>,
@@ -141,17 +151,29 @@ pub struct NodeCore {
     recv_queued_bytes: u64,
     /// `pump_local` is on the stack; nested calls leave the work to it.
     pumping: bool,
+    /// The latest time any `handle_*` call passed in.
+    now: Instant,
+    /// Jitter for redial backoff.
+    rng: Jitter,
+    /// How long each resumed link was down, oldest first (the most recent `MAX_RESUMES`).
+    resumes: VecDeque<Duration>,
+    /// The jobs this node has endpoints of: which nodes they span, and whether they failed.
+    jobs: Map<crate::ids::JobId, jobs::JobState>,
 }
 
+/// How many link resume durations the core remembers.
+const MAX_RESUMES: usize = 4096;
+
 impl NodeCore {
-    /// A core for the node described by `config`.
-    pub fn new(config: Config) -> Result<Self, ConfigError> {
+    /// A core for the node described by `config`, starting at time `now`.
+    pub fn new(config: Config, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         let send_policy = SendPolicy {
             want: config.credit_want,
             low_water: config.credit_low_water,
         };
         let decoder = Decoder::new(config.max_frame_body());
+        let config_seed = config.incarnation ^ u64::from(config.node.0);
         let mut peers = Map::default();
         peers.insert(config.node, Peer::new(PeerState::Local, config.quantum));
         Ok(Self {
@@ -168,11 +190,16 @@ impl NodeCore {
             in_channels: Map::default(),
             parked: Map::default(),
             parked_count: 0,
+            parked_order: VecDeque::new(),
             closed_consumers: Set::default(),
             grant_scratch: Vec::new(),
             events: VecDeque::new(),
             recv_queued_bytes: 0,
             pumping: false,
+            now,
+            rng: Jitter::new(config_seed),
+            resumes: VecDeque::new(),
+            jobs: Map::default(),
         })
     }
 
@@ -191,6 +218,19 @@ impl NodeCore {
         (self.config.ping_interval / 4)
             .min(self.config.dial_defer / 4)
             .max(Duration::from_millis(5))
+    }
+
+    /// How long each link that resumed after a loss was down (the most recent ones).
+    pub fn resume_times(&self) -> Vec<Duration> {
+        self.resumes.iter().copied().collect()
+    }
+
+    /// Records the outage of a link that resumed.
+    fn record_resume(&mut self, down: Duration) {
+        if self.resumes.len() == MAX_RESUMES {
+            self.resumes.pop_front();
+        }
+        self.resumes.push_back(down);
     }
 
     /// The next event for the runtime, if any.
@@ -215,6 +255,11 @@ impl NodeCore {
                 .map(|p| p.data.queued_bytes() as u64)
                 .sum(),
             recv_queued_bytes: self.recv_queued_bytes,
+            retained_bytes: self
+                .peers
+                .values()
+                .map(|p| p.session.retained_bytes())
+                .sum(),
         }
     }
 
@@ -227,17 +272,6 @@ impl NodeCore {
         })
     }
 
-    /// Fails every channel crossing to `peer` with `cause`, on both sides, and forgets the
-    /// session with it: a later channel to it starts afresh with a new link.
-    fn fail_peer(&mut self, peer: NodeId, cause: LinkCause) {
-        let error = ExchangeError::LinkFailed { peer, cause };
-        self.fail_out_channels(peer, &error);
-        self.fail_in_channels(peer, &error);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            *p = Peer::new(PeerState::Idle, self.config.quantum);
-        }
-    }
-
     /// Queues a control frame for `peer` and wakes whatever carries it.
     fn push_control(&mut self, peer: NodeId, frame: Frame) {
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -248,6 +282,15 @@ impl NodeCore {
 
     /// Makes sure the queues of `peer` will be sent: hands local frames over at once,
     /// signals the carrying link, or asks for a dial.
+    /// Makes sure a link to `peer` exists or is being made, even with nothing to send.
+    fn ensure_peer(&mut self, peer: NodeId) {
+        let quantum = self.config.quantum;
+        self.peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
+        self.wake_peer(peer);
+    }
+
     fn wake_peer(&mut self, peer: NodeId) {
         let peer_will_dial = peer < self.config.node && self.expects_data_from(peer);
         let Some(p) = self.peers.get_mut(&peer) else {

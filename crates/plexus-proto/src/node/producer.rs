@@ -41,6 +41,10 @@ impl NodeCore {
             });
         }
         let consumers: Vec<Endpoint> = consumers.into_iter().collect();
+        self.register_job(job, consumers.iter().map(|c| c.node));
+        if let Some(error) = self.job_failure(job) {
+            return Err(error);
+        }
         let allowed = consumers.iter().copied().collect();
         self.producers.insert(
             (job, slot),
@@ -343,31 +347,6 @@ impl NodeCore {
         };
         if let Some(p) = self.producers.get_mut(&ch.producer) {
             p.channels.insert(ch.consumer, ChannelSlot::Done(outcome));
-        }
-    }
-
-    /// Fails every outgoing channel to `peer` with `error`.
-    pub(super) fn fail_out_channels(&mut self, peer: NodeId, error: &ExchangeError) {
-        let keys: Vec<OutKey> = self
-            .out_channels
-            .iter()
-            .filter(|(_, ch)| ch.consumer.node == peer)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.data.remove(key);
-            }
-            if let Some(ch) = self.out_channels.get_mut(&key) {
-                ch.state = OutState::Failed(error.clone());
-                let (job, slot) = ch.producer;
-                self.events.push_back(Event::ProducerReady {
-                    job,
-                    slot,
-                    consumer: ch.consumer,
-                });
-            }
-            self.retire_out_channel(key);
         }
     }
 }

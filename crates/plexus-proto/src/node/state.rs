@@ -15,6 +15,8 @@ use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
 use crate::node::error::ExchangeError;
 use crate::scheduler::{Scheduler, Weighted};
 
+use super::session::Session;
+
 /// One connection, as the core knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u64);
@@ -74,10 +76,14 @@ pub(crate) struct Peer {
     /// The number the peer's next `Open` must carry: it numbers its channels in order, so
     /// any lower number is a channel that is gone, and any other is a protocol error.
     pub next_in_wire: u32,
-    /// Failed dial attempts so far.
+    /// Failed dial attempts since the last working link.
     pub dial_failures: u32,
+    /// Consecutive dials refused outright (nothing listening at the peer's address).
+    pub refusals: u32,
     /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
     pub redial_at: Option<Instant>,
+    /// Numbering, retention and acknowledgement of the frames exchanged with the peer.
+    pub session: Session,
 }
 
 impl Peer {
@@ -90,7 +96,9 @@ impl Peer {
             out_by_wire: Map::default(),
             next_in_wire: 0,
             dial_failures: 0,
+            refusals: 0,
             redial_at: None,
+            session: Session::default(),
         }
     }
 }
@@ -177,6 +185,8 @@ pub(crate) struct InChannel {
     pub attached: bool,
     /// A `Backlog` that arrived while the channel was parked, with its need and want.
     pub parked_request: Option<(u32, u32)>,
+    /// When the channel was parked (its consumer did not exist yet).
+    pub parked_at: Instant,
     /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`) while parked.
     pub parked_finish: Option<Option<ExchangeError>>,
 }

@@ -1,0 +1,263 @@
+//! The handshake of a new connection: identity checks, the tie-break of simultaneous dials,
+//! and the session check that decides between resuming and starting afresh.
+//!
+//! Both sides send `Hello`: the dialler at once, the acceptor once it keeps the connection.
+//! Each `Hello` says who the sender is (node, incarnation) and what session it holds with the
+//! receiver *before* this handshake (the receiver's incarnation, or 0, and how many frames it
+//! received). On receiving the other's `Hello`, a side:
+//! 1. declares the peer dead if it comes back with another incarnation (it restarted and lost
+//!    its state): the jobs that touch it fail, and a fresh session starts;
+//! 2. resumes if both sides hold the session (resending from the count the peer received);
+//! 3. drops its session if only it holds one (the peer lost it: jobs touching it fail), and
+//!    starts afresh if neither does.
+//!
+//! Invariants: of two connections dialled at once between the same nodes, both sides keep
+//! the one dialled by the lower node id; frames of a session are delivered once, in order,
+//! whatever connections carry them.
+
+use std::time::Instant;
+
+use super::state::{LinkId, Peer, PeerState, Phase};
+use super::{LinkCause, NodeCore};
+use crate::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
+use crate::ids::NodeId;
+
+/// The identity and session claims of a `Hello`.
+struct Hello {
+    version: u16,
+    cluster: u64,
+    node: NodeId,
+    incarnation: u64,
+    peer_incarnation: u64,
+    received: u64,
+}
+
+type LinkError = (GoAwayCode, LinkCause);
+
+impl NodeCore {
+    /// Our `Hello` to `peer`, describing the session we hold with it.
+    pub(super) fn hello_for(&self, peer: NodeId) -> Frame {
+        let session = self.peers.get(&peer).map(|p| &p.session);
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            cluster: self.config.cluster,
+            node: self.config.node,
+            incarnation: self.config.incarnation,
+            peer_incarnation: session.and_then(|s| s.peer_incarnation).unwrap_or(0),
+            received: session.map_or(0, |s| s.rx_count),
+        }
+    }
+
+    /// Handles one frame read from `link`.
+    pub(super) fn handle_link_frame(
+        &mut self,
+        link: LinkId,
+        frame: Frame,
+        now: Instant,
+    ) -> Result<(), LinkError> {
+        let Some(l) = self.links.get_mut(&link) else {
+            return Ok(());
+        };
+        match (l.phase, frame) {
+            (
+                Phase::Handshake,
+                Frame::Hello {
+                    version,
+                    cluster,
+                    node,
+                    incarnation,
+                    peer_incarnation,
+                    received,
+                },
+            ) => self.handle_hello(
+                link,
+                Hello {
+                    version,
+                    cluster,
+                    node,
+                    incarnation,
+                    peer_incarnation,
+                    received,
+                },
+                now,
+            ),
+            (Phase::Handshake | Phase::Up, Frame::GoAway { code }) => {
+                Err((code, LinkCause::GoAway(code)))
+            }
+            (Phase::Handshake, other) => {
+                Err(protocol(format!("expected Hello, got {}", other.name())))
+            }
+            (Phase::Up, Frame::Hello { .. }) => Err(protocol("Hello after handshake".into())),
+            (Phase::Up, Frame::Ping { nonce }) => {
+                l.control.push_back(Frame::Pong { nonce });
+                self.wake_link(link);
+                Ok(())
+            }
+            (Phase::Up, Frame::Pong { .. }) => Ok(()),
+            (Phase::Up, frame) => {
+                let Some(peer) = l.peer else {
+                    return Err(protocol("channel frame on an anonymous link".into()));
+                };
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return Ok(());
+                };
+                if let Frame::Ack { received } = frame {
+                    return p.session.on_ack(received).map_err(protocol);
+                }
+                p.session.on_received(now);
+                self.handle_frame(peer, frame).map_err(protocol)
+            }
+            (Phase::Closing, _) => Ok(()),
+        }
+    }
+
+    fn handle_hello(&mut self, link: LinkId, hello: Hello, now: Instant) -> Result<(), LinkError> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err((
+                GoAwayCode::VersionMismatch,
+                LinkCause::Protocol(format!(
+                    "peer speaks protocol version {}, we speak {PROTOCOL_VERSION}",
+                    hello.version
+                )),
+            ));
+        }
+        if hello.cluster != self.config.cluster {
+            return Err((
+                GoAwayCode::WrongCluster,
+                LinkCause::Protocol(format!("peer belongs to cluster {:#x}", hello.cluster)),
+            ));
+        }
+        let node = hello.node;
+        if node == self.config.node {
+            return Err((
+                GoAwayCode::UnexpectedNode,
+                LinkCause::Protocol("peer claims our own node id".into()),
+            ));
+        }
+        let dialled = self.links.get(&link).and_then(|l| l.dialled);
+        let quantum = self.config.quantum;
+        let peer = self
+            .peers
+            .entry(node)
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
+        match dialled {
+            Some(expected) if expected != node => Err((
+                GoAwayCode::UnexpectedNode,
+                LinkCause::Protocol(format!("dialled {expected}, but {node} answered")),
+            )),
+            Some(_) => {
+                if !matches!(peer.state, PeerState::Dialing | PeerState::AwaitingInbound) {
+                    // Another connection won meanwhile; this one is surplus.
+                    return Err((
+                        GoAwayCode::Duplicate,
+                        LinkCause::GoAway(GoAwayCode::Duplicate),
+                    ));
+                }
+                self.establish(link, &hello, now)?;
+                Ok(())
+            }
+            None => {
+                let accept = match peer.state {
+                    PeerState::Up(_) => false,
+                    PeerState::Dialing => node < self.config.node,
+                    PeerState::Idle | PeerState::AwaitingInbound | PeerState::Local => true,
+                };
+                if !accept {
+                    let code = if matches!(peer.state, PeerState::Up(_)) {
+                        GoAwayCode::Duplicate
+                    } else {
+                        GoAwayCode::SimultaneousDial
+                    };
+                    return Err((code, LinkCause::GoAway(code)));
+                }
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.peer = Some(node);
+                }
+                // Our Hello reports the session as it stood before this handshake.
+                let reply = self.establish(link, &hello, now)?;
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.control.push_front(reply);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Settles the session with the peer of `hello` and makes `link` carry its traffic.
+    /// Returns the `Hello` an acceptor answers with.
+    fn establish(&mut self, link: LinkId, hello: &Hello, now: Instant) -> Result<Frame, LinkError> {
+        let node = hello.node;
+        let known = self
+            .peers
+            .get(&node)
+            .and_then(|p| p.session.peer_incarnation);
+        if known.is_some_and(|k| k != hello.incarnation) {
+            self.declare_dead(
+                node,
+                LinkCause::Restarted(format!(
+                    "came back as incarnation {:#x}: its state is lost",
+                    hello.incarnation
+                )),
+            );
+        }
+        let we_hold = self
+            .peers
+            .get(&node)
+            .is_some_and(|p| p.session.peer_incarnation == Some(hello.incarnation));
+        let they_hold =
+            hello.peer_incarnation != 0 && hello.peer_incarnation == self.config.incarnation;
+        let resumed = we_hold && they_hold;
+        let mut reply = self.hello_for(node);
+        if resumed {
+            let p = self
+                .peers
+                .get_mut(&node)
+                .ok_or_else(|| protocol("peer vanished".into()))?;
+            p.session.resume(hello.received).map_err(protocol)?;
+        } else {
+            if we_hold {
+                self.declare_dead(
+                    node,
+                    LinkCause::Restarted("it lost the session with us".into()),
+                );
+            }
+            // Neither side holds a session now: the reply says so.
+            if let Frame::Hello {
+                peer_incarnation,
+                received,
+                ..
+            } = &mut reply
+            {
+                *peer_incarnation = 0;
+                *received = 0;
+            }
+        }
+        let quantum = self.config.quantum;
+        let p = self
+            .peers
+            .entry(node)
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
+        p.session.peer_incarnation = Some(hello.incarnation);
+        p.state = PeerState::Up(link);
+        p.dial_failures = 0;
+        p.refusals = 0;
+        p.redial_at = None;
+        let outage = p.session.down_since.take();
+        if let (Some(since), true) = (outage, resumed) {
+            self.record_resume(now.saturating_duration_since(since));
+        }
+        if let Some(l) = self.links.get_mut(&link) {
+            l.phase = Phase::Up;
+            l.peer = Some(node);
+            l.last_rx = now;
+        }
+        // A losing dial of ours may still be in its handshake: it will be refused by the
+        // peer or find the peer up when its Hello arrives.
+        self.wake_link(link);
+        Ok(reply)
+    }
+}
+
+fn protocol(reason: String) -> LinkError {
+    (GoAwayCode::ProtocolError, LinkCause::Protocol(reason))
+}

@@ -1,0 +1,329 @@
+//! Links killed from outside the process mid-transfer (`ss -K`, as an operator or a flaky
+//! network would) resume without losing or duplicating anything; a node that dies fails
+//! exactly the jobs that span it, on every other node, quickly.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use plexus::{Config, Endpoint, Error, ExchangeError, JobId, Membership, Node, NodeId, Topology};
+
+const CLUSTER: u64 = 0xBEEF;
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn start_nodes(subnet: u8, n: u32) -> Vec<Node> {
+    let membership = Membership::new();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut config = Config::new(NodeId(i), CLUSTER);
+        config.max_message = 64 * 1024;
+        config.credit_pool = 512 * 1024;
+        let ip = Ipv4Addr::new(127, 0, subnet, (i + 1) as u8);
+        nodes.push(
+            Node::builder()
+                .config(config)
+                .listen(SocketAddr::new(IpAddr::V4(ip), 0))
+                .membership(membership.clone())
+                .start()
+                .await
+                .expect("node starts"),
+        );
+    }
+    nodes
+}
+
+fn message(producer: Endpoint, seq: u32, len: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(len.max(12));
+    b.put_u32_le(producer.node.0);
+    b.put_u32_le(producer.slot);
+    b.put_u32_le(seq);
+    b.resize(len.max(12), (seq % 251) as u8);
+    b.freeze()
+}
+
+/// Reads a consumer to its end, checking exactly-once per-producer order.
+async fn drain(mut rx: plexus::Consumer) -> Result<HashMap<Endpoint, u32>, Error> {
+    let mut next: HashMap<Endpoint, u32> = HashMap::new();
+    while let Some(item) = rx.recv().await {
+        let (from, payload) = item?;
+        let seq = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]);
+        let expected = next.entry(from).or_insert(0);
+        assert_eq!(
+            seq, *expected,
+            "lost, duplicated or reordered message from {from}"
+        );
+        *expected += 1;
+    }
+    Ok(next)
+}
+
+/// Kills the established TCP connections from `src` to `dst` with `ss -K`; true if any.
+fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    let out = Command::new("ss")
+        .args([
+            "-K",
+            "-t",
+            "-n",
+            "src",
+            &src.to_string(),
+            "dst",
+            &dst.to_string(),
+        ])
+        .output()
+        .expect("ss (iproute2) is installed");
+    // ss prints a header, then one line per socket it closed.
+    String::from_utf8_lossy(&out.stdout).lines().count() > 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_killed_mid_transfer_resume_with_nothing_lost_or_duplicated() {
+    tokio::time::timeout(BOUND, async {
+        let (subnet, n, m, per_channel) = (51u8, 4u32, 2u32, 600u32);
+        let nodes = start_nodes(subnet, n).await;
+        let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
+        let topology = Topology::all_to_all(&ids, m, m);
+        let mut consumers = Vec::new();
+        let mut producers = Vec::new();
+        for node in &nodes {
+            let job = node.job(JobId(1), topology.clone());
+            for slot in 0..m {
+                consumers.push(tokio::spawn(drain(job.consumer(slot).await.unwrap())));
+            }
+            for slot in 0..m {
+                let mut tx = job.producer(slot).await.unwrap();
+                let targets = topology.consumers().to_vec();
+                producers.push(tokio::spawn(async move {
+                    let me = tx.endpoint();
+                    for seq in 0..per_channel {
+                        for &c in &targets {
+                            tx.send(c, message(me, seq, 2000 + (seq as usize % 7) * 1000))
+                                .await?;
+                        }
+                        if seq % 20 == 0 {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }
+                    tx.close().await
+                }));
+            }
+        }
+        // Kill a live link every 10 ms while the transfer runs.
+        let done = Arc::new(AtomicBool::new(false));
+        let kills = Arc::new(AtomicUsize::new(0));
+        let chaos = std::thread::spawn({
+            let (done, kills) = (done.clone(), kills.clone());
+            move || {
+                let mut i = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    let (a, b) = (i % n, (i / n + 1 + i) % n);
+                    i += 1;
+                    if a == b {
+                        continue;
+                    }
+                    let ip = |k: u32| Ipv4Addr::new(127, 0, subnet, (k + 1) as u8);
+                    if kill_link(ip(a), ip(b)) {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        });
+        for p in producers {
+            p.await.unwrap().expect("no producer sees an error");
+        }
+        for c in consumers {
+            let got = c.await.unwrap().expect("no consumer sees an error");
+            assert_eq!(got.len(), (n * m) as usize);
+            assert!(got.values().all(|&count| count == per_channel), "{got:?}");
+        }
+        done.store(true, Ordering::Relaxed);
+        chaos.join().unwrap();
+        let kills = kills.load(Ordering::Relaxed);
+        assert!(
+            kills >= 5,
+            "only {kills} links were killed: the test proved nothing"
+        );
+        let resumes: usize = nodes.iter().map(|n| n.resume_times().len()).sum();
+        assert!(resumes >= 1, "{kills} kills but no resumed link");
+        for node in &nodes {
+            node.shutdown();
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_fails_only_the_jobs_that_span_it_everywhere_and_fast() {
+    tokio::time::timeout(BOUND, async {
+        let nodes = start_nodes(52, 3).await;
+        let all: Vec<NodeId> = nodes.iter().map(Node::id).collect();
+        let spanning = Topology::all_to_all(&all, 1, 1);
+        let sparing = Topology::all_to_all(&all[..2], 1, 1);
+        // Job 1 spans nodes 0, 1, 2; job 2 only nodes 0 and 1.
+        let mut rx = Vec::new();
+        for node in &nodes[..2] {
+            rx.push(
+                node.job(JobId(1), spanning.clone())
+                    .consumer(0)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut spared_rx = Vec::new();
+        for node in &nodes[..2] {
+            spared_rx.push(tokio::spawn(drain(
+                node.job(JobId(2), sparing.clone())
+                    .consumer(0)
+                    .await
+                    .unwrap(),
+            )));
+        }
+        let _victim_rx = nodes[2]
+            .job(JobId(1), spanning.clone())
+            .consumer(0)
+            .await
+            .unwrap();
+        let mut tx0 = nodes[0]
+            .job(JobId(1), spanning.clone())
+            .producer(0)
+            .await
+            .unwrap();
+        tx0.send(rx[1].endpoint(), message(tx0.endpoint(), 0, 100))
+            .await
+            .unwrap();
+        let first = rx[1].recv().await.unwrap().unwrap();
+        assert_eq!(first.0, tx0.endpoint());
+
+        let killed_at = Instant::now();
+        nodes[2].shutdown();
+        for consumer in &mut rx {
+            let err = consumer
+                .recv()
+                .await
+                .expect("an item")
+                .expect_err("an error");
+            assert_eq!(
+                err.exchange().and_then(ExchangeError::peer),
+                Some(NodeId(2)),
+                "the error names the dead node: {err}"
+            );
+            assert!(
+                consumer.recv().await.is_none(),
+                "the stream ends after the error"
+            );
+        }
+        let detected = killed_at.elapsed();
+        assert!(detected < Duration::from_secs(3), "took {detected:?}");
+        // The producer of the failed job is told too.
+        let err = loop {
+            match tx0
+                .send(rx[1].endpoint(), message(tx0.endpoint(), 1, 100))
+                .await
+            {
+                Err(e) => break e,
+                Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        assert_eq!(
+            err.exchange().and_then(ExchangeError::peer),
+            Some(NodeId(2))
+        );
+
+        // Job 2 never touched node 2: it completes.
+        for node in &nodes[..2] {
+            let job = node.job(JobId(2), sparing.clone());
+            let mut tx = job.producer(0).await.unwrap();
+            for c in sparing.consumers() {
+                tx.send(*c, message(tx.endpoint(), 0, 50)).await.unwrap();
+            }
+            tx.close().await.unwrap();
+        }
+        for handle in spared_rx {
+            let got = handle.await.unwrap().expect("job 2 is unaffected");
+            assert_eq!(got.values().sum::<u32>(), 2);
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_fails_the_old_jobs_and_serves_new_ones() {
+    tokio::time::timeout(BOUND, async {
+        let membership = Membership::new();
+        let start = |id: u32| {
+            let membership = membership.clone();
+            async move {
+                let mut config = Config::new(NodeId(id), CLUSTER);
+                config.max_message = 64 * 1024;
+                config.credit_pool = 512 * 1024;
+                let ip = Ipv4Addr::new(127, 0, 53, (id + 1) as u8);
+                Node::builder()
+                    .config(config)
+                    .listen(SocketAddr::new(IpAddr::V4(ip), 0))
+                    .membership(membership)
+                    .start()
+                    .await
+                    .expect("node starts")
+            }
+        };
+        let node0 = start(0).await;
+        let node1 = start(1).await;
+        let ids = [NodeId(0), NodeId(1)];
+        let topology = Topology::all_to_all(&ids, 1, 1);
+        let mut old_rx = node0
+            .job(JobId(1), topology.clone())
+            .consumer(0)
+            .await
+            .unwrap();
+        let mut old_tx = node1
+            .job(JobId(1), topology.clone())
+            .producer(0)
+            .await
+            .unwrap();
+        old_tx
+            .send(old_rx.endpoint(), message(old_tx.endpoint(), 0, 10))
+            .await
+            .unwrap();
+        assert!(old_rx.recv().await.unwrap().is_ok());
+
+        node1.shutdown();
+        let node1 = start(1).await;
+        let err = old_rx
+            .recv()
+            .await
+            .expect("an item")
+            .expect_err("the old job fails");
+        assert_eq!(
+            err.exchange().and_then(ExchangeError::peer),
+            Some(NodeId(1)),
+            "{err}"
+        );
+
+        let mut rx = node0
+            .job(JobId(2), topology.clone())
+            .consumer(0)
+            .await
+            .unwrap();
+        let _rx1 = node1
+            .job(JobId(2), topology.clone())
+            .consumer(0)
+            .await
+            .unwrap();
+        let job = node1.job(JobId(2), topology.clone());
+        let mut tx = job.producer(0).await.unwrap();
+        tx.send(rx.endpoint(), message(tx.endpoint(), 0, 10))
+            .await
+            .unwrap();
+        let (from, _) = rx.recv().await.unwrap().expect("the new job works");
+        assert_eq!(from, tx.endpoint());
+        drop(old_tx);
+    })
+    .await
+    .expect("bounded");
+}
