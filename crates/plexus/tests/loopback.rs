@@ -1,67 +1,16 @@
 //! Integration tests over real loopback sockets: nodes in this process, each on its own
 //! loopback address, exchanging data through the public API.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use plexus::{
-    Config, Endpoint, Error, ExchangeError, JobId, Membership, Node, NodeId, Topology, TrySend,
-};
+use common::{drain, message, start_nodes};
+use plexus::{Endpoint, ExchangeError, JobId, Node, NodeId, Topology, TrySend};
 
-const CLUSTER: u64 = 0xC0FFEE;
 /// Every test is bounded: a hang fails the test instead of blocking the suite.
 const BOUND: Duration = Duration::from_secs(60);
-
-/// Starts `n` nodes on `127.0.<subnet>.1 ..= 127.0.<subnet>.n`, tuned by `tune`.
-async fn start_nodes(subnet: u8, n: u32, tune: impl Fn(&mut Config)) -> Vec<Node> {
-    let membership = Membership::new();
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let mut config = Config::new(NodeId(i), CLUSTER);
-        tune(&mut config);
-        let ip = Ipv4Addr::new(127, 0, subnet, (i + 1) as u8);
-        let node = Node::builder()
-            .config(config)
-            .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-            .membership(membership.clone())
-            .start()
-            .await
-            .expect("node starts");
-        nodes.push(node);
-    }
-    nodes
-}
-
-/// A message carrying its producer and sequence number, padded to `len` bytes.
-fn message(producer: Endpoint, seq: u32, len: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(len.max(12));
-    b.put_u32_le(producer.node.0);
-    b.put_u32_le(producer.slot);
-    b.put_u32_le(seq);
-    b.resize(len.max(12), (seq % 251) as u8);
-    b.freeze()
-}
-
-fn parse(m: &[u8]) -> (Endpoint, u32) {
-    let word = |i: usize| u32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
-    (Endpoint::new(NodeId(word(0)), word(4)), word(8))
-}
-
-/// Reads a consumer to its end, checking per-producer order; returns messages per producer.
-async fn drain(mut rx: plexus::Consumer) -> Result<HashMap<Endpoint, u32>, Error> {
-    let mut next: HashMap<Endpoint, u32> = HashMap::new();
-    while let Some(item) = rx.recv().await {
-        let (from, payload) = item?;
-        let (claimed, seq) = parse(&payload);
-        assert_eq!(claimed, from, "message attributed to the wrong producer");
-        let expected = next.entry(from).or_insert(0);
-        assert_eq!(seq, *expected, "out of order or duplicate from {from}");
-        *expected += 1;
-    }
-    Ok(next)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_to_all_delivers_everything_once_in_order_over_one_link_per_pair() {

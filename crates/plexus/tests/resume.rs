@@ -2,64 +2,24 @@
 //! network would) resume without losing or duplicating anything; a node that dies fails
 //! exactly the jobs that span it, on every other node, quickly.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use plexus::{Config, Endpoint, Error, ExchangeError, JobId, Membership, Node, NodeId, Topology};
+use common::{drain, message, start_node, start_nodes};
+use plexus::{Config, ExchangeError, JobId, Membership, Node, NodeId, Topology};
 
-const CLUSTER: u64 = 0xBEEF;
+/// Small messages and pools, so that credit round trips interleave with the kills.
+fn tune(config: &mut Config) {
+    config.max_message = 64 * 1024;
+    config.credit_pool = 512 * 1024;
+}
+
 const BOUND: Duration = Duration::from_secs(60);
-
-async fn start_nodes(subnet: u8, n: u32) -> Vec<Node> {
-    let membership = Membership::new();
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let mut config = Config::new(NodeId(i), CLUSTER);
-        config.max_message = 64 * 1024;
-        config.credit_pool = 512 * 1024;
-        let ip = Ipv4Addr::new(127, 0, subnet, (i + 1) as u8);
-        nodes.push(
-            Node::builder()
-                .config(config)
-                .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-                .membership(membership.clone())
-                .start()
-                .await
-                .expect("node starts"),
-        );
-    }
-    nodes
-}
-
-fn message(producer: Endpoint, seq: u32, len: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(len.max(12));
-    b.put_u32_le(producer.node.0);
-    b.put_u32_le(producer.slot);
-    b.put_u32_le(seq);
-    b.resize(len.max(12), (seq % 251) as u8);
-    b.freeze()
-}
-
-/// Reads a consumer to its end, checking exactly-once per-producer order.
-async fn drain(mut rx: plexus::Consumer) -> Result<HashMap<Endpoint, u32>, Error> {
-    let mut next: HashMap<Endpoint, u32> = HashMap::new();
-    while let Some(item) = rx.recv().await {
-        let (from, payload) = item?;
-        let seq = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]);
-        let expected = next.entry(from).or_insert(0);
-        assert_eq!(
-            seq, *expected,
-            "lost, duplicated or reordered message from {from}"
-        );
-        *expected += 1;
-    }
-    Ok(next)
-}
 
 /// Kills the established TCP connections from `src` to `dst` with `ss -K`; true if any.
 fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
@@ -83,7 +43,7 @@ fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
 async fn links_killed_mid_transfer_resume_with_nothing_lost_or_duplicated() {
     tokio::time::timeout(BOUND, async {
         let (subnet, n, m, per_channel) = (51u8, 4u32, 2u32, 600u32);
-        let nodes = start_nodes(subnet, n).await;
+        let nodes = start_nodes(subnet, n, tune).await;
         let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
         let topology = Topology::all_to_all(&ids, m, m);
         let mut consumers = Vec::new();
@@ -160,7 +120,7 @@ async fn links_killed_mid_transfer_resume_with_nothing_lost_or_duplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_fails_only_the_jobs_that_span_it_everywhere_and_fast() {
     tokio::time::timeout(BOUND, async {
-        let nodes = start_nodes(52, 3).await;
+        let nodes = start_nodes(52, 3, tune).await;
         let all: Vec<NodeId> = nodes.iter().map(Node::id).collect();
         let spanning = Topology::all_to_all(&all, 1, 1);
         let sparing = Topology::all_to_all(&all[..2], 1, 1);
@@ -256,24 +216,8 @@ async fn a_dead_node_fails_only_the_jobs_that_span_it_everywhere_and_fast() {
 async fn a_restarted_peer_fails_the_old_jobs_and_serves_new_ones() {
     tokio::time::timeout(BOUND, async {
         let membership = Membership::new();
-        let start = |id: u32| {
-            let membership = membership.clone();
-            async move {
-                let mut config = Config::new(NodeId(id), CLUSTER);
-                config.max_message = 64 * 1024;
-                config.credit_pool = 512 * 1024;
-                let ip = Ipv4Addr::new(127, 0, 53, (id + 1) as u8);
-                Node::builder()
-                    .config(config)
-                    .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-                    .membership(membership)
-                    .start()
-                    .await
-                    .expect("node starts")
-            }
-        };
-        let node0 = start(0).await;
-        let node1 = start(1).await;
+        let node0 = start_node(&membership, 53, 0, &tune).await;
+        let node1 = start_node(&membership, 53, 1, &tune).await;
         let ids = [NodeId(0), NodeId(1)];
         let topology = Topology::all_to_all(&ids, 1, 1);
         let mut old_rx = node0
@@ -293,7 +237,7 @@ async fn a_restarted_peer_fails_the_old_jobs_and_serves_new_ones() {
         assert!(old_rx.recv().await.unwrap().is_ok());
 
         node1.shutdown();
-        let node1 = start(1).await;
+        let node1 = start_node(&membership, 53, 1, &tune).await;
         let err = old_rx
             .recv()
             .await

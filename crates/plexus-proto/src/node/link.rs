@@ -208,14 +208,7 @@ impl NodeCore {
                 push_frame(out, frame);
                 continue;
             }
-            let frame = if let Some(frame) = p.control.pop_front() {
-                frame
-            } else if let Some((key, item)) = p.data.pop() {
-                match self.item_to_frame(key, item) {
-                    Some(frame) => frame,
-                    None => continue,
-                }
-            } else {
+            let Some(frame) = self.next_outgoing(peer) else {
                 return;
             };
             if let Some(p) = self.peers.get_mut(&peer) {

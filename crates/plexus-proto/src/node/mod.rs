@@ -330,6 +330,21 @@ impl NodeCore {
         }
     }
 
+    /// The next new frame for `peer`: control frames first, then data in fair order.
+    fn next_outgoing(&mut self, peer: NodeId) -> Option<Frame> {
+        loop {
+            let p = self.peers.get_mut(&peer)?;
+            if let Some(frame) = p.control.pop_front() {
+                return Some(frame);
+            }
+            let (key, item) = p.data.pop()?;
+            // A channel retired meanwhile yields nothing: try the next item.
+            if let Some(frame) = self.item_to_frame(key, item) {
+                return Some(frame);
+            }
+        }
+    }
+
     /// Delivers everything queued for this node itself, as a remote peer would receive it.
     fn pump_local(&mut self) {
         if self.pumping {
@@ -337,17 +352,7 @@ impl NodeCore {
         }
         self.pumping = true;
         let me = self.config.node;
-        while let Some(peer) = self.peers.get_mut(&me) {
-            let frame = if let Some(frame) = peer.control.pop_front() {
-                frame
-            } else if let Some((key, item)) = peer.data.pop() {
-                match self.item_to_frame(key, item) {
-                    Some(frame) => frame,
-                    None => continue,
-                }
-            } else {
-                break;
-            };
+        while let Some(frame) = self.next_outgoing(me) {
             if let Err(reason) = self.handle_frame(me, frame) {
                 // Both ends are this node: a violation here is a bug, not hostile input.
                 if cfg!(debug_assertions) {
