@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the protocol core's hot paths: frame codec, the fair scheduler, and
 //! credit accounting. Run with `cargo bench -p plexus-proto`; CI builds them so they keep
 //! compiling.
+#![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
 use std::hint::black_box;
 
@@ -115,5 +116,9 @@ fn credit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, scheduler, credit);
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = codec, scheduler, credit
+}
 criterion_main!(benches);
