@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Run the all-to-all job on loopback and report throughput, links and memory.
     Bench(bench::BenchArgs),
+    /// One node of `plexus bench --spawn`, driven by the bench over stdin and stdout.
+    #[command(hide = true, name = "bench-node")]
+    BenchNode(bench::child::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +34,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench::main(args),
+        Command::BenchNode(args) => bench::child::main(args),
     }
 }

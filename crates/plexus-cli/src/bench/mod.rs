@@ -1,21 +1,41 @@
 //! `plexus bench`: the all-to-all job on loopback.
 //!
-//! n nodes run in this process, node i listening on its own loopback address
-//! `127.0.0.(i+1)`, so the operating system attributes every socket to a node. Each of the
-//! k jobs has m producers and m consumers on every node; every producer spreads its bytes
+//! n nodes run, node i listening on its own loopback address `127.0.0.(i+1)`, so the
+//! operating system attributes every socket to a node: all in this process
+//! ([`inproc`], the default), or each in a process of its own (`--spawn`: [`spawn`] is the
+//! coordinator, [`child`] a node process). Each of the k jobs uses N of the nodes (see
+//! [`shape`]), with m producers and m consumers on each; every producer spreads its bytes
 //! over every consumer of its job, and every consumer verifies that it got every message of
-//! every producer exactly once, in order, intact. Links per node are counted from the OS
-//! socket table while the job runs.
+//! every producer exactly once, in order, intact ([`roles`], [`workload`]). Links per node
+//! are counted from the OS socket table while the job runs ([`monitor`]); links can be
+//! aborted from outside ([`chaos`]) and a node's process killed (`--kill-node`), and the
+//! run is judged by what every endpoint reported ([`verdict`]).
+//!
+//! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
+//! needs `ss`); both modes share the roles, the hosting of endpoints and the judging, so
+//! they report the same fields with the same meaning.
 
+mod chaos;
+pub mod child;
+mod host;
+mod inproc;
 pub mod memory;
+mod monitor;
 mod report;
-mod run;
+mod roles;
+mod shape;
 pub mod size;
+mod spawn;
+mod verdict;
+mod wire;
 pub mod workload;
 
 use std::process::ExitCode;
 
 use clap::Args;
+
+use report::Report;
+use shape::{Shape, ShapeSpec};
 
 /// Options of `plexus bench`.
 #[derive(Clone, Debug, Args)]
@@ -38,6 +58,10 @@ pub struct BenchArgs {
     /// Size of each message, header included (at least 24 bytes).
     #[arg(long, default_value = "32KiB", value_parser = parse_size_arg)]
     pub message_size: u64,
+    /// Nodes each job uses, spread round robin: job j uses nodes (j·N + i) mod n, i < N
+    /// (default: every node).
+    #[arg(long)]
+    pub nodes_per_job: Option<u32>,
     /// Consumers that read nothing until every other consumer has finished.
     #[arg(long, default_value_t = 0)]
     pub stall_consumers: u32,
@@ -53,6 +77,66 @@ pub struct BenchArgs {
     /// Print exactly one JSON object on stdout instead of the human summary.
     #[arg(long)]
     pub json: bool,
+    /// Run every node in an OS process of its own.
+    #[arg(long)]
+    pub spawn: bool,
+    /// SIGKILL this node's process (needs --spawn and --kill-at-ms).
+    #[arg(long)]
+    pub kill_node: Option<u32>,
+    /// When to kill --kill-node, in ms after the nodes were told to start.
+    #[arg(long)]
+    pub kill_at_ms: Option<u64>,
+    /// Every this many ms, abort one random live link between nodes with `ss -K`.
+    #[arg(long)]
+    pub chaos_link_kill_ms: Option<u64>,
+}
+
+impl BenchArgs {
+    /// The run's shape, validated.
+    fn shape(&self) -> Result<Shape, String> {
+        Shape::new(ShapeSpec {
+            nodes: self.nodes,
+            producers: self.producers,
+            consumers: self.consumers,
+            jobs: self.jobs,
+            nodes_per_job: self.nodes_per_job,
+            bytes_per_producer: self.bytes_per_producer,
+            message_size: self.message_size,
+            credit_pool: self.credit_pool,
+            stall_consumers: self.stall_consumers,
+            first_ip: self.first_ip,
+        })
+    }
+
+    /// Checks the options that go together.
+    fn check(&self) -> Result<(), String> {
+        match (self.kill_node, self.kill_at_ms) {
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err("--kill-node and --kill-at-ms go together".into())
+            }
+            (Some(_), Some(_)) if !self.spawn => {
+                return Err(
+                    "--kill-node needs --spawn: only a node in a process of its own can be killed"
+                        .into(),
+                )
+            }
+            (Some(node), Some(_)) if node >= self.nodes => {
+                return Err(format!(
+                    "--kill-node {node}: there are only nodes 0 to {}",
+                    self.nodes.saturating_sub(1)
+                ))
+            }
+            (Some(_), Some(_)) => {}
+        }
+        if let Some(ms) = self.chaos_link_kill_ms {
+            if ms == 0 {
+                return Err("--chaos-link-kill-ms must be at least 1".into());
+            }
+            chaos::check_ss()?;
+        }
+        Ok(())
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -61,7 +145,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 
 /// Runs the bench and prints its report; fails when the run did not verify.
 pub fn main(args: BenchArgs) -> ExitCode {
-    match run::run(&args) {
+    match run(&args) {
         Ok(report) => {
             report.print(args.json);
             if report.verified {
@@ -74,5 +158,16 @@ pub fn main(args: BenchArgs) -> ExitCode {
             eprintln!("plexus bench: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Checks the options and runs the bench in the mode they ask for.
+fn run(args: &BenchArgs) -> Result<Report, String> {
+    args.check()?;
+    let shape = args.shape()?;
+    if args.spawn {
+        spawn::run(&shape, args)
+    } else {
+        inproc::run(&shape, args)
     }
 }

@@ -1,4 +1,8 @@
 //! The bench's results: one JSON object, or a human summary.
+//!
+//! Invariants: the JSON object has the same fields whichever mode ran the nodes (in this
+//! process, or one process per node with `--spawn`); optional figures are `null`, never
+//! left out, except `errors`, present only when there are some.
 
 use serde::Serialize;
 
@@ -12,32 +16,79 @@ pub struct Report {
     /// Why the run did not verify, if it did not.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Nodes in the cluster (n).
     pub nodes: u32,
+    /// Nodes each job uses (N), spread round robin: job j uses nodes (j·N + i) mod n.
+    pub nodes_per_job: u32,
+    /// Producers per node and job (m_p).
     pub producers_per_node: u32,
+    /// Consumers per node and job (m_c).
     pub consumers_per_node: u32,
+    /// Jobs (k).
     pub jobs: u32,
-    /// Logical channels: jobs × (n·m producers) × (n·m consumers).
+    /// Logical channels: k · (N·m_p) · (N·m_c).
     pub channels: u64,
+    /// Size of every message but a channel's last, header included.
     pub message_size: u64,
+    /// Payload bytes delivered to consumers.
     pub bytes_total: u64,
+    /// Messages delivered to consumers.
     pub messages_total: u64,
+    /// From the start of the endpoints to the end of the last one.
     pub elapsed_s: f64,
+    /// `bytes_total / elapsed_s`.
     pub throughput_bytes_per_s: f64,
+    /// `messages_total / elapsed_s`.
     pub messages_per_s: f64,
     /// Most established TCP connections any node's address held, from /proc/net/tcp.
     pub links_per_node_max: usize,
-    /// Connections per node with one connection per producer-consumer pair: 2·k·m·(m·n).
+    /// Connections a node would need with one connection per producer-consumer pair: the
+    /// maximum over nodes v of k_v · (m_p·N·m_c + m_c·N·m_p), where k_v is the number of
+    /// jobs using v (every producer connects to each of its job's N·m_c consumers, every
+    /// consumer to each of its N·m_p producers). With every node in every job and
+    /// m_p = m_c = m this is 2·k·m·(m·n).
     pub naive_connections_per_node: u64,
+    /// Consumers that stalled.
     pub stalled_consumers: u32,
     /// Bytes received by consumers that did not stall, per second until the last of them
     /// finished.
     pub healthy_throughput_bytes_per_s: f64,
+    /// Until the last consumer that did not stall finished.
     pub healthy_elapsed_s: f64,
     /// Peak bytes granted and not yet read, for any one stalled consumer: an upper bound of
     /// what its channels held anywhere (sender queues, sockets, receive queue).
     pub stalled_buffered_bytes_max: u64,
+    /// Each consumer's credit pool.
     pub credit_pool_bytes: u64,
+    /// Peak resident memory (`VmHWM`) of the bench process, or with `--spawn` the largest
+    /// peak of the node processes.
     pub rss_peak_bytes: u64,
+    /// OS processes that ran nodes: 1, or with `--spawn` one per node.
+    pub processes: usize,
+    /// Jobs whose every endpoint finished without error and whose every consumer verified.
+    pub jobs_completed: u32,
+    /// Jobs that did not complete (the ids are in `failed_job_ids`). A job that uses the
+    /// killed node is expected to fail; any other failure, or a job that used it and did not
+    /// fail cleanly, is listed in `errors`.
+    pub jobs_failed: u32,
+    /// Ids of the jobs that did not complete (job index + 1).
+    pub failed_job_ids: Vec<u64>,
+    /// Ids of the jobs that use the killed node: those expected to fail.
+    pub affected_job_ids: Vec<u64>,
+    /// The node whose process was killed (`--kill-node`), if it was.
+    pub killed_node: Option<u32>,
+    /// Max over the endpoints of affected jobs on surviving nodes of (time the endpoint saw
+    /// its error − time of the kill), in ms; `null` without a kill (or without such errors).
+    pub failure_detect_ms_max: Option<u64>,
+    /// Links aborted from outside by `--chaos-link-kill-ms` (`ss -K` destroyed a socket).
+    pub link_kills: u64,
+    /// Times a link came back after a failure and traffic resumed, summed over the nodes:
+    /// each end of a link counts its own resume (`plexus::Node::resume_times`).
+    pub link_resumes: usize,
+    /// Median time a link was down until traffic resumed, in ms (`null` without resumes).
+    pub resume_ms_p50: Option<f64>,
+    /// 99th percentile of the same (`null` without resumes).
+    pub resume_ms_p99: Option<f64>,
 }
 
 impl Report {
@@ -52,8 +103,14 @@ impl Report {
         }
         let verdict = if self.verified { "VERIFIED" } else { "FAILED" };
         println!(
-            "plexus bench: {verdict}: {} nodes × ({} producers + {} consumers) × {} jobs = {} channels",
-            self.nodes, self.producers_per_node, self.consumers_per_node, self.jobs, self.channels
+            "plexus bench: {verdict}: {} jobs × {} of {} nodes × ({} producers + {} consumers) = {} channels, in {} process(es)",
+            self.jobs,
+            self.nodes_per_job,
+            self.nodes,
+            self.producers_per_node,
+            self.consumers_per_node,
+            self.channels,
+            self.processes
         );
         for e in &self.errors {
             println!("  error: {e}");
@@ -78,6 +135,31 @@ impl Report {
                 format_bytes(self.healthy_throughput_bytes_per_s as u64),
                 format_bytes(self.stalled_buffered_bytes_max),
                 format_bytes(self.credit_pool_bytes)
+            );
+        }
+        println!(
+            "  jobs: {} completed, {} failed {:?}",
+            self.jobs_completed, self.jobs_failed, self.failed_job_ids
+        );
+        if let Some(node) = self.killed_node {
+            let detect = self
+                .failure_detect_ms_max
+                .map_or("never".to_string(), |ms| {
+                    format!("at most {ms} ms after the kill")
+                });
+            println!(
+                "  killed node {node}: affected jobs {:?}; their endpoints saw it {detect}",
+                self.affected_job_ids
+            );
+        }
+        if self.link_kills > 0 || self.link_resumes > 0 {
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+            println!(
+                "  links killed from outside: {}; links resumed: {} (down p50 {}, p99 {})",
+                self.link_kills,
+                self.link_resumes,
+                ms(self.resume_ms_p50),
+                ms(self.resume_ms_p99)
             );
         }
         println!("  peak RSS {}", format_bytes(self.rss_peak_bytes));

@@ -213,8 +213,9 @@ impl Plan {
     }
 }
 
-/// SplitMix64 step: a tiny, good-quality 64-bit mixer.
-fn splitmix64(state: &mut u64) -> u64 {
+/// SplitMix64 step: a tiny, good-quality 64-bit mixer (and pseudo-random generator:
+/// each call advances `state` and returns the next number).
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

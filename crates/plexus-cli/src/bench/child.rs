@@ -1,0 +1,181 @@
+//! `plexus bench-node` (hidden): one node of `plexus bench --spawn`, in a process of its
+//! own, driven by the coordinator over its stdin and stdout (see [`super::wire`]).
+//!
+//! Invariants: stdout carries protocol lines only (logs go to stderr); the node's
+//! endpoints open only after `start` brought every node's address; `done` is sent once,
+//! after every endpoint's outcome; the node stays up after `done` until `exit` (answered by
+//! `bye`, with figures that cover the whole run) or the end of stdin, so that peers still
+//! reading from it are served; the process exits when the coordinator goes away.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use plexus::{Membership, Node, NodeId};
+use tokio::sync::{mpsc, watch};
+
+use super::host;
+use super::memory;
+use super::roles::EndpointEvent;
+use super::shape::Shape;
+use super::wire::{self, FromNode, Line, ToNode};
+
+/// How often the node reports its consumers' progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Options of `plexus bench-node`, set by the coordinator.
+#[derive(Clone, Debug, Args)]
+pub struct NodeArgs {
+    /// This node's id.
+    #[arg(long)]
+    pub node: u32,
+    /// The run's shape, as JSON.
+    #[arg(long)]
+    pub shape: String,
+}
+
+/// Runs one node until the coordinator says `exit` or goes away.
+pub fn main(args: NodeArgs) -> ExitCode {
+    let result = serde_json::from_str::<Shape>(&args.shape)
+        .map_err(|e| format!("bad --shape: {e}"))
+        .and_then(|shape| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            let result = runtime.block_on(serve(&shape, args.node));
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            result
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("plexus bench-node {}: {error}", args.node);
+            let _ = emit(&FromNode::Failed { error });
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes one message to the coordinator.
+fn emit(msg: &FromNode) -> Result<(), String> {
+    wire::write_line(&mut std::io::stdout().lock(), msg)
+        .map_err(|e| format!("cannot write to the coordinator: {e}"))
+}
+
+async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
+    if me >= shape.nodes() {
+        return Err(format!(
+            "node {me} is not one of the {} nodes",
+            shape.nodes()
+        ));
+    }
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
+    wire::read_lines::<ToNode, _, _>(std::io::stdin(), move |line| inbox_tx.send(line).is_ok());
+    let membership = Membership::new();
+    let node = host::start_node(shape, me, &membership).await?;
+    emit(&FromNode::Ready {
+        node: me,
+        addr: node.local_addr(),
+        pid: std::process::id(),
+    })?;
+    let (addrs, hold_close) = match inbox.recv().await {
+        Some(Line::Message(ToNode::Start { addrs, hold_close })) => (addrs, hold_close),
+        Some(
+            Line::Message(ToNode::Exit | ToNode::Release | ToNode::CloseProducers) | Line::Closed,
+        )
+        | None => {
+            node.shutdown();
+            return Ok(());
+        }
+        Some(Line::Garbled(e)) => return Err(format!("bad message from the coordinator: {e}")),
+    };
+    if addrs.len() != shape.nodes() as usize {
+        return Err(format!(
+            "start brought {} addresses for {} nodes",
+            addrs.len(),
+            shape.nodes()
+        ));
+    }
+    for (i, addr) in (0u32..).zip(addrs) {
+        if i != me {
+            membership.insert(NodeId(i), addr);
+        }
+    }
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = watch::channel(false);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let nodes = [node.clone()];
+    let (close_tx, close_gate) = watch::channel(!hold_close);
+    let tasks = host::launch(
+        &nodes,
+        shape,
+        &events_tx,
+        &release_rx,
+        &close_gate,
+        &delivered,
+    )
+    .await?;
+    drop(events_tx);
+    let expected = shape.endpoints_on(me);
+    let mut finished = 0;
+    if expected == 0 {
+        emit(&FromNode::Done)?;
+    }
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            event = events.recv(), if finished < expected => match event {
+                Some(EndpointEvent::Finished(outcome)) => {
+                    emit(&FromNode::Endpoint { outcome })?;
+                    finished += 1;
+                    if finished == expected {
+                        emit(&FromNode::Progress { delivered: delivered.load(Ordering::Relaxed) })?;
+                        emit(&FromNode::Done)?;
+                    }
+                }
+                Some(EndpointEvent::HealthyDone) => emit(&FromNode::HealthyDone)?,
+                None => return Err("the endpoint tasks ended without reporting".into()),
+            },
+            line = inbox.recv() => match line {
+                Some(Line::Message(ToNode::Release)) => {
+                    release_tx.send_replace(true);
+                }
+                Some(Line::Message(ToNode::CloseProducers)) => {
+                    close_tx.send_replace(true);
+                }
+                Some(Line::Message(ToNode::Exit)) => {
+                    emit(&bye(&node))?;
+                    break;
+                }
+                Some(Line::Closed) | None => break,
+                Some(Line::Message(ToNode::Start { .. })) => {
+                    return Err("start received twice".into());
+                }
+                Some(Line::Garbled(e)) => {
+                    return Err(format!("bad message from the coordinator: {e}"));
+                }
+            },
+            _ = progress.tick(), if finished < expected => {
+                emit(&FromNode::Progress { delivered: delivered.load(Ordering::Relaxed) })?;
+            }
+        }
+    }
+    node.shutdown();
+    drop(tasks);
+    Ok(())
+}
+
+/// The `bye` message: this process's peak memory and the node's link resumes.
+fn bye(node: &Node) -> FromNode {
+    FromNode::Bye {
+        rss_peak_bytes: memory::peak_rss_bytes().unwrap_or(0),
+        resume_us: host::resume_times(node)
+            .iter()
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .collect(),
+    }
+}

@@ -1,0 +1,104 @@
+//! Watching a run from outside its nodes: the most TCP connections any node's address
+//! holds, sampled from the OS socket table, and the progress bar.
+//!
+//! Invariants: sampling costs about a quarter of one core at most (the pause between
+//! samples is three times the last sample's cost, and at least 50 ms); one last sample is
+//! taken when the monitor stops, for runs shorter than the sampling period; the progress
+//! bar is hidden when the report is JSON.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use plexus::sockets;
+use tokio::task::JoinHandle;
+
+/// A running monitor; see the module docs.
+pub struct Monitor {
+    task: JoinHandle<()>,
+    ips: Vec<Ipv4Addr>,
+    links_max: Arc<AtomicUsize>,
+    progress: ProgressBar,
+}
+
+impl Monitor {
+    /// Starts sampling the connections of `ips` and showing `delivered` out of `total`
+    /// bytes (unless `hidden`).
+    pub fn start(
+        ips: Vec<Ipv4Addr>,
+        total: u64,
+        delivered: Arc<AtomicU64>,
+        hidden: bool,
+    ) -> Monitor {
+        let links_max = Arc::new(AtomicUsize::new(0));
+        let progress = progress_bar(total, hidden);
+        let task = tokio::spawn(sample_links(
+            ips.clone(),
+            links_max.clone(),
+            delivered,
+            progress.clone(),
+        ));
+        Monitor {
+            task,
+            ips,
+            links_max,
+            progress,
+        }
+    }
+
+    /// Stops the monitor, while the links are still up, and returns the most established
+    /// connections any node's address held.
+    pub fn finish(self) -> usize {
+        self.task.abort();
+        self.links_max
+            .fetch_max(max_links(&self.ips), Ordering::Relaxed);
+        self.progress.finish_and_clear();
+        self.links_max.load(Ordering::Relaxed)
+    }
+}
+
+/// Samples established connections per node address, keeping the maximum, and updates
+/// the progress bar.
+async fn sample_links(
+    ips: Vec<Ipv4Addr>,
+    links_max: Arc<AtomicUsize>,
+    delivered: Arc<AtomicU64>,
+    progress: ProgressBar,
+) {
+    loop {
+        progress.set_position(delivered.load(Ordering::Relaxed));
+        let ips = ips.clone();
+        let started = Instant::now();
+        if let Ok(max) = tokio::task::spawn_blocking(move || max_links(&ips)).await {
+            links_max.fetch_max(max, Ordering::Relaxed);
+        }
+        let pause = (started.elapsed() * 3).max(Duration::from_millis(50));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Most established connections any of `ips` holds, per the OS socket table.
+fn max_links(ips: &[Ipv4Addr]) -> usize {
+    let Ok(counts) = sockets::established_by_local_ip() else {
+        return 0;
+    };
+    ips.iter()
+        .map(|ip| counts.get(ip).copied().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

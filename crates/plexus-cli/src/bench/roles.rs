@@ -1,0 +1,360 @@
+//! The workload's two roles, shared by the in-process and the one-process-per-node modes:
+//! a producer sends its plan to every consumer of its job, a consumer reads and verifies
+//! everything from every producer of its job. Also what each endpoint reports when it ends.
+//!
+//! Invariants: an endpoint stops at its first error and records it with the wall-clock
+//! time it saw it and the node the error names, if any; a consumer passes only if its
+//! verifier accepted every message and found every channel complete; a stalled consumer
+//! reads nothing before the release; every non-stalled consumer announces exactly once
+//! that it is done (even when it failed), so stalled consumers are always released.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use plexus::{Endpoint, ExchangeError, TrySend};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::shape::Shape;
+use super::workload::{ChannelVerifier, MessageFactory, Plan};
+
+/// Which role an endpoint plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sends to every consumer of its job.
+    Producer,
+    /// Receives from every producer of its job.
+    Consumer,
+}
+
+/// Why an endpoint stopped early.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointError {
+    /// What happened, naming the endpoint.
+    pub message: String,
+    /// Wall-clock time the endpoint saw the error, in ms since the UNIX epoch.
+    pub at_ms: u64,
+    /// The node the error names (the peer of a failed link, say), if it names one.
+    pub names_node: Option<u32>,
+}
+
+impl EndpointError {
+    /// An error from the plexus library, seen now.
+    pub fn plexus(context: String, error: &plexus::Error) -> EndpointError {
+        EndpointError {
+            message: format!("{context}: {error}"),
+            at_ms: wall_ms(),
+            names_node: named_node(error),
+        }
+    }
+
+    /// Any other failure (verification, bench logic), seen now.
+    pub fn other(message: String) -> EndpointError {
+        EndpointError {
+            message,
+            at_ms: wall_ms(),
+            names_node: None,
+        }
+    }
+}
+
+/// How one endpoint ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointOutcome {
+    /// Job index (the job's id is one more).
+    pub job: u32,
+    /// Node the endpoint ran on.
+    pub node: u32,
+    /// Producer or consumer.
+    pub role: Role,
+    /// Slot on its node.
+    pub slot: u32,
+    /// A consumer that stalled until the release.
+    pub stalled: bool,
+    /// Payload bytes received (consumers) or queued for sending (producers).
+    pub bytes: u64,
+    /// Messages received (consumers) or queued for sending (producers).
+    pub messages: u64,
+    /// For a consumer, the peak of credit granted and not yet read.
+    pub peak_buffered: u64,
+    /// The first error, if the endpoint did not finish its work.
+    pub error: Option<EndpointError>,
+}
+
+/// Wall-clock time in ms since the UNIX epoch (0 if the clock is before it).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The node a plexus error names: the peer of a failed link, the node of a cancelling
+/// consumer or an aborting producer, or failing those the first `node N` in its text.
+pub fn named_node(error: &plexus::Error) -> Option<u32> {
+    match error.exchange() {
+        Some(ExchangeError::LinkFailed { peer, .. }) => Some(peer.0),
+        Some(ExchangeError::Cancelled { consumer, .. }) => Some(consumer.node.0),
+        Some(ExchangeError::ProducerAborted { producer }) => Some(producer.node.0),
+        _ => node_in_text(&error.to_string()),
+    }
+}
+
+/// The number after the first `node ` in `text` that is followed by digits.
+fn node_in_text(text: &str) -> Option<u32> {
+    text.match_indices("node ").find_map(|(at, word)| {
+        let rest = &text[at + word.len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    })
+}
+
+/// What a role moved before it ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Moved {
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Messages.
+    pub messages: u64,
+}
+
+/// Sends the producer's whole plan to every consumer of `job`, serving whichever consumers
+/// have credit and waiting only when none has. Does not close the producer. On error
+/// returns what was queued so far with the first error.
+pub async fn produce(
+    tx: &mut plexus::Producer,
+    shape: &Shape,
+    job: u32,
+    factory: &MessageFactory,
+) -> Result<Moved, (Moved, EndpointError)> {
+    let me = tx.endpoint();
+    let my_id = shape.producer_id(me);
+    let plan: Plan = shape.plan();
+    let consumers = shape.topology(job).consumers().to_vec();
+    let messages = plan.messages();
+    let mut moved = Moved::default();
+    let fail = |moved: Moved, error: EndpointError| Err((moved, error));
+    let context = || format!("job {} producer {me}", Shape::job_id(job).0);
+    let mut next_seq = vec![0u32; consumers.len()];
+    let index: HashMap<Endpoint, usize> =
+        consumers.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+    // Consumers worth trying now; the others wait for their credit.
+    let mut runnable: Vec<usize> = (0..consumers.len()).collect();
+    let mut next_round: Vec<usize> = Vec::with_capacity(consumers.len());
+    let mut unfinished = consumers.len();
+    while unfinished > 0 {
+        if runnable.is_empty() {
+            for consumer in tx.ready().await {
+                if let Some(&i) = index.get(&consumer) {
+                    runnable.push(i);
+                }
+            }
+            continue;
+        }
+        // One message to each runnable consumer per round, so they progress evenly.
+        for &i in &runnable {
+            let consumer = consumers[i];
+            let len = plan.message_len(next_seq[i]) as usize;
+            match tx.has_credit(consumer, len) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return fail(moved, EndpointError::plexus(context(), &e)),
+            }
+            let message = factory.message(&plan, my_id, shape.consumer_id(consumer), next_seq[i]);
+            match tx.try_send(consumer, message) {
+                Ok(()) => {
+                    moved.bytes += len as u64;
+                    moved.messages += 1;
+                    next_seq[i] += 1;
+                    if next_seq[i] == messages {
+                        unfinished -= 1;
+                    } else {
+                        next_round.push(i);
+                    }
+                }
+                Err(TrySend::NoCredit(_)) => {
+                    let message = format!("{}: credit vanished between check and send", context());
+                    return fail(moved, EndpointError::other(message));
+                }
+                Err(TrySend::Failed(e)) => {
+                    return fail(moved, EndpointError::plexus(context(), &e))
+                }
+            }
+        }
+        std::mem::swap(&mut runnable, &mut next_round);
+        next_round.clear();
+        tokio::task::yield_now().await;
+    }
+    Ok(moved)
+}
+
+/// Keeps a producer that sent everything from closing until `gate` opens, so its job stays
+/// in progress; returns its job's failure if that comes first.
+pub async fn hold_close(
+    tx: &mut plexus::Producer,
+    job: u32,
+    mut gate: watch::Receiver<bool>,
+) -> Result<(), EndpointError> {
+    let me = tx.endpoint();
+    let context = || format!("job {} producer {me}", Shape::job_id(job).0);
+    loop {
+        if *gate.borrow_and_update() {
+            return Ok(());
+        }
+        tokio::select! {
+            changed = gate.changed() => {
+                if changed.is_err() {
+                    // The gate's owner is gone: nobody will hold us any longer.
+                    return Ok(());
+                }
+            }
+            // A failing job wakes its producers; the failure shows on their channels.
+            ready = tx.ready() => {
+                for consumer in ready {
+                    if let Err(e) = tx.has_credit(consumer, 0) {
+                        return Err(EndpointError::plexus(context(), &e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the endpoints of a process report while they run.
+#[derive(Debug)]
+pub enum EndpointEvent {
+    /// An endpoint ended.
+    Finished(EndpointOutcome),
+    /// A non-stalled consumer has all its data, or failed: it needs nothing more.
+    HealthyDone,
+}
+
+/// How one consumer reads: whether it stalls, and what it tells the rest of the run.
+pub struct ConsumerCtx {
+    /// The consumer stalls until `release` turns true.
+    pub stalled: bool,
+    /// Turns true once every non-stalled consumer of the run is done.
+    release: watch::Receiver<bool>,
+    /// Where [`EndpointEvent::HealthyDone`] goes.
+    events: mpsc::UnboundedSender<EndpointEvent>,
+    /// Payload bytes received by the consumers of this process, for progress.
+    delivered: Arc<AtomicU64>,
+    /// This consumer already announced it was done.
+    announced: bool,
+}
+
+impl ConsumerCtx {
+    /// A context for a consumer that stalls or not.
+    pub fn new(
+        stalled: bool,
+        release: watch::Receiver<bool>,
+        events: mpsc::UnboundedSender<EndpointEvent>,
+        delivered: Arc<AtomicU64>,
+    ) -> ConsumerCtx {
+        ConsumerCtx {
+            stalled,
+            release,
+            events,
+            delivered,
+            announced: false,
+        }
+    }
+
+    /// Announces this (non-stalled) consumer as done, once.
+    fn mark_healthy_done(&mut self) {
+        if self.stalled || self.announced {
+            return;
+        }
+        self.announced = true;
+        // The receiver outlives every consumer but the run's end; then nobody waits.
+        let _ = self.events.send(EndpointEvent::HealthyDone);
+    }
+}
+
+/// Reads and verifies everything for one consumer of `job` (after the release, if it
+/// stalls), stopping at the first error.
+pub async fn consume(
+    rx: &mut plexus::Consumer,
+    shape: &Shape,
+    job: u32,
+    ctx: &mut ConsumerCtx,
+) -> (Moved, Option<EndpointError>) {
+    let me = rx.endpoint();
+    let context = format!("job {} consumer {me}", Shape::job_id(job).0);
+    let producers = shape
+        .topology(job)
+        .producers()
+        .iter()
+        .map(|&p| shape.producer_id(p))
+        .collect::<Vec<_>>();
+    let mut verifier = ChannelVerifier::new(shape.consumer_id(me), producers, shape.plan());
+    let mut moved = Moved::default();
+    let mut error = None;
+    if ctx.stalled {
+        let _ = ctx.release.wait_for(|released| *released).await;
+    }
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok((from, message)) => {
+                if let Err(e) = verifier.accept(shape.producer_id(from), &message) {
+                    error = Some(EndpointError::other(format!("{context}: {e}")));
+                    break;
+                }
+                moved.bytes += message.len() as u64;
+                moved.messages += 1;
+                ctx.delivered
+                    .fetch_add(message.len() as u64, Ordering::Relaxed);
+                if verifier.is_complete() {
+                    // Every planned message is in: the consumer's work is done, though its
+                    // stream ends only when every producer has closed (after the stalled
+                    // consumers drained).
+                    ctx.mark_healthy_done();
+                }
+            }
+            Err(e) => {
+                error = Some(EndpointError::plexus(context.clone(), &e));
+                break;
+            }
+        }
+    }
+    if error.is_none() {
+        if let Err(e) = verifier.finish() {
+            error = Some(EndpointError::other(format!("{context}: {e}")));
+        }
+    }
+    // A consumer that failed is done too: the run will not verify, but must not hang.
+    ctx.mark_healthy_done();
+    (moved, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus::{LinkCause, NodeId};
+
+    #[test]
+    fn finds_the_node_an_error_names() {
+        let link = plexus::Error::from(ExchangeError::LinkFailed {
+            peer: NodeId(12),
+            cause: LinkCause::Silent,
+        });
+        assert_eq!(named_node(&link), Some(12));
+        let aborted = plexus::Error::from(ExchangeError::ProducerAborted {
+            producer: Endpoint::new(NodeId(3), 1),
+        });
+        assert_eq!(named_node(&aborted), Some(3));
+        assert_eq!(named_node(&plexus::Error::Missing("config")), None);
+    }
+
+    #[test]
+    fn reads_a_node_number_from_text() {
+        assert_eq!(node_in_text("link to node 17 failed: x"), Some(17));
+        assert_eq!(node_in_text("the node is gone; node 4 died"), Some(4));
+        assert_eq!(node_in_text("no node here"), None);
+        assert_eq!(node_in_text("node "), None);
+    }
+}

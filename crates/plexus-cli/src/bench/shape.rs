@@ -1,0 +1,371 @@
+//! The shape of a bench run: which nodes take part in which job, how many endpoints each
+//! runs, what every channel carries, and which consumers stall.
+//!
+//! Job `j` (0-based index; its [`JobId`] is `j + 1`) uses `N = nodes_per_job` of the `n`
+//! nodes, spread round robin: nodes `(j·N + i) mod n` for `i` in `0..N`. Every node of a job
+//! runs `m_p` producers (slots `0..m_p`) and `m_c` consumers (slots `0..m_c`) for it, and the
+//! job is all-to-all over those endpoints.
+//!
+//! Invariants: a [`Shape`] is only built through validation ([`Shape::new`], also on
+//! deserialisation), so every count is at least 1, `N <= n` (a job's nodes are distinct),
+//! fewer consumers stall than exist, and its [`Plan`] is valid. The coordinator and every
+//! node process derive the same jobs, topologies and stalled consumers from the same shape.
+
+use std::net::Ipv4Addr;
+
+use plexus::{Config, Endpoint, JobId, NodeId, Topology};
+use serde::{Deserialize, Serialize};
+
+use super::workload::Plan;
+
+/// Cluster id every bench node uses.
+const CLUSTER_ID: u64 = 0x706c_6578_7573_0001;
+
+/// The parameters a [`Shape`] is built from; what travels to node processes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShapeSpec {
+    /// Nodes in the cluster.
+    pub nodes: u32,
+    /// Producers per node and job.
+    pub producers: u32,
+    /// Consumers per node and job.
+    pub consumers: u32,
+    /// Jobs running at once.
+    pub jobs: u32,
+    /// Nodes each job uses; `None` means all of them.
+    pub nodes_per_job: Option<u32>,
+    /// Bytes each producer sends, spread over every consumer of its job.
+    pub bytes_per_producer: u64,
+    /// Size of every message but a channel's last, header included.
+    pub message_size: u64,
+    /// Credit pool of each consumer (raised to one message if smaller).
+    pub credit_pool: u64,
+    /// Consumers that read nothing until every other consumer finished.
+    pub stall_consumers: u32,
+    /// Address of node 0; node `i` listens on this address plus `i`.
+    pub first_ip: Ipv4Addr,
+}
+
+/// A validated run shape; see the module docs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "ShapeSpec", into = "ShapeSpec")]
+pub struct Shape {
+    spec: ShapeSpec,
+    nodes_per_job: u32,
+    plan: Plan,
+    credit_pool: u64,
+    /// `(job index, consumer)` of every stalled consumer.
+    stalled: Vec<(u32, Endpoint)>,
+}
+
+impl TryFrom<ShapeSpec> for Shape {
+    type Error = String;
+
+    fn try_from(spec: ShapeSpec) -> Result<Shape, String> {
+        Shape::new(spec)
+    }
+}
+
+impl From<Shape> for ShapeSpec {
+    fn from(shape: Shape) -> ShapeSpec {
+        shape.spec
+    }
+}
+
+impl Shape {
+    /// Validates `spec` and derives the run from it.
+    pub fn new(spec: ShapeSpec) -> Result<Shape, String> {
+        if spec.nodes == 0 || spec.producers == 0 || spec.consumers == 0 || spec.jobs == 0 {
+            return Err("nodes, producers, consumers and jobs must all be at least 1".into());
+        }
+        let nodes_per_job = spec.nodes_per_job.unwrap_or(spec.nodes);
+        if nodes_per_job == 0 || nodes_per_job > spec.nodes {
+            return Err(format!(
+                "--nodes-per-job {nodes_per_job} must be between 1 and --nodes {}",
+                spec.nodes
+            ));
+        }
+        let consumers_per_job = u64::from(nodes_per_job) * u64::from(spec.consumers);
+        let total_consumers = consumers_per_job * u64::from(spec.jobs);
+        if u64::from(spec.stall_consumers) >= total_consumers {
+            return Err(format!(
+                "--stall-consumers {} leaves no healthy consumer out of {total_consumers}",
+                spec.stall_consumers
+            ));
+        }
+        let message_size = u32::try_from(spec.message_size)
+            .map_err(|_| format!("message size {} is too large", spec.message_size))?;
+        let plan = Plan::new(spec.bytes_per_producer / consumers_per_job, message_size)
+            .map_err(|e| e.to_string())?;
+        // A pool must hold at least one whole message and its overhead.
+        let credit_pool = spec
+            .credit_pool
+            .max(plexus::message_cost(message_size as usize));
+        // Stalled consumer s: job s mod k, then spread over the job's nodes, then its slots.
+        // `s < k·N·m_c`, so the mapping is one-to-one.
+        let stalled = (0..spec.stall_consumers)
+            .map(|s| {
+                let job = s % spec.jobs;
+                let rest = s / spec.jobs;
+                let node = job_node(&spec, nodes_per_job, job, rest % nodes_per_job);
+                (
+                    job,
+                    Endpoint::new(node, (rest / nodes_per_job) % spec.consumers),
+                )
+            })
+            .collect();
+        Ok(Shape {
+            spec,
+            nodes_per_job,
+            plan,
+            credit_pool,
+            stalled,
+        })
+    }
+
+    /// Nodes in the cluster.
+    pub fn nodes(&self) -> u32 {
+        self.spec.nodes
+    }
+
+    /// Producers per node and job.
+    pub fn producers(&self) -> u32 {
+        self.spec.producers
+    }
+
+    /// Consumers per node and job.
+    pub fn consumers(&self) -> u32 {
+        self.spec.consumers
+    }
+
+    /// Jobs running at once.
+    pub fn jobs(&self) -> u32 {
+        self.spec.jobs
+    }
+
+    /// Nodes each job uses (N).
+    pub fn nodes_per_job(&self) -> u32 {
+        self.nodes_per_job
+    }
+
+    /// Consumers that stall.
+    pub fn stall_consumers(&self) -> u32 {
+        self.spec.stall_consumers
+    }
+
+    /// What every channel carries.
+    pub fn plan(&self) -> Plan {
+        self.plan
+    }
+
+    /// Each consumer's credit pool in bytes.
+    pub fn credit_pool(&self) -> u64 {
+        self.credit_pool
+    }
+
+    /// The address node `i` listens on.
+    pub fn node_ip(&self, i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.spec.first_ip).wrapping_add(i))
+    }
+
+    /// Every node's address, in node order.
+    pub fn node_ips(&self) -> Vec<Ipv4Addr> {
+        (0..self.spec.nodes).map(|i| self.node_ip(i)).collect()
+    }
+
+    /// The protocol configuration of node `i`.
+    pub fn node_config(&self, i: u32) -> Config {
+        let mut config = Config::new(NodeId(i), CLUSTER_ID);
+        // The bench's messages are never larger than its message size.
+        config.max_message = self.plan.message_size();
+        config.credit_pool = self.credit_pool;
+        config.max_grant = config.max_grant.max(u64::from(config.max_message));
+        config
+    }
+
+    /// The library's id of job `j`.
+    pub fn job_id(j: u32) -> JobId {
+        JobId(u64::from(j) + 1)
+    }
+
+    /// The nodes job `j` uses, in round-robin order.
+    pub fn job_nodes(&self, j: u32) -> Vec<NodeId> {
+        (0..self.nodes_per_job)
+            .map(|i| job_node(&self.spec, self.nodes_per_job, j, i))
+            .collect()
+    }
+
+    /// Whether job `j` uses node `node`.
+    pub fn job_uses(&self, j: u32, node: u32) -> bool {
+        self.job_nodes(j).contains(&NodeId(node))
+    }
+
+    /// The jobs that use node `node`.
+    pub fn jobs_of(&self, node: u32) -> Vec<u32> {
+        (0..self.spec.jobs)
+            .filter(|&j| self.job_uses(j, node))
+            .collect()
+    }
+
+    /// The all-to-all topology of job `j` over its nodes.
+    pub fn topology(&self, j: u32) -> Topology {
+        Topology::all_to_all(&self.job_nodes(j), self.spec.producers, self.spec.consumers)
+    }
+
+    /// Whether consumer `c` of job `j` stalls.
+    pub fn is_stalled(&self, j: u32, c: Endpoint) -> bool {
+        self.stalled.contains(&(j, c))
+    }
+
+    /// Endpoints (producers and consumers) node `node` runs.
+    pub fn endpoints_on(&self, node: u32) -> usize {
+        self.jobs_of(node).len() * (self.spec.producers as usize + self.spec.consumers as usize)
+    }
+
+    /// Consumers on node `node` that do not stall.
+    pub fn healthy_consumers_on(&self, node: u32) -> usize {
+        let all = self.jobs_of(node).len() * self.spec.consumers as usize;
+        let stalled = self
+            .stalled
+            .iter()
+            .filter(|(_, c)| c.node == NodeId(node))
+            .count();
+        all - stalled
+    }
+
+    /// The workload's id of producer `e` (unique within a job).
+    pub fn producer_id(&self, e: Endpoint) -> u32 {
+        e.node.0 * self.spec.producers + e.slot
+    }
+
+    /// The workload's id of consumer `e` (unique within a job).
+    pub fn consumer_id(&self, e: Endpoint) -> u32 {
+        e.node.0 * self.spec.consumers + e.slot
+    }
+
+    /// Logical channels: k · (N·m_p) · (N·m_c).
+    pub fn channels(&self) -> u64 {
+        u64::from(self.spec.jobs) * self.producers_per_job() * self.consumers_per_job()
+    }
+
+    /// Bytes every consumer of a job receives when the job completes.
+    pub fn bytes_per_consumer(&self) -> u64 {
+        self.plan.channel_bytes() * self.producers_per_job()
+    }
+
+    /// Bytes all consumers of the run receive when every job completes.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_per_consumer() * self.consumers_per_job() * u64::from(self.spec.jobs)
+    }
+
+    /// Connections per node with one connection per producer-consumer pair: the maximum
+    /// over nodes v of k_v · (m_p·N·m_c + m_c·N·m_p), k_v being the jobs that use v.
+    pub fn naive_connections_per_node(&self) -> u64 {
+        let (m_p, m_c) = (
+            u64::from(self.spec.producers),
+            u64::from(self.spec.consumers),
+        );
+        let per_job = m_p * self.consumers_per_job() + m_c * self.producers_per_job();
+        (0..self.spec.nodes)
+            .map(|v| self.jobs_of(v).len() as u64 * per_job)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn producers_per_job(&self) -> u64 {
+        u64::from(self.nodes_per_job) * u64::from(self.spec.producers)
+    }
+
+    fn consumers_per_job(&self) -> u64 {
+        u64::from(self.nodes_per_job) * u64::from(self.spec.consumers)
+    }
+}
+
+/// The `i`-th node of job `j`: `(j·N + i) mod n`.
+fn job_node(spec: &ShapeSpec, nodes_per_job: u32, j: u32, i: u32) -> NodeId {
+    let n = u64::from(spec.nodes);
+    let index = (u64::from(j) * u64::from(nodes_per_job) + u64::from(i)) % n;
+    // `index < n`, which is a u32.
+    NodeId(u32::try_from(index).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: u32, nodes_per_job: Option<u32>, jobs: u32) -> ShapeSpec {
+        ShapeSpec {
+            nodes,
+            producers: 2,
+            consumers: 3,
+            jobs,
+            nodes_per_job,
+            bytes_per_producer: 1 << 20,
+            message_size: 4096,
+            credit_pool: 1 << 16,
+            stall_consumers: 0,
+            first_ip: Ipv4Addr::new(127, 0, 0, 1),
+        }
+    }
+
+    #[test]
+    fn jobs_spread_round_robin() {
+        let s = Shape::new(spec(5, Some(2), 3)).expect("valid");
+        let ids = |j| s.job_nodes(j).iter().map(|n| n.0).collect::<Vec<_>>();
+        assert_eq!(ids(0), [0, 1]);
+        assert_eq!(ids(1), [2, 3]);
+        assert_eq!(ids(2), [4, 0]);
+        assert_eq!(s.jobs_of(0), [0, 2]);
+        assert_eq!(s.jobs_of(3), [1]);
+        assert_eq!(s.endpoints_on(0), 2 * 5);
+        assert_eq!(s.channels(), 3 * 4 * 6);
+        // Node 0 is in two jobs: 2 · (2·2·3 + 3·2·2).
+        assert_eq!(s.naive_connections_per_node(), 48);
+    }
+
+    #[test]
+    fn default_is_every_node_in_every_job() {
+        let mut sp = spec(4, None, 2);
+        sp.consumers = 2;
+        let s = Shape::new(sp).expect("valid");
+        assert_eq!(s.nodes_per_job(), 4);
+        // 2·k·m·(m·n) with m = 2, k = 2, n = 4.
+        assert_eq!(s.naive_connections_per_node(), 64);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(Shape::new(spec(3, Some(4), 1)).is_err());
+        assert!(Shape::new(spec(3, Some(0), 1)).is_err());
+        assert!(Shape::new(spec(0, None, 1)).is_err());
+        let mut sp = spec(2, Some(1), 2);
+        sp.stall_consumers = 2 * 3;
+        assert!(Shape::new(sp).is_err());
+    }
+
+    #[test]
+    fn stalled_consumers_are_distinct_members_of_their_jobs() {
+        let mut sp = spec(4, Some(2), 2);
+        sp.stall_consumers = 11;
+        let s = Shape::new(sp).expect("valid");
+        let mut seen = s.stalled.clone();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 11);
+        for (j, c) in &s.stalled {
+            assert!(s.job_uses(*j, c.node.0), "{j} {c}");
+        }
+        let healthy: usize = (0..4).map(|v| s.healthy_consumers_on(v)).sum();
+        assert_eq!(healthy, 2 * 2 * 3 - 11);
+    }
+
+    #[test]
+    fn survives_a_json_round_trip_with_validation() {
+        let s = Shape::new(spec(3, Some(2), 2)).expect("valid");
+        let text = serde_json::to_string(&s).expect("encode");
+        let back: Shape = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back.job_nodes(1), s.job_nodes(1));
+        let bad = text.replace("\"nodes_per_job\":2", "\"nodes_per_job\":7");
+        assert!(serde_json::from_str::<Shape>(&bad).is_err());
+    }
+}

@@ -1,0 +1,469 @@
+//! `plexus bench --spawn`: every node in an OS process of its own. This process, the
+//! coordinator, starts one `plexus bench-node` per node (this same executable), gives
+//! them each other's addresses, relays the release of stalled consumers, kills a node's
+//! process on request (`--kill-node`), gathers every endpoint's outcome, and judges the
+//! run as the in-process mode does. The conversation is in [`super::wire`].
+//!
+//! Invariants: every wait is bounded by `--timeout-s` (the run's) or by [`EXIT_GRACE`]
+//! (the `bye`s, and the final exit); every node process is killed if still running and always reaped
+//! (waited for) before the coordinator returns, on every path, errors included (see
+//! [`Fleet`]'s `Drop`); a node process that goes away before the end, other than the
+//! killed one, is recorded as an error.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use super::chaos::Chaos;
+use super::monitor::Monitor;
+use super::report::Report;
+use super::roles::{wall_ms, EndpointOutcome};
+use super::shape::Shape;
+use super::verdict::{self, HealthyTally, Kill, RunRecord};
+use super::wire::{self, FromNode, Line, ToNode};
+use super::BenchArgs;
+
+/// How long node processes get to exit after `exit` before they are killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// A line from node process `.0`.
+type Inbound = (usize, Line<FromNode>);
+
+/// Runs the bench with one process per node.
+pub fn run(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable to start the nodes: {e}"))?;
+    let shape_json =
+        serde_json::to_string(shape).map_err(|e| format!("cannot encode the shape: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (inbox_tx, inbox) = mpsc::unbounded_channel();
+    let mut fleet = Fleet::spawn(&exe, shape.nodes(), &shape_json, &inbox_tx)?;
+    drop(inbox_tx);
+    let result = runtime.block_on(coordinate(shape, args, &mut fleet, inbox));
+    fleet.shut_down(EXIT_GRACE);
+    result
+}
+
+/// One node process.
+struct NodeProcess {
+    child: Child,
+    /// `None` once closed (or found broken).
+    stdin: Option<ChildStdin>,
+    /// The child was waited for.
+    reaped: bool,
+}
+
+/// Every node process; kills and reaps whatever still runs when dropped.
+struct Fleet {
+    procs: Vec<NodeProcess>,
+}
+
+impl Fleet {
+    /// Starts `nodes` node processes of `exe`, each with a thread that turns its stdout
+    /// into [`Inbound`] lines.
+    fn spawn(
+        exe: &Path,
+        nodes: u32,
+        shape_json: &str,
+        inbox: &mpsc::UnboundedSender<Inbound>,
+    ) -> Result<Fleet, String> {
+        let mut fleet = Fleet { procs: Vec::new() };
+        for i in 0..nodes {
+            let mut child = Command::new(exe)
+                .args([
+                    "bench-node",
+                    "--node",
+                    &i.to_string(),
+                    "--shape",
+                    shape_json,
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot start the process of node {i}: {e}"))?;
+            let stdin = child.stdin.take();
+            let stdout = child.stdout.take();
+            fleet.procs.push(NodeProcess {
+                child,
+                stdin,
+                reaped: false,
+            });
+            let stdout = stdout.ok_or(format!("node {i} has no stdout pipe"))?;
+            let tx = inbox.clone();
+            let index = i as usize;
+            wire::read_lines(stdout, move |line| tx.send((index, line)).is_ok());
+        }
+        Ok(fleet)
+    }
+
+    /// Sends `msg` to node `i`; a node that cannot be written to is left alone (its
+    /// output tells what happened to it).
+    fn send(&mut self, i: usize, msg: &ToNode) {
+        let Some(p) = self.procs.get_mut(i) else {
+            return;
+        };
+        if let Some(stdin) = p.stdin.as_mut() {
+            if wire::write_line(stdin, msg).is_err() {
+                p.stdin = None;
+            }
+        }
+    }
+
+    fn broadcast(&mut self, msg: &ToNode) {
+        for i in 0..self.procs.len() {
+            self.send(i, msg);
+        }
+    }
+
+    /// SIGKILLs node `i`'s process and reaps it.
+    fn kill(&mut self, i: usize) -> Result<(), String> {
+        let p = self
+            .procs
+            .get_mut(i)
+            .ok_or(format!("no node {i} to kill"))?;
+        p.child
+            .kill()
+            .map_err(|e| format!("cannot kill node {i}: {e}"))?;
+        p.stdin = None;
+        p.child
+            .wait()
+            .map_err(|e| format!("cannot reap node {i}: {e}"))?;
+        p.reaped = true;
+        Ok(())
+    }
+
+    /// Closes every node's stdin (which makes it exit), waits up to `grace`, then kills
+    /// and reaps the rest.
+    fn shut_down(&mut self, grace: Duration) {
+        for p in &mut self.procs {
+            p.stdin = None;
+        }
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let mut running = false;
+            for p in self.procs.iter_mut().filter(|p| !p.reaped) {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => p.reaped = true,
+                    Ok(None) => running = true,
+                }
+            }
+            if !running || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reap_all();
+    }
+
+    /// Kills and waits for every process not reaped yet.
+    fn reap_all(&mut self) {
+        for p in self.procs.iter_mut().filter(|p| !p.reaped) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            p.reaped = true;
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.reap_all();
+    }
+}
+
+/// Where a node process is in the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeState {
+    Running,
+    /// Every endpoint ended; the node stays up until `exit`.
+    Done,
+    /// Its output closed (it exited, or was killed), or it said `bye`.
+    Gone,
+}
+
+/// Waits for every node to listen; returns their addresses and process ids.
+async fn await_ready(
+    nodes: usize,
+    inbox: &mut mpsc::UnboundedReceiver<Inbound>,
+    deadline: Instant,
+    timeout_s: u64,
+) -> Result<(Vec<SocketAddr>, Vec<u32>), String> {
+    let mut addrs = vec![None; nodes];
+    let mut pids = vec![0; nodes];
+    while addrs.iter().any(Option::is_none) {
+        let (i, line) = match timeout_at(deadline, inbox.recv()).await {
+            Err(_) => {
+                return Err(format!(
+                    "timed out after {timeout_s} s waiting for the node processes to listen"
+                ))
+            }
+            Ok(None) => return Err("lost the output of every node process".into()),
+            Ok(Some(got)) => got,
+        };
+        match line {
+            Line::Message(FromNode::Ready { node, addr, pid }) if node as usize == i => {
+                addrs[i] = Some(addr);
+                pids[i] = pid;
+            }
+            Line::Message(FromNode::Failed { error }) => return Err(format!("node {i}: {error}")),
+            Line::Closed => return Err(format!("node {i}'s process exited before listening")),
+            Line::Garbled(e) => return Err(format!("node {i} said something unreadable: {e}")),
+            Line::Message(other) => {
+                return Err(format!("node {i} sent {other:?} before it listened"))
+            }
+        }
+    }
+    Ok((addrs.into_iter().flatten().collect(), pids))
+}
+
+async fn coordinate(
+    shape: &Shape,
+    args: &BenchArgs,
+    fleet: &mut Fleet,
+    mut inbox: mpsc::UnboundedReceiver<Inbound>,
+) -> Result<Report, String> {
+    let n = shape.nodes() as usize;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let (addrs, pids) = await_ready(n, &mut inbox, deadline, args.timeout_s).await?;
+    let own_pid = std::process::id();
+    let processes = pids
+        .iter()
+        .filter(|&&p| p != own_pid)
+        .collect::<BTreeSet<_>>()
+        .len();
+
+    // With a node to kill, every job must still be in progress when it dies: producers
+    // hold their close until the failure has played out (see `close_release`).
+    let hold_close = args.kill_node.is_some();
+    fleet.broadcast(&ToNode::Start { addrs, hold_close });
+    let start = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let monitor = Monitor::start(
+        shape.node_ips(),
+        shape.bytes_total(),
+        delivered.clone(),
+        args.json,
+    );
+    let chaos = args
+        .chaos_link_kill_ms
+        .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+    let mut pending_kill = args
+        .kill_node
+        .zip(args.kill_at_ms)
+        .map(|(node, ms)| (node, start + Duration::from_millis(ms)));
+
+    let mut record = RunRecord {
+        processes,
+        ..RunRecord::default()
+    };
+    let mut state = vec![NodeState::Running; n];
+    let mut healthy_left: Vec<usize> = (0..shape.nodes())
+        .map(|i| shape.healthy_consumers_on(i))
+        .collect();
+    let mut tally = HealthyTally::new(healthy_left.iter().sum());
+    let mut progress = vec![0u64; n];
+    // When producers may close: once every surviving endpoint of the jobs the killed node
+    // spans has ended (with its error), or `CLOSE_RELEASE_BOUND` after the kill.
+    let mut close_release: Option<CloseRelease> = None;
+    while state.contains(&NodeState::Running) {
+        let kill_at = pending_kill.map(|(_, at)| at);
+        if close_release
+            .as_ref()
+            .is_some_and(|r| r.due(&record.outcomes))
+        {
+            close_release = None;
+            fleet.broadcast(&ToNode::CloseProducers);
+        }
+        let release_at = close_release.as_ref().map(|r| r.deadline);
+        tokio::select! {
+            got = inbox.recv() => {
+                let Some((i, line)) = got else {
+                    record.errors.push("lost the output of every node process".into());
+                    break;
+                };
+                let Some(node_state) = state.get_mut(i) else {
+                    continue;
+                };
+                match line {
+                    Line::Message(FromNode::Endpoint { outcome }) => record.outcomes.push(outcome),
+                    Line::Message(FromNode::HealthyDone) => {
+                        healthy_left[i] = healthy_left[i].saturating_sub(1);
+                        if tally.done(1) {
+                            fleet.broadcast(&ToNode::Release);
+                        }
+                    }
+                    Line::Message(FromNode::Progress { delivered: d }) => {
+                        progress[i] = d;
+                        delivered.store(progress.iter().sum(), Ordering::Relaxed);
+                    }
+                    Line::Message(FromNode::Done) => *node_state = NodeState::Done,
+                    Line::Message(FromNode::Bye { .. }) => {
+                        record.errors.push(format!("node {i} said bye before it was asked"));
+                    }
+                    Line::Message(FromNode::Failed { error }) => {
+                        record.errors.push(format!("node {i}: {error}"));
+                    }
+                    Line::Message(FromNode::Ready { .. }) => {
+                        record.errors.push(format!("node {i} said it was ready twice"));
+                    }
+                    Line::Garbled(e) => {
+                        record.errors.push(format!("node {i} said something unreadable: {e}"));
+                    }
+                    Line::Closed => {
+                        let killed = record.kill.is_some_and(|k| k.node as usize == i);
+                        if !killed {
+                            record.errors.push(format!(
+                                "node {i}'s process (pid {}) exited unexpectedly",
+                                pids[i]
+                            ));
+                        }
+                        *node_state = NodeState::Gone;
+                        // Its consumers will never say they are done: stop waiting for them.
+                        if tally.done(std::mem::take(&mut healthy_left[i])) {
+                            fleet.broadcast(&ToNode::Release);
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() => {
+                if let Some((node, _)) = pending_kill.take() {
+                    let at_ms = wall_ms();
+                    match fleet.kill(node as usize) {
+                        Ok(()) => {
+                            record.kill = Some(Kill { node, at_ms });
+                            close_release = Some(CloseRelease::after_killing(shape, node));
+                        }
+                        Err(e) => {
+                            record.errors.push(e);
+                            fleet.broadcast(&ToNode::CloseProducers);
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(release_at.unwrap_or(deadline)), if release_at.is_some() => {
+                close_release = None;
+                fleet.broadcast(&ToNode::CloseProducers);
+            }
+            _ = sleep_until(deadline) => {
+                record.errors.push(format!("timed out after {} s", args.timeout_s));
+                break;
+            }
+        }
+    }
+    record.elapsed_s = start.elapsed().as_secs_f64();
+    record.healthy_elapsed_s = tally.elapsed_since(start.into_std());
+    if let Some((node, _)) = pending_kill {
+        record.errors.push(format!(
+            "the run ended after {:.0} ms, before --kill-at-ms {}: node {node} was not killed",
+            record.elapsed_s * 1000.0,
+            args.kill_at_ms.unwrap_or(0)
+        ));
+    }
+    record.links_per_node_max = monitor.finish();
+    record.link_kills = chaos.map_or(0, Chaos::stop);
+    fleet.broadcast(&ToNode::Exit);
+    collect_byes(&mut inbox, &mut state, &mut record).await;
+    Ok(verdict::judge(shape, record))
+}
+
+/// The longest producers hold their close after a kill, should some endpoint never
+/// report its failure (the run then reports that endpoint as hung).
+const CLOSE_RELEASE_BOUND: Duration = Duration::from_secs(5);
+
+/// When producers, held open while a node is killed, may close.
+struct CloseRelease {
+    /// The surviving endpoints of the jobs the killed node spans.
+    expected: usize,
+    /// The jobs the killed node spans.
+    jobs: Vec<u32>,
+    /// The node killed.
+    killed: u32,
+    deadline: Instant,
+}
+
+impl CloseRelease {
+    fn after_killing(shape: &Shape, killed: u32) -> Self {
+        let jobs = shape.jobs_of(killed);
+        let per_node = (shape.producers() + shape.consumers()) as usize;
+        let expected = jobs
+            .iter()
+            .map(|&j| (shape.job_nodes(j).len() - 1) * per_node)
+            .sum();
+        Self {
+            expected,
+            jobs,
+            killed,
+            deadline: Instant::now() + CLOSE_RELEASE_BOUND,
+        }
+    }
+
+    /// Whether every surviving endpoint of the affected jobs has reported.
+    fn due(&self, outcomes: &[EndpointOutcome]) -> bool {
+        let reported = outcomes
+            .iter()
+            .filter(|o| o.node != self.killed && self.jobs.contains(&o.job))
+            .count();
+        reported >= self.expected
+    }
+}
+
+/// Gathers the `bye` of every node process still up (its peak memory and link resumes),
+/// for at most [`EXIT_GRACE`]; a node process that exits or stays silent instead is
+/// recorded as an error.
+async fn collect_byes(
+    inbox: &mut mpsc::UnboundedReceiver<Inbound>,
+    state: &mut [NodeState],
+    record: &mut RunRecord,
+) {
+    let deadline = Instant::now() + EXIT_GRACE;
+    while state.iter().any(|&s| s != NodeState::Gone) {
+        let Ok(Some((i, line))) = timeout_at(deadline, inbox.recv()).await else {
+            break;
+        };
+        let Some(node_state) = state.get_mut(i) else {
+            continue;
+        };
+        match line {
+            Line::Message(FromNode::Bye {
+                rss_peak_bytes,
+                resume_us,
+            }) => {
+                record.rss_peak_bytes = record.rss_peak_bytes.max(rss_peak_bytes);
+                record
+                    .resume_times
+                    .extend(resume_us.into_iter().map(Duration::from_micros));
+                *node_state = NodeState::Gone;
+            }
+            // Its output closes after its bye too: only an exit before it is an error.
+            Line::Closed if *node_state != NodeState::Gone => {
+                record
+                    .errors
+                    .push(format!("node {i} exited without saying bye"));
+                *node_state = NodeState::Gone;
+            }
+            Line::Closed => {}
+            // Late outcomes and progress no longer count.
+            Line::Message(_) | Line::Garbled(_) => {}
+        }
+    }
+    for (i, _) in state
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s != NodeState::Gone)
+    {
+        record
+            .errors
+            .push(format!("node {i} did not say bye within {EXIT_GRACE:?}"));
+    }
+}

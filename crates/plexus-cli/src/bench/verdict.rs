@@ -1,0 +1,382 @@
+//! Judging a run: from how every endpoint ended, which jobs completed, which failed and
+//! whether they failed as expected, and the report. Shared by both modes.
+//!
+//! Invariants: a job completes only if every one of its endpoints reported, without an
+//! error, and its consumers received all their bytes; a job using the killed node fails
+//! cleanly only if every one of its endpoints on a surviving node reported an error naming
+//! that node (none hung, none ended without error); the run verifies iff no error of any
+//! kind was found (run-level errors included), so every failure that is not expected is
+//! listed in `errors`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::report::Report;
+use super::roles::{EndpointOutcome, Role};
+use super::shape::Shape;
+
+/// Errors listed per job at most; the rest are counted.
+const MAX_ERRORS_PER_JOB: usize = 8;
+
+/// A node's process killed during the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Kill {
+    /// The node.
+    pub node: u32,
+    /// Wall-clock time of the kill, in ms since the UNIX epoch.
+    pub at_ms: u64,
+}
+
+/// Everything a run gathered, before judging.
+#[derive(Debug, Default)]
+pub struct RunRecord {
+    /// How each endpoint that reported ended.
+    pub outcomes: Vec<EndpointOutcome>,
+    /// Failures of the run itself (timeout, a process that died, ...).
+    pub errors: Vec<String>,
+    /// From the start of the endpoints to the end of the last one.
+    pub elapsed_s: f64,
+    /// Until the last non-stalled consumer was done, if it was.
+    pub healthy_elapsed_s: Option<f64>,
+    /// Most established connections any node's address held.
+    pub links_per_node_max: usize,
+    /// Successful link kills from outside.
+    pub link_kills: u64,
+    /// OS processes that ran nodes.
+    pub processes: usize,
+    /// Peak resident memory (the largest over the node processes).
+    pub rss_peak_bytes: u64,
+    /// Every link resume of every node: how long the link was down.
+    pub resume_times: Vec<Duration>,
+    /// The kill, if one happened.
+    pub kill: Option<Kill>,
+}
+
+/// Counts non-stalled consumers still working, so stalled ones can be released when the
+/// count reaches zero.
+#[derive(Debug)]
+pub struct HealthyTally {
+    left: usize,
+    done_at: Option<Instant>,
+}
+
+impl HealthyTally {
+    /// `healthy` consumers are working.
+    pub fn new(healthy: usize) -> HealthyTally {
+        HealthyTally {
+            left: healthy,
+            done_at: None,
+        }
+    }
+
+    /// Counts `n` more as done; true if that made them all done, just now.
+    pub fn done(&mut self, n: usize) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left = self.left.saturating_sub(n);
+        if self.left == 0 {
+            self.done_at = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    /// Seconds from `start` until every non-stalled consumer was done, if they were.
+    pub fn elapsed_since(&self, start: Instant) -> Option<f64> {
+        self.done_at
+            .map(|t| t.saturating_duration_since(start).as_secs_f64())
+    }
+}
+
+/// Judges `run` against `shape` and builds the report.
+pub fn judge(shape: &Shape, mut run: RunRecord) -> Report {
+    let by_endpoint: HashMap<(u32, Role, u32, u32), &EndpointOutcome> = run
+        .outcomes
+        .iter()
+        .map(|o| ((o.job, o.role, o.node, o.slot), o))
+        .collect();
+    let mut errors = std::mem::take(&mut run.errors);
+    let mut completed = 0;
+    let mut failed_job_ids = Vec::new();
+    let mut affected_job_ids = Vec::new();
+    let mut detect_ms: Option<u64> = None;
+    for j in 0..shape.jobs() {
+        let id = Shape::job_id(j).0;
+        let killed = run.kill.filter(|k| shape.job_uses(j, k.node));
+        if killed.is_some() {
+            affected_job_ids.push(id);
+        }
+        let mut problems = Vec::new();
+        let mut unexpected = Vec::new();
+        for (role, node, slot) in job_endpoints(shape, j) {
+            let name = format!("job {id}: {role:?} {node}/{slot}").to_lowercase();
+            let outcome = by_endpoint.get(&(j, role, node, slot));
+            match (outcome, outcome.and_then(|o| o.error.as_ref())) {
+                (None, _) => problems.push(format!("{name} never finished")),
+                (Some(_), Some(e)) => problems.push(e.message.clone()),
+                (Some(o), None) => {
+                    if role == Role::Consumer && o.bytes != shape.bytes_per_consumer() {
+                        problems.push(format!(
+                            "{name} received {} bytes, expected {}",
+                            o.bytes,
+                            shape.bytes_per_consumer()
+                        ));
+                    }
+                }
+            }
+            let Some(kill) = killed.filter(|k| k.node != node) else {
+                continue;
+            };
+            // A surviving endpoint of a job that uses the killed node must fail naming it.
+            match outcome.map(|o| &o.error) {
+                None => unexpected.push(format!("{name} hung after node {} was killed", kill.node)),
+                Some(None) => unexpected.push(format!(
+                    "{name} ended without an error though node {} was killed",
+                    kill.node
+                )),
+                Some(Some(e)) => {
+                    let after = e.at_ms.saturating_sub(kill.at_ms);
+                    detect_ms = Some(detect_ms.map_or(after, |d| d.max(after)));
+                    if e.names_node != Some(kill.node) {
+                        unexpected.push(format!(
+                            "{} (an error that does not name the killed node {})",
+                            e.message, kill.node
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            completed += 1;
+            if let Some(kill) = killed {
+                errors.push(format!(
+                    "job {id} uses node {} but completed: the kill came too late",
+                    kill.node
+                ));
+            }
+            continue;
+        }
+        failed_job_ids.push(id);
+        if killed.is_none() {
+            unexpected = problems;
+        }
+        let more = unexpected.len().saturating_sub(MAX_ERRORS_PER_JOB);
+        errors.extend(unexpected.into_iter().take(MAX_ERRORS_PER_JOB));
+        if more > 0 {
+            errors.push(format!("job {id}: {more} more errors"));
+        }
+    }
+    build_report(
+        shape,
+        run,
+        errors,
+        completed,
+        failed_job_ids,
+        affected_job_ids,
+        detect_ms,
+    )
+}
+
+/// Every endpoint of job `j`: (role, node, slot).
+fn job_endpoints(shape: &Shape, j: u32) -> Vec<(Role, u32, u32)> {
+    let mut out = Vec::new();
+    for node in shape.job_nodes(j) {
+        out.extend((0..shape.producers()).map(|s| (Role::Producer, node.0, s)));
+        out.extend((0..shape.consumers()).map(|s| (Role::Consumer, node.0, s)));
+    }
+    out
+}
+
+fn build_report(
+    shape: &Shape,
+    run: RunRecord,
+    errors: Vec<String>,
+    jobs_completed: u32,
+    failed_job_ids: Vec<u64>,
+    affected_job_ids: Vec<u64>,
+    failure_detect_ms_max: Option<u64>,
+) -> Report {
+    let consumers = run.outcomes.iter().filter(|o| o.role == Role::Consumer);
+    let (mut bytes, mut messages, mut healthy_bytes, mut stalled_peak) = (0, 0, 0, 0);
+    for o in consumers {
+        bytes += o.bytes;
+        messages += o.messages;
+        if o.stalled {
+            stalled_peak = stalled_peak.max(o.peak_buffered);
+        } else {
+            healthy_bytes += o.bytes;
+        }
+    }
+    let elapsed = run.elapsed_s;
+    let healthy_elapsed = run.healthy_elapsed_s.unwrap_or(elapsed);
+    let mut resume_ms: Vec<f64> = run
+        .resume_times
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    resume_ms.sort_by(f64::total_cmp);
+    Report {
+        verified: errors.is_empty(),
+        errors,
+        nodes: shape.nodes(),
+        nodes_per_job: shape.nodes_per_job(),
+        producers_per_node: shape.producers(),
+        consumers_per_node: shape.consumers(),
+        jobs: shape.jobs(),
+        channels: shape.channels(),
+        message_size: u64::from(shape.plan().message_size()),
+        bytes_total: bytes,
+        messages_total: messages,
+        elapsed_s: elapsed,
+        throughput_bytes_per_s: bytes as f64 / elapsed,
+        messages_per_s: messages as f64 / elapsed,
+        links_per_node_max: run.links_per_node_max,
+        naive_connections_per_node: shape.naive_connections_per_node(),
+        stalled_consumers: shape.stall_consumers(),
+        healthy_throughput_bytes_per_s: healthy_bytes as f64 / healthy_elapsed,
+        healthy_elapsed_s: healthy_elapsed,
+        stalled_buffered_bytes_max: stalled_peak,
+        credit_pool_bytes: shape.credit_pool(),
+        rss_peak_bytes: run.rss_peak_bytes,
+        processes: run.processes,
+        jobs_completed,
+        jobs_failed: u32::try_from(failed_job_ids.len()).unwrap_or(u32::MAX),
+        failed_job_ids,
+        affected_job_ids,
+        killed_node: run.kill.map(|k| k.node),
+        failure_detect_ms_max: run.kill.and(failure_detect_ms_max),
+        link_kills: run.link_kills,
+        link_resumes: resume_ms.len(),
+        resume_ms_p50: percentile(&resume_ms, 50),
+        resume_ms_p99: percentile(&resume_ms, 99),
+    }
+}
+
+/// The nearest-rank `p`-th percentile of sorted `values`, `None` if there are none.
+fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::super::roles::EndpointError;
+    use super::super::shape::ShapeSpec;
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape::new(ShapeSpec {
+            nodes: 4,
+            producers: 1,
+            consumers: 1,
+            jobs: 2,
+            nodes_per_job: Some(2),
+            bytes_per_producer: 4096,
+            message_size: 1024,
+            credit_pool: 1 << 16,
+            stall_consumers: 0,
+            first_ip: Ipv4Addr::new(127, 0, 0, 1),
+        })
+        .expect("valid shape")
+    }
+
+    fn ok(shape: &Shape, j: u32, role: Role, node: u32) -> EndpointOutcome {
+        EndpointOutcome {
+            job: j,
+            node,
+            role,
+            slot: 0,
+            stalled: false,
+            bytes: if role == Role::Consumer {
+                shape.bytes_per_consumer()
+            } else {
+                0
+            },
+            messages: 1,
+            peak_buffered: 0,
+            error: None,
+        }
+    }
+
+    fn failed(j: u32, role: Role, node: u32, names: u32, at_ms: u64) -> EndpointOutcome {
+        EndpointOutcome {
+            error: Some(EndpointError {
+                message: format!("link to node {names} failed"),
+                at_ms,
+                names_node: Some(names),
+            }),
+            ..ok(&shape(), j, role, node)
+        }
+    }
+
+    fn all_ok(shape: &Shape) -> Vec<EndpointOutcome> {
+        let mut out = Vec::new();
+        for j in 0..2 {
+            for (role, node, _) in job_endpoints(shape, j) {
+                out.push(ok(shape, j, role, node));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_clean_run_verifies() {
+        let s = shape();
+        let r = judge(
+            &s,
+            RunRecord {
+                outcomes: all_ok(&s),
+                elapsed_s: 1.0,
+                ..RunRecord::default()
+            },
+        );
+        assert!(r.verified, "{:?}", r.errors);
+        assert_eq!((r.jobs_completed, r.jobs_failed), (2, 0));
+        assert_eq!(r.failure_detect_ms_max, None);
+    }
+
+    #[test]
+    fn a_killed_node_fails_exactly_its_jobs() {
+        let s = shape();
+        // Job 0 uses nodes 0 and 1; node 1 dies at t = 1000.
+        let mut outcomes: Vec<_> = all_ok(&s).into_iter().filter(|o| o.job == 1).collect();
+        outcomes.push(failed(0, Role::Producer, 0, 1, 1040));
+        outcomes.push(failed(0, Role::Consumer, 0, 1, 1075));
+        let kill = Some(Kill {
+            node: 1,
+            at_ms: 1000,
+        });
+        let run = |outcomes| RunRecord {
+            outcomes,
+            elapsed_s: 1.0,
+            kill,
+            ..RunRecord::default()
+        };
+        let r = judge(&s, run(outcomes.clone()));
+        assert!(r.verified, "{:?}", r.errors);
+        assert_eq!(r.failed_job_ids, [1]);
+        assert_eq!(r.affected_job_ids, [1]);
+        assert_eq!(r.failure_detect_ms_max, Some(75));
+        // A surviving endpoint that blames someone else, or hangs, is an error.
+        outcomes.pop();
+        let r = judge(&s, run(outcomes.clone()));
+        assert!(!r.verified);
+        assert!(r.errors[0].contains("never finished") || r.errors[0].contains("hung"));
+        outcomes.push(failed(0, Role::Consumer, 0, 0, 1075));
+        let r = judge(&s, run(outcomes));
+        assert!(!r.verified);
+        assert!(r.errors[0].contains("does not name"), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50), Some(50.0));
+        assert_eq!(percentile(&v, 99), Some(99.0));
+        assert_eq!(percentile(&[3.0], 99), Some(3.0));
+        assert_eq!(percentile(&[], 50), None);
+    }
+}

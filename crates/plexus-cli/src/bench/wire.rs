@@ -1,0 +1,166 @@
+//! The messages between the `--spawn` coordinator and its node processes: one JSON object
+//! per line, on the node process's stdin (coordinator to node) and stdout (node to
+//! coordinator); the node process logs on stderr only.
+//!
+//! A node process's conversation:
+//!
+//! ```text
+//! node → {"type":"ready","node":i,"addr":"127.0.0.2:41234","pid":4242}
+//! coord → {"type":"start","addrs":[…],"hold_close":b}       every node's address, by id
+//! coord → {"type":"close_producers"}                          producers holding may close
+//! node → {"type":"endpoint","outcome":{…}}                    once per endpoint, as it ends
+//! node → {"type":"healthy_done"}                              once per non-stalled consumer
+//! node → {"type":"progress","delivered":…}                    every 250 ms until done
+//! coord → {"type":"release"}                                  every healthy consumer is done
+//! node → {"type":"done"}                                      every endpoint has ended
+//! coord → {"type":"exit"}                                     every node is done: stop
+//! node → {"type":"bye","rss_peak_bytes":…,"resume_us":[…]}    then it exits
+//! node → {"type":"failed","error":"…"}                        instead, when it cannot go on
+//! ```
+//!
+//! A node process whose stdin ends exits at once, without `bye`.
+//!
+//! Invariants: a line is written whole and flushed; a reader delivers every line in
+//! order, then [`Line::Closed`] exactly once, when its stream ends or breaks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::roles::EndpointOutcome;
+
+/// From a node process to the coordinator.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromNode {
+    /// The node listens at `addr`.
+    Ready {
+        /// The node's id.
+        node: u32,
+        /// Where it listens.
+        addr: SocketAddr,
+        /// Its process id.
+        pid: u32,
+    },
+    /// One endpoint ended.
+    Endpoint {
+        /// How.
+        outcome: EndpointOutcome,
+    },
+    /// A non-stalled consumer is done.
+    HealthyDone,
+    /// Payload bytes the node's consumers received so far.
+    Progress {
+        /// The bytes.
+        delivered: u64,
+    },
+    /// Every endpoint of the node ended; the node stays up for its peers until `exit`.
+    Done,
+    /// The node is shutting down, as `exit` asked.
+    Bye {
+        /// The process's peak resident memory.
+        rss_peak_bytes: u64,
+        /// How long each link of the node was down before it resumed, in µs.
+        resume_us: Vec<u64>,
+    },
+    /// The node cannot go on.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// From the coordinator to a node process.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToNode {
+    /// Every node's address (index = node id): open the endpoints and run.
+    Start {
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
+        /// Producers hold their close until `close_producers` (a node is to be killed
+        /// while every job is still in progress).
+        hold_close: bool,
+    },
+    /// Stalled consumers may read now.
+    Release,
+    /// Producers holding their close may close now.
+    CloseProducers,
+    /// Say `bye`, shut the node down and exit.
+    Exit,
+}
+
+/// What a line reader delivers.
+#[derive(Debug)]
+pub enum Line<T> {
+    /// A well-formed message.
+    Message(T),
+    /// A line that is not a message, with the reason.
+    Garbled(String),
+    /// The stream ended (or broke); nothing follows.
+    Closed,
+}
+
+/// Writes `msg` as one JSON line and flushes.
+pub fn write_line<T: Serialize>(out: &mut impl Write, msg: &T) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    out.write_all(&text)?;
+    out.flush()
+}
+
+/// Reads JSON lines from `input` on a thread of its own, handing each to `deliver` until
+/// the stream ends or `deliver` returns false.
+pub fn read_lines<T, R, F>(input: R, deliver: F)
+where
+    T: DeserializeOwned,
+    R: Read + Send + 'static,
+    F: Fn(Line<T>) -> bool + Send + 'static,
+{
+    std::thread::spawn(move || {
+        for line in BufReader::new(input).lines() {
+            let Ok(line) = line else {
+                break;
+            };
+            let item = match serde_json::from_str(&line) {
+                Ok(msg) => Line::Message(msg),
+                Err(e) => Line::Garbled(format!("{e}: {line:.200}")),
+            };
+            if !deliver(item) {
+                return;
+            }
+        }
+        deliver(Line::Closed);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_tagged_lines() {
+        let mut out = Vec::new();
+        write_line(&mut out, &ToNode::Release).expect("write");
+        write_line(&mut out, &FromNode::Progress { delivered: 7 }).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(
+            text,
+            "{\"type\":\"release\"}\n{\"type\":\"progress\",\"delivered\":7}\n"
+        );
+    }
+
+    #[test]
+    fn reader_delivers_lines_then_closed() {
+        let input = b"{\"type\":\"exit\"}\nnot json\n".to_vec();
+        let (tx, rx) = std::sync::mpsc::channel();
+        read_lines::<ToNode, _, _>(std::io::Cursor::new(input), move |l| tx.send(l).is_ok());
+        let got: Vec<Line<ToNode>> = rx.iter().collect();
+        assert!(matches!(got[0], Line::Message(ToNode::Exit)));
+        assert!(matches!(got[1], Line::Garbled(_)));
+        assert!(matches!(got[2], Line::Closed));
+        assert_eq!(got.len(), 3);
+    }
+}
