@@ -19,8 +19,8 @@ const ROOMY: usize = 64 * 1024;
 const SMALL: usize = 1024;
 
 /// Wire kind numbers and the body size after the kind byte of every fixed-size kind.
-const FIXED_KINDS: [(u8, usize); 10] = [
-    (1, 14), // Hello
+const FIXED_KINDS: [(u8, usize); 12] = [
+    (1, 38), // Hello
     (2, 2),  // GoAway
     (3, 20), // Open
     (5, 12), // Backlog
@@ -30,10 +30,12 @@ const FIXED_KINDS: [(u8, usize); 10] = [
     (9, 8),  // Ping
     (10, 8), // Pong
     (11, 4), // Abort
+    (12, 8), // Ack
+    (13, 8), // CancelJob
 ];
 const KIND_DATA: u8 = 4;
 /// Kind numbers this build knows; every other byte is an unknown kind.
-const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=11;
+const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=13;
 
 /// The wire kind of a frame. The match is exhaustive on purpose: a new `Frame` variant
 /// fails to compile here until it is added to this table and to [`frame_with_payload`].
@@ -50,6 +52,8 @@ fn kind_of(frame: &Frame) -> u8 {
         Frame::Ping { .. } => 9,
         Frame::Pong { .. } => 10,
         Frame::Abort { .. } => 11,
+        Frame::Ack { .. } => 12,
+        Frame::CancelJob { .. } => 13,
     }
 }
 
@@ -66,8 +70,9 @@ fn goaway_code() -> impl Strategy<Value = GoAwayCode> {
         Just(GoAwayCode::SimultaneousDial),
         Just(GoAwayCode::Duplicate),
         Just(GoAwayCode::Shutdown),
+        Just(GoAwayCode::SessionMismatch),
         // Unknown only with values no named code uses, or it would not round trip.
-        prop_oneof![Just(0u16), 8u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
+        prop_oneof![Just(0u16), 9u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
     ]
 }
 
@@ -75,7 +80,8 @@ fn cancel_code() -> impl Strategy<Value = CancelCode> {
     prop_oneof![
         Just(CancelCode::ConsumerGone),
         Just(CancelCode::UnknownConsumer),
-        prop_oneof![Just(0u16), 3u16..=u16::MAX].prop_map(CancelCode::Unknown),
+        Just(CancelCode::ConsumerNeverAppeared),
+        prop_oneof![Just(0u16), 4u16..=u16::MAX].prop_map(CancelCode::Unknown),
     ]
 }
 
@@ -86,13 +92,24 @@ fn channel() -> impl Strategy<Value = WireChannel> {
 /// Every frame variant, with `Data` payloads of `0..max_payload` bytes.
 fn frame_with_payload(max_payload: usize) -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), any::<u64>(), any::<u32>()).prop_map(|(version, cluster, node)| {
-            Frame::Hello {
-                version,
-                cluster,
-                node: NodeId(node),
-            }
-        }),
+        (
+            (any::<u16>(), any::<u64>(), any::<u32>()),
+            (any::<u64>(), any::<u64>(), any::<u64>())
+        )
+            .prop_map(
+                |((version, cluster, node), (incarnation, peer_incarnation, received))| {
+                    Frame::Hello {
+                        version,
+                        cluster,
+                        node: NodeId(node),
+                        incarnation,
+                        peer_incarnation,
+                        received,
+                    }
+                }
+            ),
+        any::<u64>().prop_map(|received| Frame::Ack { received }),
+        any::<u64>().prop_map(|job| Frame::CancelJob { job: JobId(job) }),
         goaway_code().prop_map(|code| Frame::GoAway { code }),
         (channel(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
             |(channel, job, producer, consumer)| Frame::Open {
@@ -433,7 +450,7 @@ proptest! {
     }
 
     #[test]
-    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 12u8..=255], after in 0usize..64) {
+    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 14u8..=255], after in 0usize..64) {
         let mut buf = raw_frame(1 + after as u32, kind, after);
         prop_assert_eq!(Decoder::new(SMALL).decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -561,7 +578,7 @@ fn data_without_a_whole_channel_is_bad_length() {
 #[test]
 fn unknown_kind_with_kind_byte_only() {
     let dec = Decoder::new(SMALL);
-    for kind in [0u8, 12, 200, 255] {
+    for kind in [0u8, 14, 200, 255] {
         let mut buf = raw_frame(1, kind, 0);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -603,7 +620,7 @@ fn unknown_codes_round_trip_and_known_numbers_map_to_named_codes() {
     let dec = Decoder::new(SMALL);
     for code in [
         GoAwayCode::Unknown(0),
-        GoAwayCode::Unknown(8),
+        GoAwayCode::Unknown(9),
         GoAwayCode::Unknown(u16::MAX),
     ] {
         let frame = Frame::GoAway { code };
@@ -618,6 +635,26 @@ fn unknown_codes_round_trip_and_known_numbers_map_to_named_codes() {
         dec.decode(&mut buf),
         Ok(Some(Frame::GoAway {
             code: GoAwayCode::Shutdown
+        }))
+    );
+    let mut buf = encode_one(&Frame::GoAway {
+        code: GoAwayCode::Unknown(8),
+    });
+    assert_eq!(
+        dec.decode(&mut buf),
+        Ok(Some(Frame::GoAway {
+            code: GoAwayCode::SessionMismatch
+        }))
+    );
+    let mut buf = encode_one(&Frame::Cancel {
+        channel: WireChannel(3),
+        code: CancelCode::Unknown(3),
+    });
+    assert_eq!(
+        dec.decode(&mut buf),
+        Ok(Some(Frame::Cancel {
+            channel: WireChannel(3),
+            code: CancelCode::ConsumerNeverAppeared
         }))
     );
     let mut buf = encode_one(&Frame::Cancel {

@@ -14,13 +14,32 @@
 //! - `ProducerReady` / `ConsumerReady` are recorded per node for the tests to inspect.
 //!
 //! Time only moves in [`Net::advance`]. Every byte crossing a pipe between two cores is
-//! decoded a second time by an audit that checks the credit rule of the protocol: on each
-//! link direction, the payload a channel's `Data` frames carry never exceeds the credit
-//! its sender had *received* for that channel when it wrote the frame. The audit also
-//! checks that, within each `poll_transmit`, control frames precede channel frames.
+//! decoded a second time by an audit that checks the credit rule of the protocol: in each
+//! direction of a session between two nodes (which outlives its connections), the payload
+//! a channel's `Data` frames carry never exceeds the credit its sender had *received* for
+//! that channel when it wrote the frame. The audit numbers channel frames as the session
+//! layer does, so frames written again after a resume are not counted twice; it follows
+//! each handshake (the acceptor's `Hello` says whether the session resumed, and from which
+//! frame each side resends) and forgets a session that starts afresh. It also checks that,
+//! within each `poll_transmit`, new control frames precede new channel frames.
 //!
 //! Raw connections ([`Net::raw_connect`]) let a test play a hostile peer byte by byte.
-//! [`Net::freeze`] hangs a node (a stopped process); [`Net::cut`] breaks a link.
+//!
+//! Failures:
+//! - [`Net::cut`] breaks the connections between two nodes (both ends see an `Io` close);
+//!   [`Net::arm_cut`] does it exactly after the k-th frame crossed any connection, or in
+//!   the middle of the next one.
+//! - [`Net::freeze`] hangs a node (a stopped process): it runs nothing; connections to it
+//!   are accepted by its "kernel" but only handed to its core when it thaws.
+//! - [`Net::kill`] stops a node for good: its connections close (peers see an `Io` close)
+//!   and dials to it are refused ([`DialFailure::Refused`]).
+//! - [`Net::restart`] kills a node and starts a fresh core with a new incarnation at the
+//!   same id.
+//! - [`Net::partition`] cuts the connections between two nodes, and dials between them
+//!   time out ([`DialFailure::Other`], after [`Net::dial_timeout`]) until [`Net::heal`].
+//!
+//! The harness also records, after every step, the most payload each node retained for
+//! resending ([`Net::peak_retained`]).
 //!
 //! Determinism: every choice the harness makes follows its seed, and time is virtual. The
 //! core's own maps use a per-process random hasher, so outputs that depend on their
@@ -28,13 +47,13 @@
 //! assert only outcomes that must hold in every order.
 #![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use plexus_proto::codec::{self, Decoder};
 use plexus_proto::frame::Frame;
-use plexus_proto::node::ConsumerCredit;
+use plexus_proto::node::{ConsumerCredit, DialFailure};
 use plexus_proto::{
     Bytes, Config, Endpoint, Event, ExchangeError, JobId, LinkCause, LinkId, NodeCore, NodeId,
     Recv, Stats, Transmit, TrySendError, WireChannel,
@@ -57,6 +76,9 @@ enum Owner {
     Node { node: usize, link: LinkId },
     /// The test itself, writing and reading raw bytes.
     Raw,
+    /// A connection to a hung node, accepted by its kernel but not yet by its core: it
+    /// becomes a `Node` end when the node thaws.
+    Backlog { node: usize },
 }
 
 /// One end of a connection.
@@ -96,10 +118,35 @@ struct Conn {
     open: bool,
     /// Whether the credit audit runs on this connection (both ends are cores).
     audited: bool,
-    /// Credit delivered to end `d` for its outgoing channel `w`, keyed by `(d, w)`.
-    granted: HashMap<(usize, WireChannel), u64>,
-    /// Payload end `d` wrote on its channel `w`, keyed by `(d, w)`.
-    sent: HashMap<(usize, WireChannel), u64>,
+    /// The `received` count of the dialler's `Hello`, once written.
+    dialler_received: Option<u64>,
+}
+
+/// The audit's view of one direction (sender → receiver) of the session between two nodes.
+#[derive(Debug, Default)]
+struct Direction {
+    /// Number of the next channel frame the sender writes on its current connection.
+    tx_next: u64,
+    /// One past the highest number written so far: lower numbers are resends.
+    tx_high: u64,
+    /// Number of the next channel frame delivered to the receiver.
+    rx_next: u64,
+    /// One past the highest number delivered so far.
+    rx_high: u64,
+    /// Per channel of this direction: credit the sender received, payload it wrote.
+    credit: HashMap<WireChannel, (u64, u64)>,
+}
+
+/// Whether a frame is numbered by the session layer (every frame but the link's own).
+fn is_channel_frame(frame: &Frame) -> bool {
+    !matches!(
+        frame,
+        Frame::Hello { .. }
+            | Frame::GoAway { .. }
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::Ack { .. }
+    )
 }
 
 /// A close the harness saw: a `Close` event of a core.
@@ -139,9 +186,43 @@ pub struct Drained {
     pub finished: bool,
 }
 
-/// A handle on a raw connection the test drives byte by byte.
+/// A handle on a raw connection the test drives byte by byte: the connection, and which
+/// of its ends the test plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RawConn(usize);
+pub struct RawConn(usize, usize);
+
+/// A cut armed with [`Net::arm_cut`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutPlan {
+    /// Cut once this many frames have crossed (all core-to-core connections counted).
+    pub after_frames: u64,
+    /// Then deliver up to this many bytes of a next frame (never all of it) before cutting.
+    pub partial: usize,
+}
+
+/// A cut that happened by plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FiredCut {
+    /// The plan.
+    pub plan: CutPlan,
+    /// Frames that had crossed when it fired.
+    pub frames: u64,
+    /// Bytes of an incomplete frame delivered just before the cut.
+    pub partial_bytes: usize,
+    /// The two nodes cut apart.
+    pub nodes: (usize, usize),
+    /// Virtual time.
+    pub at: Instant,
+}
+
+/// A dial across a partition, to be reported as timed out.
+#[derive(Clone, Copy, Debug)]
+struct PendingDialFailure {
+    at: Instant,
+    node: usize,
+    generation: u32,
+    peer: NodeId,
+}
 
 /// A set of nodes connected by in-memory pipes, driven deterministically.
 #[derive(Debug)]
@@ -165,11 +246,42 @@ pub struct Net {
     pub dials: Vec<(NodeId, NodeId)>,
     /// Hung nodes: no events, timers, reads or writes until thawed.
     frozen: Vec<bool>,
+    /// Killed nodes: their core is never called again; dials to them are refused.
+    down: Vec<bool>,
+    /// Bumped each time a node is killed or restarted: application state (outboxes,
+    /// inboxes) opened under another generation is gone.
+    generation: Vec<u32>,
+    /// The configuration each node was (last) started with.
+    configs: Vec<Config>,
+    /// Partitioned node pairs (lower index first).
+    blocked: HashSet<(usize, usize)>,
+    /// How long a dial across a partition takes to fail.
+    pub dial_timeout: Duration,
+    /// Nodes whose dials connect to a raw end (see [`Net::intercept_dials_to`]).
+    intercept: HashSet<NodeId>,
+    /// Raw connections made by intercepted dials: (dialler, peer dialled, the connection).
+    pub intercepted: Vec<(usize, NodeId, RawConn)>,
+    pending_dial_failures: Vec<PendingDialFailure>,
+    /// Closes a hung node will only see when it thaws.
+    pending_closes: Vec<(usize, LinkId, LinkCause)>,
+    /// Frames that crossed any core-to-core connection so far (fully delivered).
+    frames_crossed: u64,
+    /// Cuts armed, earliest first.
+    cut_plans: VecDeque<CutPlan>,
+    /// Cuts that fired.
+    pub fired_cuts: Vec<FiredCut>,
+    /// For each `Hello` that crossed a core-to-core connection: the frame count right
+    /// after it, and whether it answered a dialler's (`true`) or was a dialler's.
+    pub hellos_crossed: Vec<(u64, bool)>,
+    /// Highest `retained_bytes` of each node seen after any step.
+    peak_retained: Vec<u64>,
     producer_ready: Vec<BTreeSet<(JobId, u32)>>,
     channel_ready: Vec<BTreeSet<(JobId, u32, Endpoint)>>,
     consumer_ready: Vec<BTreeSet<(JobId, u32)>>,
     audit: Audit,
     audit_decoder: Decoder,
+    /// Session directions by (sender, receiver) node.
+    directions: HashMap<(usize, usize), Direction>,
 }
 
 impl Net {
@@ -180,13 +292,17 @@ impl Net {
 
     /// `n` nodes whose byte chunking follows `seed`.
     pub fn with_seed(n: usize, seed: u64, mut config_fn: impl FnMut(&mut Config)) -> Self {
-        let nodes: Vec<NodeCore> = (0..n)
+        let now = Instant::now();
+        let configs: Vec<Config> = (0..n)
             .map(|i| {
-                let id = u32::try_from(i).expect("node index fits a u32");
-                let mut config = Config::new(NodeId(id), CLUSTER);
+                let mut config = Config::new(node_id(i), CLUSTER);
                 config_fn(&mut config);
-                NodeCore::new(config).expect("test configuration is valid")
+                config
             })
+            .collect();
+        let nodes: Vec<NodeCore> = configs
+            .iter()
+            .map(|config| NodeCore::new(config.clone(), now).expect("test configuration is valid"))
             .collect();
         let largest = nodes
             .iter()
@@ -195,7 +311,7 @@ impl Net {
             .unwrap_or(0);
         Self {
             nodes,
-            now: Instant::now(),
+            now,
             rng: SmallRng::seed_from_u64(seed),
             max_chunk: 1500,
             max_transmit: 16 * 1024,
@@ -205,11 +321,26 @@ impl Net {
             closes: Vec::new(),
             dials: Vec::new(),
             frozen: vec![false; n],
+            down: vec![false; n],
+            generation: vec![0; n],
+            configs,
+            blocked: HashSet::new(),
+            dial_timeout: Duration::from_millis(200),
+            intercept: HashSet::new(),
+            intercepted: Vec::new(),
+            pending_dial_failures: Vec::new(),
+            pending_closes: Vec::new(),
+            frames_crossed: 0,
+            cut_plans: VecDeque::new(),
+            fired_cuts: Vec::new(),
+            hellos_crossed: Vec::new(),
+            peak_retained: vec![0; n],
             producer_ready: vec![BTreeSet::new(); n],
             channel_ready: vec![BTreeSet::new(); n],
             consumer_ready: vec![BTreeSet::new(); n],
             audit: Audit::default(),
             audit_decoder: Decoder::new(largest),
+            directions: HashMap::new(),
         }
     }
 
@@ -241,6 +372,26 @@ impl Net {
     /// Credit figures of a consumer.
     pub fn consumer_credit(&self, i: usize, job: JobId, slot: u32) -> Option<ConsumerCredit> {
         self.nodes[i].consumer_credit(job, slot)
+    }
+
+    /// Whether node `i` runs (was not killed, or was restarted since).
+    pub fn is_up(&self, i: usize) -> bool {
+        !self.down[i]
+    }
+
+    /// How many times node `i` was killed or restarted.
+    pub fn generation(&self, i: usize) -> u32 {
+        self.generation[i]
+    }
+
+    /// Frames that fully crossed any core-to-core connection so far.
+    pub fn frames_crossed(&self) -> u64 {
+        self.frames_crossed
+    }
+
+    /// The highest `retained_bytes` node `i` reported after any step so far.
+    pub fn peak_retained(&self, i: usize) -> u64 {
+        self.peak_retained[i]
     }
 
     /// What the credit audit found so far.
@@ -374,23 +525,43 @@ impl Net {
             let step = left.min(tick);
             left -= step;
             self.now += step;
-            let now = self.now;
-            for (node, frozen) in self.nodes.iter_mut().zip(&self.frozen) {
-                if !frozen {
-                    node.handle_timeout(now);
-                }
+            self.fire_timers();
+        }
+    }
+
+    /// Whether node `i` runs now (neither killed nor hung).
+    fn runs(&self, i: usize) -> bool {
+        !self.down[i] && !self.frozen[i]
+    }
+
+    /// Reports the dials across partitions whose timeout has passed.
+    fn fail_due_dials(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .pending_dial_failures
+            .drain(..)
+            .partition(|d| d.at <= now);
+        self.pending_dial_failures = later;
+        for d in due {
+            if self.generation[d.node] == d.generation && self.runs(d.node) {
+                self.nodes[d.node].handle_dial_failed(
+                    d.peer,
+                    DialFailure::Other,
+                    "connection timed out",
+                    now,
+                );
             }
-            self.drive();
         }
     }
 
     /// Fires every node's timers at the current time (`handle_timeout(now)`), without
     /// moving time, then drives. A runtime does this whenever a timer it armed expires.
     pub fn fire_timers(&mut self) {
+        self.fail_due_dials();
         let now = self.now;
-        for (node, frozen) in self.nodes.iter_mut().zip(&self.frozen) {
-            if !frozen {
-                node.handle_timeout(now);
+        for i in 0..self.nodes.len() {
+            if self.runs(i) {
+                self.nodes[i].handle_timeout(now);
             }
         }
         self.drive();
@@ -420,21 +591,146 @@ impl Net {
             self.shut(c);
             for e in 0..2 {
                 if let Owner::Node { node, link } = self.conns[c].ends[e].owner {
-                    self.nodes[node].handle_link_closed(link, LinkCause::Io("link cut".into()));
+                    self.notify_closed(node, link, LinkCause::Io("link cut".into()));
                 }
             }
         }
     }
 
+    /// Tells node `i` that its connection `link` is gone, now or (if it is hung) when it
+    /// thaws. A killed node is told nothing.
+    fn notify_closed(&mut self, i: usize, link: LinkId, cause: LinkCause) {
+        if self.down[i] {
+            return;
+        }
+        if self.frozen[i] {
+            self.pending_closes.push((i, link, cause));
+            return;
+        }
+        self.nodes[i].handle_link_closed(link, cause);
+    }
+
     /// Hangs node `i`, as a stopped process: it handles no events and no timers, reads
-    /// nothing and writes nothing. Bytes sent to it wait in the pipes.
+    /// nothing and writes nothing. Bytes sent to it wait in the pipes; connections to it
+    /// wait in its accept backlog.
     pub fn freeze(&mut self, i: usize) {
         self.frozen[i] = true;
     }
 
-    /// Resumes a node hung by [`Net::freeze`].
+    /// Resumes a node hung by [`Net::freeze`]: it learns of the connections that closed
+    /// meanwhile and accepts those that wait for it. Does not drive.
     pub fn thaw(&mut self, i: usize) {
         self.frozen[i] = false;
+        let closes: Vec<_> = self.pending_closes.drain(..).collect();
+        for (node, link, cause) in closes {
+            if node == i {
+                self.nodes[i].handle_link_closed(link, cause);
+            } else {
+                self.pending_closes.push((node, link, cause));
+            }
+        }
+        for c in 0..self.conns.len() {
+            if !self.conns[c].open {
+                continue;
+            }
+            for e in 0..2 {
+                if self.conns[c].ends[e].owner == (Owner::Backlog { node: i }) {
+                    let link = self.nodes[i].handle_accepted(self.now);
+                    self.conns[c].ends[e].owner = Owner::Node { node: i, link };
+                    self.ends_by_link.insert((i, link), (c, e));
+                }
+            }
+        }
+    }
+
+    /// Stops node `i` for good, as a crashed process: its connections close (peers see an
+    /// `Io` close at once), dials to it are refused, and its core is never called again.
+    /// Does not drive.
+    pub fn kill(&mut self, i: usize) {
+        if self.down[i] {
+            return;
+        }
+        self.down[i] = true;
+        self.frozen[i] = false;
+        self.generation[i] += 1;
+        self.pending_closes.retain(|(node, _, _)| *node != i);
+        self.producer_ready[i].clear();
+        self.channel_ready[i].clear();
+        self.consumer_ready[i].clear();
+        for c in 0..self.conns.len() {
+            if !self.conns[c].open {
+                continue;
+            }
+            let mine = self.conns[c].ends.iter().any(|end| node_of(end) == Some(i));
+            if !mine {
+                continue;
+            }
+            self.shut(c);
+            for e in 0..2 {
+                if let Owner::Node { node, link } = self.conns[c].ends[e].owner {
+                    if node != i {
+                        self.notify_closed(
+                            node,
+                            link,
+                            LinkCause::Io("connection reset by peer".into()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills node `i` (if it runs) and starts a fresh core at the same id with a new
+    /// incarnation, at the current time. Returns the new incarnation. Does not drive.
+    pub fn restart(&mut self, i: usize) -> u64 {
+        self.kill(i);
+        let mut config = self.configs[i].clone();
+        config.incarnation = config.incarnation.wrapping_add(0x1_0000).max(1);
+        self.configs[i] = config.clone();
+        self.nodes[i] = NodeCore::new(config.clone(), self.now).expect("valid configuration");
+        self.down[i] = false;
+        self.generation[i] += 1;
+        self.peak_retained[i] = 0;
+        config.incarnation
+    }
+
+    /// Partitions nodes `a` and `b`: their connections are cut and dials between them time
+    /// out (after [`Net::dial_timeout`]) until [`Net::heal`]. Does not drive.
+    pub fn partition(&mut self, a: usize, b: usize) {
+        self.blocked.insert((a.min(b), a.max(b)));
+        self.cut(a, b);
+    }
+
+    /// Ends the partition of `a` and `b`: later dials between them connect.
+    pub fn heal(&mut self, a: usize, b: usize) {
+        self.blocked.remove(&(a.min(b), a.max(b)));
+    }
+
+    /// Arms a cut: once `after_frames` frames in total have crossed core-to-core
+    /// connections, the connection the next byte would cross is cut (both directions, all
+    /// connections between its two nodes), after up to `partial` bytes of a frame that do
+    /// not complete it. Plans fire in order of `after_frames`.
+    pub fn arm_cut(&mut self, after_frames: u64, partial: usize) {
+        let plan = CutPlan {
+            after_frames,
+            partial,
+        };
+        let at = self
+            .cut_plans
+            .iter()
+            .position(|p| p.after_frames > after_frames)
+            .unwrap_or(self.cut_plans.len());
+        self.cut_plans.insert(at, plan);
+    }
+
+    /// Drops every armed cut that has not fired.
+    pub fn disarm_cuts(&mut self) {
+        self.cut_plans.clear();
+    }
+
+    /// Cuts armed and not fired yet.
+    pub fn armed_cuts(&self) -> usize {
+        self.cut_plans.len()
     }
 
     // -- raw peers ---------------------------------------------------------------------------
@@ -450,16 +746,21 @@ impl Net {
             ],
             open: true,
             audited: false,
-            granted: HashMap::new(),
-            sent: HashMap::new(),
+            dialler_received: None,
         });
         self.ends_by_link.insert((i, link), (c, 1));
-        RawConn(c)
+        RawConn(c, 0)
+    }
+
+    /// From now on, dials to `peer` (a node the net does not run) connect to a raw end the
+    /// test plays, listed in [`Net::intercepted`], instead of being refused.
+    pub fn intercept_dials_to(&mut self, peer: NodeId) {
+        self.intercept.insert(peer);
     }
 
     /// Queues `bytes` from the raw end; they are delivered (in chunks) by `drive`.
     pub fn raw_send(&mut self, raw: RawConn, bytes: &[u8]) {
-        self.conns[raw.0].ends[0].out.extend_from_slice(bytes);
+        self.conns[raw.0].ends[raw.1].out.extend_from_slice(bytes);
     }
 
     /// Queues the encoding of `frame` from the raw end.
@@ -472,7 +773,7 @@ impl Net {
     /// Everything the core sent to the raw end so far, decoded. Undecodable bytes panic:
     /// a core must always send well-formed frames.
     pub fn raw_frames(&self, raw: RawConn) -> Vec<Frame> {
-        let mut buf = self.conns[raw.0].ends[0].rx.clone();
+        let mut buf = self.conns[raw.0].ends[raw.1].rx.clone();
         let mut frames = Vec::new();
         loop {
             match self.audit_decoder.decode(&mut buf) {
@@ -484,6 +785,17 @@ impl Net {
         frames
     }
 
+    /// The raw peer drops its connection: the core sees an `Io` close. Does not drive.
+    pub fn raw_close(&mut self, raw: RawConn) {
+        if !self.conns[raw.0].open {
+            return;
+        }
+        self.shut(raw.0);
+        if let Owner::Node { node, link } = self.conns[raw.0].ends[1 - raw.1].owner {
+            self.notify_closed(node, link, LinkCause::Io("closed by peer".into()));
+        }
+    }
+
     /// Whether the raw connection is still open.
     pub fn raw_is_open(&self, raw: RawConn) -> bool {
         self.conns[raw.0].open
@@ -491,9 +803,11 @@ impl Net {
 
     /// The core's link id of a raw connection.
     pub fn raw_link(&self, raw: RawConn) -> LinkId {
-        match self.conns[raw.0].ends[1].owner {
+        match self.conns[raw.0].ends[1 - raw.1].owner {
             Owner::Node { link, .. } => link,
-            Owner::Raw => unreachable!("end 1 of a raw connection is a core"),
+            Owner::Raw | Owner::Backlog { .. } => {
+                unreachable!("the other end of a raw connection is a core")
+            }
         }
     }
 
@@ -538,12 +852,15 @@ impl Net {
     fn step(&mut self) -> bool {
         let mut progress = false;
         for i in 0..self.nodes.len() {
-            if self.frozen[i] {
+            if !self.runs(i) {
                 continue;
             }
             while let Some(event) = self.nodes[i].poll_event() {
                 progress = true;
                 self.handle_event(i, event);
+                if !self.runs(i) {
+                    break;
+                }
             }
         }
         for c in 0..self.conns.len() {
@@ -554,6 +871,12 @@ impl Net {
         for c in 0..self.conns.len() {
             for e in 0..2 {
                 progress |= self.deliver_chunk(c, e);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if !self.down[i] {
+                let retained = self.nodes[i].stats().retained_bytes;
+                self.peak_retained[i] = self.peak_retained[i].max(retained);
             }
         }
         progress
@@ -587,32 +910,65 @@ impl Net {
     fn dial(&mut self, i: usize, peer: NodeId) {
         self.dials.push((node_id(i), peer));
         let j = peer.0 as usize;
-        if j >= self.nodes.len() {
-            self.nodes[i].handle_dial_failed(peer, "connection refused", self.now);
+        if self.intercept.contains(&peer) {
+            let Some(link) = self.nodes[i].handle_dialed(peer, self.now) else {
+                return;
+            };
+            let c = self.conns.len();
+            let mut dialler = End::new(Owner::Node { node: i, link });
+            dialler.want_poll = true;
+            self.conns.push(Conn {
+                ends: [dialler, End::new(Owner::Raw)],
+                open: true,
+                audited: false,
+                dialler_received: None,
+            });
+            self.ends_by_link.insert((i, link), (c, 0));
+            self.intercepted.push((i, peer, RawConn(c, 1)));
+            return;
+        }
+        if j >= self.nodes.len() || self.down[j] {
+            self.nodes[i].handle_dial_failed(
+                peer,
+                DialFailure::Refused,
+                "connection refused",
+                self.now,
+            );
+            return;
+        }
+        if self.blocked.contains(&(i.min(j), i.max(j))) {
+            self.pending_dial_failures.push(PendingDialFailure {
+                at: self.now + self.dial_timeout,
+                node: i,
+                generation: self.generation[i],
+                peer,
+            });
             return;
         }
         let Some(link) = self.nodes[i].handle_dialed(peer, self.now) else {
             return;
         };
-        let accepted = self.nodes[j].handle_accepted(self.now);
+        let acceptor = if self.frozen[j] {
+            Owner::Backlog { node: j }
+        } else {
+            Owner::Node {
+                node: j,
+                link: self.nodes[j].handle_accepted(self.now),
+            }
+        };
         let c = self.conns.len();
         let mut dialler = End::new(Owner::Node { node: i, link });
         dialler.want_poll = true;
         self.conns.push(Conn {
-            ends: [
-                dialler,
-                End::new(Owner::Node {
-                    node: j,
-                    link: accepted,
-                }),
-            ],
+            ends: [dialler, End::new(acceptor)],
             open: true,
             audited: true,
-            granted: HashMap::new(),
-            sent: HashMap::new(),
+            dialler_received: None,
         });
         self.ends_by_link.insert((i, link), (c, 0));
-        self.ends_by_link.insert((j, accepted), (c, 1));
+        if let Owner::Node { node, link } = acceptor {
+            self.ends_by_link.insert((node, link), (c, 1));
+        }
     }
 
     /// Honours a `Close` event: flushes what the core still sends, delivers it, then both
@@ -644,10 +1000,8 @@ impl Net {
         self.shut(c);
         self.nodes[i].handle_link_closed(link, cause);
         if let Owner::Node { node, link } = self.conns[c].ends[1 - e].owner {
-            // A hung node only notices when it runs again; the test does not thaw it.
-            if !self.frozen[node] {
-                self.nodes[node].handle_link_closed(link, LinkCause::Io("closed by peer".into()));
-            }
+            // A hung node only notices when it runs again.
+            self.notify_closed(node, link, LinkCause::Io("closed by peer".into()));
         }
     }
 
@@ -672,7 +1026,7 @@ impl Net {
         let Owner::Node { node, link } = end.owner else {
             return false;
         };
-        if !conn.open || !end.want_poll || end.out.len() >= self.max_transmit || self.frozen[node] {
+        if !conn.open || !end.want_poll || end.out.len() >= self.max_transmit || !self.runs(node) {
             return false;
         }
         let max = self.rng.gen_range(1..=self.max_transmit);
@@ -717,7 +1071,37 @@ impl Net {
         if node_of(&self.conns[c].ends[to]).is_some_and(|node| self.frozen[node]) {
             return false;
         }
-        let n = self.rng.gen_range(1..=self.max_chunk.max(1)).min(len);
+        let mut n = self.rng.gen_range(1..=self.max_chunk.max(1)).min(len);
+        let mut fire_after = None;
+        if let (Some(&plan), true) = (self.cut_plans.front(), self.conns[c].audited) {
+            let ends = self.frame_ends(c, from);
+            if self.frames_crossed >= plan.after_frames {
+                // Deliver a piece of the next frame that does not complete it, then cut.
+                let piece = plan
+                    .partial
+                    .min(ends.first().map_or(len, |e| e.saturating_sub(1)));
+                if plan.partial == 0 || piece > 0 {
+                    n = piece;
+                    fire_after = Some(plan);
+                }
+            } else {
+                let need = (plan.after_frames - self.frames_crossed) as usize;
+                if let Some(&end) = ends.get(need - 1) {
+                    if n >= end {
+                        n = end;
+                        if plan.partial == 0 {
+                            fire_after = Some(plan);
+                        }
+                    }
+                }
+            }
+        }
+        if n == 0 {
+            if let Some(plan) = fire_after {
+                self.fire_cut(c, plan, 0);
+                return true;
+            }
+        }
         let chunk = self.conns[c].ends[from].out.split_to(n);
         match self.conns[c].ends[to].owner {
             Owner::Raw => self.conns[c].ends[to].rx.extend_from_slice(&chunk),
@@ -731,84 +1115,205 @@ impl Net {
                 self.nodes[node].handle_bytes(link, &mut rx, self.now);
                 self.conns[c].ends[to].rx = rx;
             }
+            Owner::Backlog { .. } => unreachable!("a hung node receives nothing"),
+        }
+        if let Some(plan) = fire_after {
+            let partial = if plan.partial == 0 { 0 } else { n };
+            self.fire_cut(c, plan, partial);
         }
         true
     }
 
-    /// Decodes what end `e` wrote; checks each `Data` frame against the credit delivered.
+    /// Offsets in the outgoing pipe of end `from` at which a frame ends, counting the
+    /// partial frame the other end's audit already holds.
+    fn frame_ends(&self, c: usize, from: usize) -> Vec<usize> {
+        let held = &self.conns[c].ends[1 - from].audit_rx;
+        let mut all = held.to_vec();
+        all.extend_from_slice(&self.conns[c].ends[from].out);
+        let mut ends = Vec::new();
+        let mut at = 0;
+        while let Some(head) = all.get(at..at + codec::LEN_FIELD) {
+            let len = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
+            let end = at + codec::LEN_FIELD + len;
+            if end > all.len() {
+                break;
+            }
+            ends.push(end - held.len());
+            at = end;
+        }
+        ends
+    }
+
+    /// Fires the armed cut `plan` on connection `c`.
+    fn fire_cut(&mut self, c: usize, plan: CutPlan, partial_bytes: usize) {
+        self.cut_plans.pop_front();
+        let (Some(a), Some(b)) = (
+            node_of(&self.conns[c].ends[0]),
+            node_of(&self.conns[c].ends[1]),
+        ) else {
+            return;
+        };
+        self.fired_cuts.push(FiredCut {
+            plan,
+            frames: self.frames_crossed,
+            partial_bytes,
+            nodes: (a, b),
+            at: self.now,
+        });
+        self.cut(a, b);
+    }
+
+    /// The two nodes of connection `c`, writer of end `e` first.
+    fn audit_pair(&self, c: usize, e: usize) -> Option<(usize, usize)> {
+        Some((
+            node_of(&self.conns[c].ends[e])?,
+            node_of(&self.conns[c].ends[1 - e])?,
+        ))
+    }
+
+    /// The acceptor `acceptor` wrote its `Hello` answering `dialler`: the session resumes
+    /// (each side resends from what the other said it received) or starts afresh.
+    fn audit_handshake(&mut self, c: usize, acceptor: usize, dialler: usize, reply: &Frame) {
+        let Frame::Hello {
+            peer_incarnation,
+            received,
+            ..
+        } = reply
+        else {
+            return;
+        };
+        let dialler_received = self.conns[c].dialler_received.unwrap_or(0);
+        if *peer_incarnation == 0 {
+            self.directions.remove(&(acceptor, dialler));
+            self.directions.remove(&(dialler, acceptor));
+            return;
+        }
+        let to_dialler = self.directions.entry((acceptor, dialler)).or_default();
+        to_dialler.tx_next = dialler_received;
+        to_dialler.rx_next = dialler_received;
+        let to_acceptor = self.directions.entry((dialler, acceptor)).or_default();
+        to_acceptor.tx_next = *received;
+        to_acceptor.rx_next = *received;
+    }
+
+    /// Decodes what end `e` wrote; checks each new `Data` frame against the credit
+    /// delivered.
     ///
-    /// `write` calls this once per `poll_transmit`, whose output is whole frames: control
-    /// frames queued when the poll began must all precede its channel frames (`Data`,
-    /// `End`, `Abort`), or control would wait behind data.
+    /// `write` calls this once per `poll_transmit`, whose output is whole frames: new
+    /// control frames queued when the poll began must all precede its new channel frames
+    /// (`Data`, `End`, `Abort`), or control would wait behind data. Frames written again
+    /// after a resume come first, in their original order, and are exempt.
     fn audit_written(&mut self, c: usize, e: usize) {
+        let Some((me, peer)) = self.audit_pair(c, e) else {
+            return;
+        };
         let mut channel_frame_seen = None;
         loop {
-            let conn = &mut self.conns[c];
-            let frame = self.audit_decoder.decode(&mut conn.ends[e].audit_tx);
-            if let Ok(Some(frame)) = &frame {
-                let in_order = matches!(
-                    frame,
-                    Frame::Data { .. } | Frame::End { .. } | Frame::Abort { .. }
-                );
-                if in_order {
-                    channel_frame_seen = Some(frame.name());
-                } else if let Some(before) = channel_frame_seen {
-                    self.audit.violations.push(format!(
-                        "conn {c}: {:?} wrote a {} frame behind a {before} frame in one transmit",
-                        conn.ends[e].owner,
-                        frame.name()
-                    ));
-                }
-            }
-            match frame {
-                Ok(Some(Frame::Data { channel, payload })) => {
-                    let sent = conn.sent.entry((e, channel)).or_insert(0);
-                    *sent += payload.len() as u64;
-                    let sent = *sent;
-                    let granted = conn.granted.get(&(e, channel)).copied().unwrap_or(0);
-                    self.audit.data_frames += 1;
-                    self.audit.data_bytes += payload.len() as u64;
-                    if sent > granted {
-                        self.audit.violations.push(format!(
-                            "conn {c}: {:?} sent {sent} bytes on channel {} with only {granted} \
-                             bytes of credit received",
-                            conn.ends[e].owner, channel.0
-                        ));
-                    }
-                }
-                Ok(Some(_)) => {}
+            let frame = self
+                .audit_decoder
+                .decode(&mut self.conns[c].ends[e].audit_tx);
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return,
                 Err(err) => {
                     self.audit.violations.push(format!(
                         "conn {c}: {:?} wrote undecodable bytes: {err}",
-                        conn.ends[e].owner
+                        self.conns[c].ends[e].owner
                     ));
-                    conn.ends[e].audit_tx.clear();
+                    self.conns[c].ends[e].audit_tx.clear();
                     return;
+                }
+            };
+            if let Frame::Hello { received, .. } = &frame {
+                if e == 0 {
+                    self.conns[c].dialler_received = Some(*received);
+                } else {
+                    self.audit_handshake(c, me, peer, &frame);
+                }
+                continue;
+            }
+            let new = if is_channel_frame(&frame) {
+                let dir = self.directions.entry((me, peer)).or_default();
+                let n = dir.tx_next;
+                dir.tx_next += 1;
+                let new = n >= dir.tx_high;
+                dir.tx_high = dir.tx_high.max(dir.tx_next);
+                new
+            } else {
+                true
+            };
+            if !new {
+                continue;
+            }
+            let in_order = matches!(
+                frame,
+                Frame::Data { .. } | Frame::End { .. } | Frame::Abort { .. }
+            );
+            if in_order {
+                channel_frame_seen = Some(frame.name());
+            } else if let Some(before) = channel_frame_seen {
+                self.audit.violations.push(format!(
+                    "conn {c}: {:?} wrote a {} frame behind a {before} frame in one transmit",
+                    self.conns[c].ends[e].owner,
+                    frame.name()
+                ));
+            }
+            if let Frame::Data { channel, payload } = frame {
+                let dir = self.directions.entry((me, peer)).or_default();
+                let (granted, sent) = dir.credit.entry(channel).or_insert((0, 0));
+                *sent += payload.len() as u64;
+                let (granted, sent) = (*granted, *sent);
+                self.audit.data_frames += 1;
+                self.audit.data_bytes += payload.len() as u64;
+                if sent > granted {
+                    self.audit.violations.push(format!(
+                        "conn {c}: node {me} sent {sent} bytes on channel {} to node {peer} \
+                         with only {granted} bytes of credit received",
+                        channel.0
+                    ));
                 }
             }
         }
     }
 
-    /// Decodes what was delivered to end `e`; counts the credit it receives.
+    /// Decodes what was delivered to end `e`; counts the frames that crossed and the new
+    /// credit the end receives.
     fn audit_delivered(&mut self, c: usize, e: usize) {
+        let Some((me, peer)) = self.audit_pair(c, e) else {
+            return;
+        };
         loop {
-            let conn = &mut self.conns[c];
-            match self.audit_decoder.decode(&mut conn.ends[e].audit_rx) {
-                Ok(Some(Frame::Credit { channel, bytes })) => {
-                    *conn.granted.entry((e, channel)).or_insert(0) += u64::from(bytes);
-                    self.audit.credit_frames += 1;
-                }
-                Ok(Some(_)) => {}
+            let frame = self
+                .audit_decoder
+                .decode(&mut self.conns[c].ends[e].audit_rx);
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return,
                 Err(err) => {
                     self.audit.violations.push(format!(
                         "conn {c}: bytes delivered to {:?} do not decode: {err}",
-                        conn.ends[e].owner
+                        self.conns[c].ends[e].owner
                     ));
-                    conn.ends[e].audit_rx.clear();
+                    self.conns[c].ends[e].audit_rx.clear();
                     return;
                 }
+            };
+            self.frames_crossed += 1;
+            if let Frame::Hello { .. } = frame {
+                self.hellos_crossed.push((self.frames_crossed, e == 0));
+            }
+            if !is_channel_frame(&frame) {
+                continue;
+            }
+            let dir = self.directions.entry((peer, me)).or_default();
+            let n = dir.rx_next;
+            dir.rx_next += 1;
+            let new = n >= dir.rx_high;
+            dir.rx_high = dir.rx_high.max(dir.rx_next);
+            if let (Frame::Credit { channel, bytes }, true) = (frame, new) {
+                let data_dir = self.directions.entry((me, peer)).or_default();
+                data_dir.credit.entry(channel).or_insert((0, 0)).0 += u64::from(bytes);
+                self.audit.credit_frames += 1;
             }
         }
     }
@@ -816,7 +1321,7 @@ impl Net {
 
 fn node_of(end: &End) -> Option<usize> {
     match end.owner {
-        Owner::Node { node, .. } => Some(node),
+        Owner::Node { node, .. } | Owner::Backlog { node } => Some(node),
         Owner::Raw => None,
     }
 }
@@ -868,6 +1373,9 @@ pub struct Outbox {
     pub close_when_done: bool,
     /// Whether `close_producer` was called.
     pub closed: bool,
+    /// The node's generation when the producer opened: once the node is killed or
+    /// restarted, the producer is gone and the outbox does nothing.
+    pub generation: u32,
 }
 
 impl Outbox {
@@ -891,7 +1399,13 @@ impl Outbox {
             refusals: 0,
             close_when_done: true,
             closed: false,
+            generation: net.generation(node),
         }
+    }
+
+    /// Whether the producer still exists (its node was not killed or restarted).
+    pub fn alive(&self, net: &Net) -> bool {
+        net.is_up(self.node) && net.generation(self.node) == self.generation
     }
 
     /// This producer's endpoint.
@@ -906,6 +1420,9 @@ impl Outbox {
 
     /// Sends as much as credit allows, consumer by consumer. Returns messages accepted.
     pub fn pump(&mut self, net: &mut Net) -> usize {
+        if !self.alive(net) {
+            return 0;
+        }
         let mut accepted = 0;
         for (consumer, queue) in &mut self.pending {
             while let Some(payload) = queue.pop_front() {
@@ -952,16 +1469,19 @@ pub struct Inbox {
     pub finished: bool,
     /// Messages read after `Finished` (must stay empty).
     pub after_finish: usize,
+    /// The node's generation when the consumer opened (see [`Outbox::generation`]).
+    pub generation: u32,
 }
 
 impl Inbox {
     /// An inbox for a consumer; opens it.
     pub fn open(net: &mut Net, node: usize, job: JobId, slot: u32, producers: &[Endpoint]) -> Self {
         net.open_consumer(node, job, slot, producers);
-        Self::attach(node, job, slot)
+        Self::attach_to(net, node, job, slot)
     }
 
-    /// An inbox for a consumer the test opens itself (or has not opened yet).
+    /// An inbox for a consumer the test opens itself (or has not opened yet), on a node
+    /// that was never killed or restarted.
     pub fn attach(node: usize, job: JobId, slot: u32) -> Self {
         Self {
             node,
@@ -971,7 +1491,21 @@ impl Inbox {
             errors: Vec::new(),
             finished: false,
             after_finish: 0,
+            generation: 0,
         }
+    }
+
+    /// An inbox for a consumer the test opens itself, in the node's current generation.
+    pub fn attach_to(net: &Net, node: usize, job: JobId, slot: u32) -> Self {
+        Self {
+            generation: net.generation(node),
+            ..Self::attach(node, job, slot)
+        }
+    }
+
+    /// Whether the consumer still exists (its node was not killed or restarted).
+    pub fn alive(&self, net: &Net) -> bool {
+        net.is_up(self.node) && net.generation(self.node) == self.generation
     }
 
     /// This consumer's endpoint.
@@ -981,6 +1515,9 @@ impl Inbox {
 
     /// Reads everything available. Returns the number of messages read.
     pub fn pull(&mut self, net: &mut Net) -> usize {
+        if !self.alive(net) {
+            return 0;
+        }
         let drained = net.recv_all(self.node, self.job, self.slot);
         let n = drained.messages.len();
         if self.finished {
@@ -1001,8 +1538,9 @@ impl Inbox {
 }
 
 /// Pumps every outbox, drives, pulls every inbox, until all inboxes finished and no
-/// outbox has anything left. A round in which nothing moved lets one tick of virtual time
-/// pass (what a runtime waiting for its next timer does). Panics after `max_rounds`.
+/// outbox has anything left (boxes of killed or restarted nodes are ignored). A round in
+/// which nothing moved lets one tick of virtual time pass (what a runtime waiting for its
+/// next timer does). Panics after `max_rounds`.
 pub fn run_to_completion(
     net: &mut Net,
     outboxes: &mut [Outbox],
@@ -1019,7 +1557,11 @@ pub fn run_to_completion(
             let was_finished = i.finished;
             moved += i.pull(net) + usize::from(i.finished != was_finished);
         }
-        if inboxes.iter().all(|i| i.finished) && outboxes.iter().all(|o| o.done() && o.closed) {
+        if inboxes.iter().all(|i| i.finished || !i.alive(net))
+            && outboxes
+                .iter()
+                .all(|o| (o.done() && o.closed) || !o.alive(net))
+        {
             return;
         }
         if moved == 0 {
@@ -1032,11 +1574,12 @@ pub fn run_to_completion(
         .filter(|i| !i.finished)
         .map(|i| {
             format!(
-                "{}/{} of {}: {} received",
+                "{}/{} of {}: {} received, errors {:?}",
                 i.node,
                 i.slot,
                 i.job,
-                i.received()
+                i.received(),
+                i.errors
             )
         })
         .chain(outboxes.iter().filter(|o| !o.done()).map(|o| {
@@ -1045,9 +1588,112 @@ pub fn run_to_completion(
                 o.node, o.slot, o.job
             )
         }))
+        .chain(inboxes.iter().filter(|i| i.finished).map(|i| {
+            format!(
+                "({}/{} of {} finished: {} received, errors {:?})",
+                i.node,
+                i.slot,
+                i.job,
+                i.received(),
+                i.errors
+            )
+        }))
+        .chain(outboxes.iter().filter(|o| !o.failed.is_empty()).map(|o| {
+            format!(
+                "(producer {}/{} of {} failed: {:?})",
+                o.node, o.slot, o.job, o.failed
+            )
+        }))
         .collect();
     panic!(
         "exchange did not complete within {max_rounds} rounds:\n{}",
         stuck.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Configurations and workloads
+// ---------------------------------------------------------------------------------------
+
+/// Small messages and a pool of four of them: credit runs out quickly.
+pub fn small(c: &mut Config) {
+    c.max_message = 1024;
+    c.credit_pool = 4096;
+    c.max_grant = 2048;
+    c.credit_want = 1024;
+    c.credit_low_water = 256;
+    c.quantum = 2048;
+}
+
+/// A roomy pool: most credit is granted ahead of need.
+pub fn roomy(c: &mut Config) {
+    c.max_message = 4096;
+    c.credit_pool = 64 * 1024;
+    c.max_grant = 16 * 1024;
+    c.credit_want = 8 * 1024;
+    c.credit_low_water = 2048;
+    c.quantum = 4096;
+}
+
+/// A pool of exactly two largest messages: nearly every message waits for a round trip.
+pub fn tight(c: &mut Config) {
+    c.max_message = 2048;
+    c.credit_pool = 2 * 2048;
+    c.max_grant = 2048;
+    c.credit_want = 4096;
+    c.credit_low_water = 1024;
+    c.quantum = 1024;
+}
+
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Message sizes: empty, largest and one-byte messages among pseudo-random ones.
+pub fn size_of_message(seq: u32, salt: u64, max: usize) -> usize {
+    match seq % 7 {
+        0 => 0,
+        3 => max,
+        5 => 1,
+        _ => (splitmix(salt ^ (u64::from(seq) << 32)) % (max as u64 + 1)) as usize,
+    }
+}
+
+/// The `n` messages `from` sends `to` in `job`.
+pub fn plan(job: JobId, from: Endpoint, to: Endpoint, n: u32, max: usize) -> Vec<Bytes> {
+    let salt = splitmix(
+        job.0
+            ^ (u64::from(from.node.0) << 8)
+            ^ (u64::from(from.slot) << 16)
+            ^ (u64::from(to.node.0) << 24)
+            ^ (u64::from(to.slot) << 32),
+    );
+    (0..n)
+        .map(|seq| message(job, from, to, seq, size_of_message(seq, salt, max)))
+        .collect()
+}
+
+pub fn total_len(messages: &[Bytes]) -> u64 {
+    messages.iter().map(|m| m.len() as u64).sum()
+}
+
+/// Every node holds nothing: no channel records, no queued bytes.
+pub fn assert_all_drained(net: &Net) {
+    for i in 0..net.len() {
+        let s = net.stats(i);
+        assert_eq!(s.out_channels, 0, "node {i} keeps outgoing channels: {s:?}");
+        assert_eq!(s.in_channels, 0, "node {i} keeps incoming channels: {s:?}");
+        assert_eq!(
+            s.parked_channels, 0,
+            "node {i} keeps parked channels: {s:?}"
+        );
+        assert_eq!(s.send_queued_bytes, 0, "node {i} keeps send bytes: {s:?}");
+        assert_eq!(
+            s.recv_queued_bytes, 0,
+            "node {i} keeps received bytes: {s:?}"
+        );
+    }
 }
