@@ -38,6 +38,7 @@ const KIND_PONG: u8 = 10;
 const KIND_ABORT: u8 = 11;
 const KIND_ACK: u8 = 12;
 const KIND_CANCEL_JOB: u8 = 13;
+const KIND_JOB_FAILED: u8 = 14;
 
 /// A frame that could not be decoded. Any of these closes the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +94,11 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         Frame::CancelJob { job } => {
             put_head(out, KIND_CANCEL_JOB, 8);
             out.put_u64_le(job.0);
+        }
+        Frame::JobFailed { job, dead } => {
+            put_head(out, KIND_JOB_FAILED, 12);
+            out.put_u64_le(job.0);
+            out.put_u32_le(dead.0);
         }
         Frame::GoAway { code } => {
             put_head(out, KIND_GOAWAY, 2);
@@ -273,6 +279,13 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
             exact(8)?;
             Frame::CancelJob {
                 job: JobId(body.get_u64_le()),
+            }
+        }
+        KIND_JOB_FAILED => {
+            exact(12)?;
+            Frame::JobFailed {
+                job: JobId(body.get_u64_le()),
+                dead: NodeId(body.get_u32_le()),
             }
         }
         KIND_GOAWAY => {

@@ -75,6 +75,8 @@ pub enum CancelCode {
     UnknownConsumer,
     /// The consumer did not appear within the parking timeout.
     ConsumerNeverAppeared,
+    /// The consumer's job failed.
+    JobFailed,
     /// A code this build does not know.
     Unknown(u16),
 }
@@ -86,6 +88,7 @@ impl CancelCode {
             CancelCode::ConsumerGone => 1,
             CancelCode::UnknownConsumer => 2,
             CancelCode::ConsumerNeverAppeared => 3,
+            CancelCode::JobFailed => 4,
             CancelCode::Unknown(v) => v,
         }
     }
@@ -96,6 +99,7 @@ impl CancelCode {
             1 => CancelCode::ConsumerGone,
             2 => CancelCode::UnknownConsumer,
             3 => CancelCode::ConsumerNeverAppeared,
+            4 => CancelCode::JobFailed,
             other => CancelCode::Unknown(other),
         }
     }
@@ -136,6 +140,14 @@ pub enum Frame {
     CancelJob {
         /// The job.
         job: JobId,
+    },
+    /// The sender declared `dead` (a node the job spans) dead, so the job failed there;
+    /// it fails everywhere.
+    JobFailed {
+        /// The job.
+        job: JobId,
+        /// The node declared dead.
+        dead: NodeId,
     },
     /// The link is closing, and why.
     GoAway {
@@ -222,6 +234,7 @@ impl Frame {
             Frame::Hello { .. } => "Hello",
             Frame::Ack { .. } => "Ack",
             Frame::CancelJob { .. } => "CancelJob",
+            Frame::JobFailed { .. } => "JobFailed",
             Frame::GoAway { .. } => "GoAway",
             Frame::Open { .. } => "Open",
             Frame::Data { .. } => "Data",

@@ -19,23 +19,24 @@ const ROOMY: usize = 64 * 1024;
 const SMALL: usize = 1024;
 
 /// Wire kind numbers and the body size after the kind byte of every fixed-size kind.
-const FIXED_KINDS: [(u8, usize); 12] = [
-    (1, 38), // Hello
-    (2, 2),  // GoAway
-    (3, 20), // Open
-    (5, 12), // Backlog
-    (6, 8),  // Credit
-    (7, 12), // End
-    (8, 6),  // Cancel
-    (9, 8),  // Ping
-    (10, 8), // Pong
-    (11, 4), // Abort
-    (12, 8), // Ack
-    (13, 8), // CancelJob
+const FIXED_KINDS: [(u8, usize); 13] = [
+    (1, 38),  // Hello
+    (2, 2),   // GoAway
+    (3, 20),  // Open
+    (5, 12),  // Backlog
+    (6, 8),   // Credit
+    (7, 12),  // End
+    (8, 6),   // Cancel
+    (9, 8),   // Ping
+    (10, 8),  // Pong
+    (11, 4),  // Abort
+    (12, 8),  // Ack
+    (13, 8),  // CancelJob
+    (14, 12), // JobFailed
 ];
 const KIND_DATA: u8 = 4;
 /// Kind numbers this build knows; every other byte is an unknown kind.
-const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=13;
+const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=14;
 
 /// The wire kind of a frame. The match is exhaustive on purpose: a new `Frame` variant
 /// fails to compile here until it is added to this table and to [`frame_with_payload`].
@@ -54,6 +55,7 @@ fn kind_of(frame: &Frame) -> u8 {
         Frame::Abort { .. } => 11,
         Frame::Ack { .. } => 12,
         Frame::CancelJob { .. } => 13,
+        Frame::JobFailed { .. } => 14,
     }
 }
 
@@ -81,7 +83,8 @@ fn cancel_code() -> impl Strategy<Value = CancelCode> {
         Just(CancelCode::ConsumerGone),
         Just(CancelCode::UnknownConsumer),
         Just(CancelCode::ConsumerNeverAppeared),
-        prop_oneof![Just(0u16), 4u16..=u16::MAX].prop_map(CancelCode::Unknown),
+        Just(CancelCode::JobFailed),
+        prop_oneof![Just(0u16), 5u16..=u16::MAX].prop_map(CancelCode::Unknown),
     ]
 }
 
@@ -110,6 +113,10 @@ fn frame_with_payload(max_payload: usize) -> impl Strategy<Value = Frame> {
             ),
         any::<u64>().prop_map(|received| Frame::Ack { received }),
         any::<u64>().prop_map(|job| Frame::CancelJob { job: JobId(job) }),
+        (any::<u64>(), any::<u32>()).prop_map(|(job, dead)| Frame::JobFailed {
+            job: JobId(job),
+            dead: NodeId(dead)
+        }),
         goaway_code().prop_map(|code| Frame::GoAway { code }),
         (channel(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
             |(channel, job, producer, consumer)| Frame::Open {
@@ -450,7 +457,7 @@ proptest! {
     }
 
     #[test]
-    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 14u8..=255], after in 0usize..64) {
+    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 15u8..=255], after in 0usize..64) {
         let mut buf = raw_frame(1 + after as u32, kind, after);
         prop_assert_eq!(Decoder::new(SMALL).decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -578,7 +585,7 @@ fn data_without_a_whole_channel_is_bad_length() {
 #[test]
 fn unknown_kind_with_kind_byte_only() {
     let dec = Decoder::new(SMALL);
-    for kind in [0u8, 14, 200, 255] {
+    for kind in [0u8, 15, 200, 255] {
         let mut buf = raw_frame(1, kind, 0);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }

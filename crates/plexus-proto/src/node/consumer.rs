@@ -62,6 +62,14 @@ impl NodeCore {
             channels: Default::default(),
             attached_from: Default::default(),
         };
+        let mut consumer = consumer;
+        for producer in self.expired.remove(&key).unwrap_or_default() {
+            if consumer.remaining.remove(&producer) {
+                consumer
+                    .errors
+                    .push_back(ExchangeError::ParkExpired { producer });
+            }
+        }
         self.consumers.insert(key, consumer);
         for in_key in self.parked.remove(&key).unwrap_or_default() {
             self.parked_count -= 1;
@@ -163,6 +171,10 @@ impl NodeCore {
                 self.on_cancel_job(peer, job);
                 Ok(())
             }
+            Frame::JobFailed { job, dead } => {
+                self.on_job_failed(peer, job, dead);
+                Ok(())
+            }
             other => Err(format!("unexpected {} frame", other.name())),
         }
     }
@@ -197,7 +209,10 @@ impl NodeCore {
             parked_at: self.now,
             parked_finish: None,
         };
-        if self.consumers.contains_key(&local) {
+        if self.job_failure(job).is_some() {
+            // The job is over here: its channels are refused, and the producer learns why.
+            self.refuse(in_key, CancelCode::JobFailed);
+        } else if self.consumers.contains_key(&local) {
             self.in_channels.insert(in_key, record);
             self.attach(local, in_key);
         } else if self.closed_consumers.contains(&local)

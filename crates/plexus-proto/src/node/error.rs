@@ -34,6 +34,11 @@ pub enum LinkCause {
     HandshakeTimeout,
     /// The peer restarted (or dropped our session): what was in flight with it is lost.
     Restarted(String),
+    /// Another node of the job declared the peer dead.
+    ReportedDead {
+        /// The node that declared it.
+        by: NodeId,
+    },
     /// The connection broke (reset, EOF, I/O error).
     Io(String),
 }
@@ -47,6 +52,7 @@ impl fmt::Display for LinkCause {
             LinkCause::Silent => write!(f, "peer silent past the idle timeout"),
             LinkCause::HandshakeTimeout => write!(f, "handshake timed out"),
             LinkCause::Restarted(e) => write!(f, "peer restarted: {e}"),
+            LinkCause::ReportedDead { by } => write!(f, "declared dead by {by}"),
             LinkCause::Io(e) => write!(f, "connection lost: {e}"),
         }
     }
@@ -78,6 +84,12 @@ pub enum ExchangeError {
         job: JobId,
         /// The node whose endpoint cancelled it.
         by: NodeId,
+    },
+    /// The producer's channel waited, parked, for this consumer to open, and expired.
+    #[error("the channel from producer {producer} expired before this consumer opened")]
+    ParkExpired {
+        /// The producer.
+        producer: Endpoint,
     },
     /// The producer dropped its channel without closing it.
     #[error("producer {producer} aborted before closing its channel")]
@@ -142,9 +154,9 @@ impl ExchangeError {
         match self {
             ExchangeError::LinkFailed { .. } => Scope::Link,
             ExchangeError::JobCancelled { .. } => Scope::Job,
-            ExchangeError::Cancelled { .. } | ExchangeError::ProducerAborted { .. } => {
-                Scope::Channel
-            }
+            ExchangeError::Cancelled { .. }
+            | ExchangeError::ProducerAborted { .. }
+            | ExchangeError::ParkExpired { .. } => Scope::Channel,
             ExchangeError::NotInJob { .. }
             | ExchangeError::SlotInUse { .. }
             | ExchangeError::MessageTooLarge { .. }

@@ -206,14 +206,22 @@ impl NodeCore {
             .is_some_and(|p| p.session.peer_incarnation == Some(hello.incarnation));
         let they_hold =
             hello.peer_incarnation != 0 && hello.peer_incarnation == self.config.incarnation;
-        let resumed = we_hold && they_hold;
+        // A session in which nothing arrived from the peer and nothing of ours was
+        // acknowledged lost nothing if the peer never saw it (a cut during the first
+        // handshake): it resumes from 0 rather than failing anything.
+        let untouched = self
+            .peers
+            .get(&node)
+            .is_some_and(|p| p.session.rx_count == 0 && p.session.acked_by_peer() == 0);
+        let resumed = we_hold && (they_hold || untouched);
         let mut reply = self.hello_for(node);
         if resumed {
             let p = self
                 .peers
                 .get_mut(&node)
                 .ok_or_else(|| protocol("peer vanished".into()))?;
-            p.session.resume(hello.received).map_err(protocol)?;
+            let received = if they_hold { hello.received } else { 0 };
+            p.session.resume(received).map_err(protocol)?;
         } else {
             if we_hold {
                 self.declare_dead(

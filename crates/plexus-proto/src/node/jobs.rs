@@ -61,6 +61,18 @@ impl NodeCore {
         self.fail_job(job, ExchangeError::JobCancelled { job, by: peer });
     }
 
+    /// A `JobFailed` from `peer`: it declared `dead` dead, so the job fails here too.
+    pub(super) fn on_job_failed(&mut self, peer: NodeId, job: JobId, dead: NodeId) {
+        let state = self.jobs.entry(job).or_default();
+        state.nodes.insert(peer);
+        state.nodes.insert(dead);
+        let error = ExchangeError::LinkFailed {
+            peer: dead,
+            cause: LinkCause::ReportedDead { by: peer },
+        };
+        self.fail_job(job, error);
+    }
+
     /// Declares `peer` dead with `cause`: every job spanning it fails here, and the session
     /// with it is forgotten, so a later job starts afresh with a new link.
     pub(super) fn declare_dead(&mut self, peer: NodeId, cause: LinkCause) {
@@ -71,7 +83,20 @@ impl NodeCore {
             .filter(|(_, j)| j.failed.is_none() && j.nodes.contains(&peer))
             .map(|(id, _)| *id)
             .collect();
+        let me = self.config.node;
         for job in doomed {
+            // The other nodes of the job may not notice the death themselves (they may
+            // never talk to `peer`): tell them, so every endpoint of the job fails.
+            let others: Vec<NodeId> = self.jobs.get(&job).map_or_else(Vec::new, |j| {
+                j.nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != me && *n != peer)
+                    .collect()
+            });
+            for node in others {
+                self.push_control(node, Frame::JobFailed { job, dead: peer });
+            }
             self.fail_job(job, error.clone());
         }
         // Channels of jobs not registered here (parked for consumers not open yet).
@@ -211,6 +236,19 @@ impl NodeCore {
         }
     }
 
+    /// Remembers that `producer`'s channel to the not-yet-open consumer `consumer` expired,
+    /// so that the consumer, if it opens later, is told instead of waiting for it. The
+    /// most recent `max_parked_channels` such outcomes are kept.
+    fn remember_expired(&mut self, consumer: LocalKey, producer: crate::ids::Endpoint) {
+        if self.expired_order.len() >= self.config.max_parked_channels {
+            if let Some((old, _)) = self.expired_order.pop_front() {
+                self.expired.remove(&old);
+            }
+        }
+        self.expired.entry(consumer).or_default().push(producer);
+        self.expired_order.push_back((consumer, producer));
+    }
+
     /// Refuses parked channels whose consumer did not appear within the parking timeout.
     pub(super) fn expire_parked(&mut self, now: Instant) {
         let timeout = self.config.park_timeout;
@@ -224,6 +262,9 @@ impl NodeCore {
                 .get(&in_key)
                 .is_some_and(|ch| !ch.attached && ch.parked_at == since);
             if still_parked {
+                if let Some(ch) = self.in_channels.get(&in_key) {
+                    self.remember_expired(ch.consumer, ch.producer);
+                }
                 self.drop_in_channel(in_key);
                 self.push_control(
                     in_key.0,

@@ -144,6 +144,10 @@ pub struct NodeCore {
     /// Parked channels in the order they were parked, for expiry (entries whose channel
     /// was attached or dropped meanwhile are skipped).
     parked_order: VecDeque<(Instant, InKey)>,
+    /// Producers whose parked channel expired before their consumer opened, by consumer.
+    expired: Map<LocalKey, Vec<Endpoint>>,
+    /// The same, oldest first, to bound how many are remembered.
+    expired_order: VecDeque<(LocalKey, Endpoint)>,
     /// Consumers that were dropped: late channels for them are refused at once.
     closed_consumers: Set<LocalKey>,
     grant_scratch: Vec<(InKey, u32)>,
@@ -191,6 +195,8 @@ impl NodeCore {
             parked: Map::default(),
             parked_count: 0,
             parked_order: VecDeque::new(),
+            expired: Map::default(),
+            expired_order: VecDeque::new(),
             closed_consumers: Set::default(),
             grant_scratch: Vec::new(),
             events: VecDeque::new(),

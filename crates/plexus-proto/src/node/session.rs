@@ -51,6 +51,11 @@ impl Session {
         self.tx_base + self.retained.len() as u64
     }
 
+    /// How many of our frames the peer has acknowledged.
+    pub fn acked_by_peer(&self) -> u64 {
+        self.tx_base
+    }
+
     /// Payload bytes retained for a possible resend.
     pub fn retained_bytes(&self) -> u64 {
         self.retained_bytes
