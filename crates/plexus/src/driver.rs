@@ -47,14 +47,30 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Calls the core's timer at its tick until the node stops.
+/// Calls the core's timer at its tick, and at any earlier deadline it sets, until the node
+/// stops.
 pub(crate) async fn timer_loop(shared: Arc<Shared>) {
-    let tick = shared.lock().core.tick();
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tick, rearm) = {
+        let st = shared.lock();
+        (st.core.tick(), st.timer.clone())
+    };
+    let mut next_tick = Instant::now() + tick;
     loop {
-        interval.tick().await;
-        shared.op(|st| st.core.handle_timeout(Instant::now()));
+        let deadline = shared
+            .lock()
+            .core
+            .poll_timeout()
+            .map_or(next_tick, |at| at.min(next_tick));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if now >= next_tick {
+                    next_tick = now + tick;
+                }
+                shared.op(|st| st.core.handle_timeout(now));
+            }
+            _ = rearm.notified() => {}
+        }
     }
 }
 

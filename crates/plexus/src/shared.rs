@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub producers: HashMap<(JobId, u32), ProducerWake>,
     pub consumers: HashMap<(JobId, u32), Waker>,
     pub link_writers: HashMap<LinkId, Arc<Notify>>,
+    /// Wakes the timer task when the core set an earlier deadline.
+    pub timer: Arc<Notify>,
     pub tasks: Vec<AbortHandle>,
 }
 
@@ -55,6 +57,7 @@ impl Shared {
                 producers: HashMap::new(),
                 consumers: HashMap::new(),
                 link_writers: HashMap::new(),
+                timer: Arc::new(Notify::new()),
                 tasks: Vec::new(),
             }),
             membership,
@@ -75,6 +78,9 @@ impl Shared {
         let result = {
             let mut st = self.lock();
             let result = f(&mut st);
+            if st.core.take_timer_changed() {
+                notifies.push(st.timer.clone());
+            }
             while let Some(event) = st.core.poll_event() {
                 match event {
                     Event::Dial { peer } => dials.push(peer),

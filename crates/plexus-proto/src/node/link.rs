@@ -88,6 +88,7 @@ impl NodeCore {
             let jitter = backoff.mul_f64(0.5 * self.rng.next_unit());
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.redial_at = Some(now + backoff / 2 + jitter);
+                self.timer_changed = true;
             }
         }
     }

@@ -12,7 +12,8 @@
 //! - Outputs: after any input, drain [`NodeCore::poll_event`] until `None` and act on each
 //!   event; when a link has a `Transmit` event (or its writer is idle), call
 //!   [`NodeCore::poll_transmit`] and write what it returns; call `handle_timeout` at least
-//!   every [`NodeCore::tick`].
+//!   every [`NodeCore::tick`], and at [`NodeCore::poll_timeout`] (re-read it whenever
+//!   [`NodeCore::take_timer_changed`] says so).
 //!
 //! # Invariants
 //! - Data reaches a peer's queue only against credit its consumer granted, so the bytes
@@ -161,6 +162,8 @@ pub struct NodeCore {
     rng: Jitter,
     /// How long each resumed link was down, oldest first (the most recent `MAX_RESUMES`).
     resumes: VecDeque<Duration>,
+    /// A deadline earlier than the regular tick was set since `take_timer_changed`.
+    timer_changed: bool,
     /// The jobs this node has endpoints of: which nodes they span, and whether they failed.
     jobs: Map<crate::ids::JobId, jobs::JobState>,
 }
@@ -205,6 +208,7 @@ impl NodeCore {
             now,
             rng: Jitter::new(config_seed),
             resumes: VecDeque::new(),
+            timer_changed: false,
             jobs: Map::default(),
         })
     }
@@ -217,6 +221,18 @@ impl NodeCore {
     /// This node's id.
     pub fn node(&self) -> NodeId {
         self.config.node
+    }
+
+    /// The earliest moment `handle_timeout` has work to do beyond its regular tick (a
+    /// redial after backoff), if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().filter_map(|p| p.redial_at).min()
+    }
+
+    /// Whether a deadline was set since the last call: the runtime re-reads
+    /// `poll_timeout` then.
+    pub fn take_timer_changed(&mut self) -> bool {
+        std::mem::take(&mut self.timer_changed)
     }
 
     /// The longest interval allowed between two `handle_timeout` calls.
