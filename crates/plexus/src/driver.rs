@@ -26,6 +26,8 @@ use crate::shared::Shared;
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes a writer gathers from the core per vectored write batch.
 const WRITE_BATCH: usize = 512 * 1024;
+/// A batch smaller than this waits one scheduler turn for more before it is written.
+const LINGER_BELOW: usize = 32 * 1024;
 /// I/O vectors per `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 512;
 /// How long a dial may take.
@@ -196,6 +198,7 @@ async fn write_loop(
     notify: Arc<Notify>,
 ) -> LinkCause {
     let mut transmit = Transmit::new();
+    let mut lingered = false;
     loop {
         let open = shared.op(|st| {
             st.core
@@ -209,6 +212,14 @@ async fn write_loop(
             notify.notified().await;
             continue;
         }
+        if transmit.len() < LINGER_BELOW && !lingered && open {
+            // A small batch: let the tasks that are about to add to it run first (one
+            // turn of the scheduler, no timer), so many small messages share a write.
+            lingered = true;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        lingered = false;
         let chunks = transmit.take_chunks();
         if let Err(e) = write_all_vectored(&mut wr, chunks).await {
             return LinkCause::Io(e.to_string());

@@ -6,13 +6,14 @@
 //! closed its channel and every message was read, and reports any failure before that.
 //! Dropping a producer without `close` aborts its channels; dropping a consumer cancels them.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use plexus_proto::node::{Recv, TrySendError};
+use plexus_proto::node::{ExchangeError, Recv, TrySendError};
 use plexus_proto::{Endpoint, JobId};
 
 use crate::error::Error;
@@ -81,7 +82,8 @@ impl Job {
             shared: self.shared.clone(),
             job: self.id,
             slot,
-            done: false,
+            buffered: VecDeque::new(),
+            finished: false,
         })
     }
 
@@ -215,13 +217,19 @@ impl Drop for Producer {
     }
 }
 
+/// Items a consumer takes from the core per lock.
+const RECV_BATCH: usize = 64;
+
 /// A consumer endpoint: a stream of `(producer, message)`.
 #[derive(Debug)]
 pub struct Consumer {
     shared: Arc<Shared>,
     job: JobId,
     slot: u32,
-    done: bool,
+    /// Items taken from the core and not yet returned (at most [`RECV_BATCH`]).
+    buffered: VecDeque<Result<(Endpoint, Bytes), ExchangeError>>,
+    /// The core said the stream is over: it ends once `buffered` is drained.
+    finished: bool,
 }
 
 impl Consumer {
@@ -240,26 +248,39 @@ impl Consumer {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>> {
-        if self.done {
-            return Poll::Ready(None);
+        if self.buffered.is_empty() && !self.finished {
+            self.fill(cx);
         }
+        match self.buffered.pop_front() {
+            Some(item) => Poll::Ready(Some(item.map_err(Error::from))),
+            None if self.finished => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Takes up to [`RECV_BATCH`] items from the core under one lock (their credit goes
+    /// back to the pool at once); registers for a wake-up if there was nothing.
+    fn fill(&mut self, cx: &mut Context<'_>) {
         let key = (self.job, self.slot);
-        let recv = self.shared.op(|st| {
-            let recv = st.core.poll_recv(key.0, key.1);
-            if recv == Recv::Pending {
-                st.consumers.insert(key, cx.waker().clone());
+        let (buffered, finished) = (&mut self.buffered, &mut self.finished);
+        self.shared.op(|st| {
+            while buffered.len() < RECV_BATCH {
+                match st.core.poll_recv(key.0, key.1) {
+                    Recv::Message(from, payload) => buffered.push_back(Ok((from, payload))),
+                    Recv::Error(e) => buffered.push_back(Err(e)),
+                    Recv::Finished => {
+                        *finished = true;
+                        break;
+                    }
+                    Recv::Pending => {
+                        if buffered.is_empty() {
+                            st.consumers.insert(key, cx.waker().clone());
+                        }
+                        break;
+                    }
+                }
             }
-            recv
         });
-        match recv {
-            Recv::Message(from, payload) => Poll::Ready(Some(Ok((from, payload)))),
-            Recv::Error(e) => Poll::Ready(Some(Err(e.into()))),
-            Recv::Finished => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Recv::Pending => Poll::Pending,
-        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Watching a run from outside its nodes: the most TCP connections any node's address
 //! holds, sampled from the OS socket table, and the progress bar.
 //!
-//! Invariants: sampling costs about a quarter of one core at most (the pause between
-//! samples is three times the last sample's cost, and at least 50 ms); one last sample is
+//! Invariants: sampling costs about a twentieth of one core at most (the pause between
+//! samples is nineteen times the last sample's cost, and at least 100 ms); one last sample is
 //! taken when the monitor stops, for runs shorter than the sampling period; the progress
 //! bar is hidden when the report is JSON.
 
@@ -74,7 +74,7 @@ async fn sample_links(
         if let Ok(max) = tokio::task::spawn_blocking(move || max_links(&ips)).await {
             links_max.fetch_max(max, Ordering::Relaxed);
         }
-        let pause = (started.elapsed() * 3).max(Duration::from_millis(50));
+        let pause = (started.elapsed() * 19).max(Duration::from_millis(100));
         tokio::time::sleep(pause).await;
     }
 }
