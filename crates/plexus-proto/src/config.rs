@@ -59,6 +59,13 @@ pub struct Config {
     /// A parked channel whose consumer does not appear within this time is refused; its
     /// producer gets an error.
     pub park_timeout: Duration,
+    /// Bytes this node may buffer in all (see `node::budget`); `None`: no limit beyond the
+    /// consumers' pools.
+    pub memory_budget: Option<u64>,
+    /// The share of `memory_budget` for data queued to send and kept until acknowledged.
+    pub send_buffer: u64,
+    /// A job waiting for admission longer than this fails.
+    pub admission_timeout: Duration,
 }
 
 /// A configuration that cannot work.
@@ -73,6 +80,16 @@ pub enum ConfigError {
         pool: u64,
         /// Largest message.
         max_message: u32,
+    },
+    /// The budget cannot hold its send share and one consumer's pool.
+    #[error("a memory budget of {budget} bytes cannot hold the send buffer ({send_buffer}) and one credit pool ({pool})")]
+    BudgetTooSmall {
+        /// The budget.
+        budget: u64,
+        /// The send share.
+        send_buffer: u64,
+        /// One pool.
+        pool: u64,
     },
     /// The incarnation must not be 0, which means "none" on the wire.
     #[error("the incarnation must not be 0")]
@@ -107,6 +124,9 @@ impl Config {
             dial_backoff_max: Duration::from_secs(1),
             max_parked_channels: 1 << 20,
             park_timeout: Duration::from_secs(30),
+            memory_budget: None,
+            send_buffer: 8 << 20,
+            admission_timeout: Duration::from_secs(30),
         }
     }
 
@@ -114,6 +134,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.incarnation == 0 {
             return Err(ConfigError::ZeroIncarnation);
+        }
+        if let Some(budget) = self.memory_budget {
+            let send_buffer = self.send_buffer.max(self.max_message_cost());
+            if budget < send_buffer + self.credit_pool {
+                return Err(ConfigError::BudgetTooSmall {
+                    budget,
+                    send_buffer,
+                    pool: self.credit_pool,
+                });
+            }
         }
         if self.max_message == 0 || self.max_message > 256 << 20 {
             return Err(ConfigError::MessageSize(self.max_message));

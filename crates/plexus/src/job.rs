@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use plexus_proto::node::{ExchangeError, Recv, TrySendError};
+use plexus_proto::node::{Admission, ExchangeError, Recv, TrySendError};
 use plexus_proto::{Endpoint, JobId};
 
 use crate::error::Error;
@@ -47,8 +47,46 @@ impl Job {
         &self.topology
     }
 
-    /// Opens producer `slot` of this node.
+    /// Waits until the job is admitted on this node: with a memory budget, until the
+    /// credit pools of all its consumers here fit (jobs are admitted in arrival order, and
+    /// fail after the admission timeout). Opening an endpoint does this first.
+    pub async fn admit(&self) -> Result<(), Error> {
+        let me = self.shared.node;
+        let consumers_here = self
+            .topology
+            .consumers()
+            .iter()
+            .filter(|c| c.node == me)
+            .count() as u32;
+        let nodes = self.topology.nodes();
+        let admission = self.shared.op(|st| {
+            st.core.register_job(self.id, nodes);
+            st.core.admit_job(self.id, consumers_here)
+        })?;
+        if admission == Admission::Admitted {
+            return Ok(());
+        }
+        let job = self.id;
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            let wait = st.admissions.entry(job).or_default();
+            match wait.outcome.clone() {
+                Some(outcome) => {
+                    st.admissions.remove(&job);
+                    Poll::Ready(outcome.map_err(Error::from))
+                }
+                None => {
+                    wait.wakers.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Opens producer `slot` of this node (once the job is admitted here).
     pub async fn producer(&self, slot: u32) -> Result<Producer, Error> {
+        self.admit().await?;
         let me = Endpoint::new(self.shared.node, slot);
         if !self.topology.producers().contains(&me) {
             return Err(self.not_in_topology(slot, "producer"));
@@ -66,8 +104,9 @@ impl Job {
         })
     }
 
-    /// Opens consumer `slot` of this node.
+    /// Opens consumer `slot` of this node (once the job is admitted here).
     pub async fn consumer(&self, slot: u32) -> Result<Consumer, Error> {
+        self.admit().await?;
         let me = Endpoint::new(self.shared.node, slot);
         if !self.topology.consumers().contains(&me) {
             return Err(self.not_in_topology(slot, "consumer"));

@@ -116,6 +116,17 @@ impl Node {
         self.shared.lock().core.consumer_credit(job, slot)
     }
 
+    /// The most bytes this node ever had buffered (data queued to send or kept until
+    /// acknowledged, plus credit its consumers granted and had not got back).
+    pub fn peak_buffered(&self) -> u64 {
+        self.shared.lock().core.peak_buffered()
+    }
+
+    /// The longest time a job waited for admission on this node.
+    pub fn longest_admission_wait(&self) -> Duration {
+        self.shared.lock().core.longest_admission_wait()
+    }
+
     /// How long each link that resumed after a loss was down (the most recent ones).
     pub fn resume_times(&self) -> Vec<Duration> {
         self.shared.lock().core.resume_times()

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use plexus_proto::node::Event;
+use plexus_proto::node::{Event, ExchangeError};
 use plexus_proto::{Endpoint, JobId, LinkId, NodeCore, NodeId};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -27,11 +27,20 @@ pub(crate) struct ProducerWake {
     pub waker: Option<Waker>,
 }
 
+/// A job's wait for admission.
+#[derive(Debug, Default)]
+pub(crate) struct AdmissionWait {
+    pub outcome: Option<Result<(), ExchangeError>>,
+    pub wakers: Vec<Waker>,
+}
+
 #[derive(Debug)]
 pub(crate) struct State {
     pub core: NodeCore,
     pub producers: HashMap<(JobId, u32), ProducerWake>,
     pub consumers: HashMap<(JobId, u32), Waker>,
+    /// Jobs waiting for admission: the outcome once known, and who waits for it.
+    pub admissions: HashMap<JobId, AdmissionWait>,
     pub link_writers: HashMap<LinkId, Arc<Notify>>,
     /// Wakes the timer task when the core set an earlier deadline.
     pub timer: Arc<Notify>,
@@ -56,6 +65,7 @@ impl Shared {
                 core,
                 producers: HashMap::new(),
                 consumers: HashMap::new(),
+                admissions: HashMap::new(),
                 link_writers: HashMap::new(),
                 timer: Arc::new(Notify::new()),
                 tasks: Vec::new(),
@@ -105,6 +115,16 @@ impl Shared {
                         if let Some(waker) = w.waker.take() {
                             wakers.push(waker);
                         }
+                    }
+                    Event::Admitted { job } => {
+                        let w = st.admissions.entry(job).or_default();
+                        w.outcome = Some(Ok(()));
+                        wakers.extend(w.wakers.drain(..));
+                    }
+                    Event::AdmissionFailed { job, error } => {
+                        let w = st.admissions.entry(job).or_default();
+                        w.outcome = Some(Err(error));
+                        wakers.extend(w.wakers.drain(..));
                     }
                     Event::ConsumerReady { job, slot } => {
                         if let Some(waker) = st.consumers.remove(&(job, slot)) {

@@ -37,6 +37,9 @@ impl NodeCore {
         producers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
         let key = (job, slot);
+        if !self.is_admitted(job) {
+            return Err(ExchangeError::NotAdmitted { job });
+        }
         if self.consumers.contains_key(&key) || self.closed_consumers.contains(&key) {
             return Err(ExchangeError::SlotInUse {
                 job,
@@ -105,6 +108,7 @@ impl NodeCore {
         if let Some((from, payload)) = c.queue.pop_front() {
             let cost = message_cost(payload.len());
             c.pool.release(cost);
+            self.granted_outstanding -= cost;
             self.recv_queued_bytes -= cost;
             self.grant(key);
             return Recv::Message(from, payload);
@@ -126,6 +130,7 @@ impl NodeCore {
             return;
         };
         self.closed_consumers.insert(key);
+        self.granted_outstanding -= c.pool.outstanding();
         let queued: u64 = c.queue.iter().map(|(_, b)| message_cost(b.len())).sum();
         self.recv_queued_bytes -= queued;
         for in_key in c.channels {
@@ -140,6 +145,7 @@ impl NodeCore {
                 },
             );
         }
+        self.release_job_if_idle(job);
     }
 
     /// Handles a channel frame that arrived from `peer` (or from this node itself).
@@ -392,6 +398,7 @@ impl NodeCore {
         if let Some(c) = self.consumers.get_mut(&local) {
             c.pool.forget(in_key);
             c.pool.release(unused);
+            self.granted_outstanding -= unused;
             c.channels.remove(&in_key);
             c.remaining.remove(&producer);
             if let Some(error) = outcome {
@@ -413,7 +420,9 @@ impl NodeCore {
         };
         let mut grants = std::mem::take(&mut self.grant_scratch);
         c.pool.poll_grants(&mut grants);
+        let granted_any = !grants.is_empty();
         for (in_key, bytes) in grants.drain(..) {
+            self.granted_outstanding += u64::from(bytes);
             if let Some(ch) = self.in_channels.get_mut(&in_key) {
                 ch.granted += u64::from(bytes);
             }
@@ -426,5 +435,8 @@ impl NodeCore {
             );
         }
         self.grant_scratch = grants;
+        if granted_any {
+            self.note_buffered();
+        }
     }
 }

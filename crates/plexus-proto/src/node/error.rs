@@ -107,6 +107,38 @@ pub enum ExchangeError {
         /// "producer" or "consumer".
         role: &'static str,
     },
+    /// The job's consumers here need more credit pool than the budget can ever hold.
+    #[error(
+        "{job} needs {need} bytes of credit pools on this node; its budget for pools is {budget}"
+    )]
+    OverBudget {
+        /// The job.
+        job: JobId,
+        /// Bytes its consumers here need.
+        need: u64,
+        /// What the budget has for pools.
+        budget: u64,
+    },
+    /// The job waited too long for room in the budget.
+    #[error(
+        "{job} waited {waited:?} for {need} bytes of the {budget}-byte pool budget and gave up"
+    )]
+    AdmissionTimeout {
+        /// The job.
+        job: JobId,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// Bytes it needed.
+        need: u64,
+        /// What the budget has for pools.
+        budget: u64,
+    },
+    /// An endpoint of a job not admitted (yet) on this node.
+    #[error("{job} is not admitted on this node yet")]
+    NotAdmitted {
+        /// The job.
+        job: JobId,
+    },
     /// The slot is already in use.
     #[error("{role} slot {slot} of {job} is already open on this node")]
     SlotInUse {
@@ -153,7 +185,9 @@ impl ExchangeError {
     pub fn scope(&self) -> Scope {
         match self {
             ExchangeError::LinkFailed { .. } => Scope::Link,
-            ExchangeError::JobCancelled { .. } => Scope::Job,
+            ExchangeError::JobCancelled { .. }
+            | ExchangeError::OverBudget { .. }
+            | ExchangeError::AdmissionTimeout { .. } => Scope::Job,
             ExchangeError::Cancelled { .. }
             | ExchangeError::ProducerAborted { .. }
             | ExchangeError::ParkExpired { .. } => Scope::Channel,
@@ -161,6 +195,7 @@ impl ExchangeError {
             | ExchangeError::SlotInUse { .. }
             | ExchangeError::MessageTooLarge { .. }
             | ExchangeError::Closed
+            | ExchangeError::NotAdmitted { .. }
             | ExchangeError::NoSuchEndpoint { .. } => Scope::Usage,
         }
     }

@@ -207,6 +207,7 @@ impl NodeCore {
         let channels: Vec<InKey> = c.channels.drain().collect();
         let queued: u64 = c.queue.drain(..).map(|(_, b)| message_cost(b.len())).sum();
         c.pool.release(queued);
+        self.granted_outstanding -= queued;
         self.recv_queued_bytes -= queued;
         c.remaining.clear();
         c.errors.push_back(error.clone());
@@ -227,6 +228,7 @@ impl NodeCore {
         if let Some(c) = self.consumers.get_mut(&ch.consumer) {
             c.pool.forget(in_key);
             c.pool.release(ch.granted - ch.received);
+            self.granted_outstanding -= ch.granted - ch.received;
             c.channels.remove(&in_key);
         }
         if let Some(list) = self.parked.get_mut(&ch.consumer) {

@@ -130,6 +130,7 @@ impl NodeCore {
                 return;
             }
         }
+        self.wake_send_waiters();
         let peer = self.links.get(&link).and_then(|l| l.peer);
         let urgent = peer
             .and_then(|peer| self.peers.get(&peer))
@@ -286,6 +287,7 @@ impl NodeCore {
             self.declare_dead(peer, cause);
         }
         self.expire_parked(now);
+        self.expire_admissions(now);
     }
 
     fn new_link(&mut self, dialled: Option<NodeId>, now: Instant) -> LinkId {

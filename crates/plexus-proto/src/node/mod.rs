@@ -21,6 +21,7 @@
 //! - Control frames leave before data; `End`/`Abort` leave in order after the channel's data.
 //! - Incoming bytes are always consumed: nothing here waits for a consumer to read.
 
+mod budget;
 mod consumer;
 pub mod error;
 mod handshake;
@@ -43,6 +44,7 @@ use crate::credit::SendPolicy;
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId};
 
+pub use budget::Admission;
 pub use consumer::Recv;
 pub use error::{ExchangeError, LinkCause, Scope};
 pub use link::DialFailure;
@@ -85,6 +87,18 @@ pub enum Event {
         slot: u32,
         /// The consumer whose channel changed.
         consumer: Endpoint,
+    },
+    /// A job queued by `admit_job` is admitted: its endpoints may open.
+    Admitted {
+        /// The job.
+        job: JobId,
+    },
+    /// A job queued by `admit_job` waited too long and failed.
+    AdmissionFailed {
+        /// The job.
+        job: JobId,
+        /// Why.
+        error: ExchangeError,
     },
     /// A consumer has something to read (a message, an error, or the end).
     ConsumerReady {
@@ -162,6 +176,12 @@ pub struct NodeCore {
     rng: Jitter,
     /// How long each resumed link was down, oldest first (the most recent `MAX_RESUMES`).
     resumes: VecDeque<Duration>,
+    /// The memory budget and admission queue.
+    budget: budget::Budget,
+    /// Credit granted by all consumers here and not yet back.
+    granted_outstanding: u64,
+    /// Highest buffered bytes seen (see `peak_buffered`).
+    peak_buffered: u64,
     /// A deadline earlier than the regular tick was set since `take_timer_changed`.
     timer_changed: bool,
     /// The jobs this node has endpoints of: which nodes they span, and whether they failed.
@@ -209,6 +229,9 @@ impl NodeCore {
             rng: Jitter::new(config_seed),
             resumes: VecDeque::new(),
             timer_changed: false,
+            budget: budget::Budget::default(),
+            granted_outstanding: 0,
+            peak_buffered: 0,
             jobs: Map::default(),
         })
     }
@@ -382,6 +405,7 @@ impl NodeCore {
                 }
             }
         }
+        self.wake_send_waiters();
         self.pumping = false;
     }
 }

@@ -33,6 +33,9 @@ impl NodeCore {
         slot: u32,
         consumers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
+        if !self.is_admitted(job) {
+            return Err(ExchangeError::NotAdmitted { job });
+        }
         if self.producers.contains_key(&(job, slot)) {
             return Err(ExchangeError::SlotInUse {
                 job,
@@ -87,6 +90,13 @@ impl NodeCore {
             return Err(TrySendError::Failed(ExchangeError::Closed));
         }
         let cost = message_cost(payload.len());
+        if !self.send_room_for(cost) {
+            self.wait_for_send_room(job, slot, consumer);
+            return Err(TrySendError::NoCredit(payload));
+        }
+        let Some(ch) = self.out_channels.get_mut(&key) else {
+            return Err(TrySendError::Failed(ExchangeError::Closed));
+        };
         let (spent, request) = ch.credit.try_spend(cost, policy);
         let wire = ch.wire;
         if spent {
@@ -110,7 +120,10 @@ impl NodeCore {
         }
         self.wake_peer(peer);
         match refused {
-            None => Ok(()),
+            None => {
+                self.note_buffered();
+                Ok(())
+            }
             Some(payload) => Err(TrySendError::NoCredit(payload)),
         }
     }
@@ -141,7 +154,15 @@ impl NodeCore {
             OutState::Finishing => return Err(ExchangeError::Closed),
             OutState::Open => {}
         }
-        let (ok, request) = ch.credit.check(message_cost(len), policy);
+        let cost = message_cost(len);
+        if !self.send_room_for(cost) {
+            self.wait_for_send_room(job, slot, consumer);
+            return Ok(false);
+        }
+        let Some(ch) = self.out_channels.get_mut(&key) else {
+            return Err(ExchangeError::Closed);
+        };
+        let (ok, request) = ch.credit.check(cost, policy);
         if let Some(r) = request {
             let wire = ch.wire;
             self.push_control(
@@ -154,6 +175,15 @@ impl NodeCore {
             );
         }
         Ok(ok)
+    }
+
+    /// Remembers to wake `consumer`'s channel of producer `(job, slot)` once the send
+    /// buffer has room.
+    fn wait_for_send_room(&mut self, job: JobId, slot: u32, consumer: Endpoint) {
+        let waiter = (job, slot, consumer);
+        if !self.budget.send_waiters.contains(&waiter) {
+            self.budget.send_waiters.push(waiter);
+        }
     }
 
     /// Closes the producer: every channel to the job's consumers ends after its data.
@@ -171,6 +201,7 @@ impl NodeCore {
             let _ = self.finish_producer(key, OutItem::Abort);
         }
         self.producers.remove(&key);
+        self.release_job_if_idle(job);
     }
 
     fn finish_producer(&mut self, producer: LocalKey, last: OutItem) -> Result<(), ExchangeError> {
