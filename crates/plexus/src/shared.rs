@@ -119,12 +119,12 @@ impl Shared {
                     Event::Admitted { job } => {
                         let w = st.admissions.entry(job).or_default();
                         w.outcome = Some(Ok(()));
-                        wakers.extend(w.wakers.drain(..));
+                        wakers.append(&mut w.wakers);
                     }
                     Event::AdmissionFailed { job, error } => {
                         let w = st.admissions.entry(job).or_default();
                         w.outcome = Some(Err(error));
-                        wakers.extend(w.wakers.drain(..));
+                        wakers.append(&mut w.wakers);
                     }
                     Event::ConsumerReady { job, slot } => {
                         if let Some(waker) = st.consumers.remove(&(job, slot)) {
