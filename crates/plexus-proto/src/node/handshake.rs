@@ -104,7 +104,11 @@ impl NodeCore {
                 if let Frame::Ack { received } = frame {
                     return p.session.on_ack(received).map_err(protocol);
                 }
-                p.session.on_received(now);
+                let payload = match &frame {
+                    Frame::Data { payload, .. } => payload.len(),
+                    _ => 0,
+                };
+                p.session.on_received(now, payload);
                 self.handle_frame(peer, frame).map_err(protocol)
             }
             (Phase::Closing, _) => Ok(()),

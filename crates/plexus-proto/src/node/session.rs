@@ -19,8 +19,10 @@ use std::time::Instant;
 
 use crate::frame::Frame;
 
-/// Acknowledge at once after this many unacknowledged frames.
+/// Acknowledge at once after this many unacknowledged frames...
 pub(crate) const ACK_EVERY_FRAMES: u64 = 64;
+/// ...or this many unacknowledged payload bytes, so what a sender retains stays small.
+pub(crate) const ACK_EVERY_BYTES: u64 = 64 * 1024;
 
 /// Numbering, retention and acknowledgement state of the session with one peer.
 #[derive(Debug, Default)]
@@ -39,6 +41,8 @@ pub(crate) struct Session {
     pub rx_count: u64,
     /// The `rx_count` last acknowledged to the peer.
     acked: u64,
+    /// Payload bytes received since the last acknowledgement.
+    unacked_bytes: u64,
     /// When the oldest unacknowledged received frame arrived.
     unacked_since: Option<Instant>,
     /// When the last connection of an established session was lost, while none replaces it.
@@ -104,15 +108,17 @@ impl Session {
         Ok(())
     }
 
-    /// Counts one received channel frame.
-    pub fn on_received(&mut self, now: Instant) {
+    /// Counts one received channel frame carrying `payload` bytes.
+    pub fn on_received(&mut self, now: Instant, payload: usize) {
         self.rx_count += 1;
+        self.unacked_bytes += payload as u64;
         self.unacked_since.get_or_insert(now);
     }
 
     /// Whether an `Ack` should go out now rather than ride on the next write.
     pub fn ack_urgent(&self, now: Instant, delay: std::time::Duration) -> bool {
         self.rx_count - self.acked >= ACK_EVERY_FRAMES
+            || self.unacked_bytes >= ACK_EVERY_BYTES
             || self.unacked_since.is_some_and(|t| now >= t + delay)
     }
 
@@ -120,6 +126,7 @@ impl Session {
     pub fn take_ack(&mut self) -> Option<u64> {
         (self.rx_count > self.acked).then(|| {
             self.acked = self.rx_count;
+            self.unacked_bytes = 0;
             self.unacked_since = None;
             self.rx_count
         })
@@ -175,8 +182,8 @@ mod tests {
         let mut s = Session::default();
         let t = Instant::now();
         assert_eq!(s.take_ack(), None);
-        s.on_received(t);
-        s.on_received(t);
+        s.on_received(t, 10);
+        s.on_received(t, 10);
         assert!(!s.ack_urgent(t, std::time::Duration::from_millis(5)));
         assert!(s.ack_urgent(
             t + std::time::Duration::from_millis(5),

@@ -278,6 +278,8 @@ pub struct Net {
     producer_ready: Vec<BTreeSet<(JobId, u32)>>,
     channel_ready: Vec<BTreeSet<(JobId, u32, Endpoint)>>,
     consumer_ready: Vec<BTreeSet<(JobId, u32)>>,
+    /// Per node: admission outcomes of queued jobs (`None`: admitted), in order.
+    admissions: Vec<Vec<(JobId, Option<ExchangeError>)>>,
     audit: Audit,
     audit_decoder: Decoder,
     /// Session directions by (sender, receiver) node.
@@ -338,6 +340,7 @@ impl Net {
             producer_ready: vec![BTreeSet::new(); n],
             channel_ready: vec![BTreeSet::new(); n],
             consumer_ready: vec![BTreeSet::new(); n],
+            admissions: vec![Vec::new(); n],
             audit: Audit::default(),
             audit_decoder: Decoder::new(largest),
             directions: HashMap::new(),
@@ -434,6 +437,11 @@ impl Net {
     /// `ProducerReady` since the last call.
     pub fn take_channel_ready(&mut self, i: usize) -> BTreeSet<(JobId, u32, Endpoint)> {
         std::mem::take(&mut self.channel_ready[i])
+    }
+
+    /// Admission outcomes of node `i`'s queued jobs since the last call.
+    pub fn take_admissions(&mut self, i: usize) -> Vec<(JobId, Option<ExchangeError>)> {
+        std::mem::take(&mut self.admissions[i])
     }
 
     /// Takes the consumers of node `i` woken by `ConsumerReady` since the last call.
@@ -904,6 +912,8 @@ impl Net {
             Event::ConsumerReady { job, slot } => {
                 self.consumer_ready[i].insert((job, slot));
             }
+            Event::Admitted { job } => self.admissions[i].push((job, None)),
+            Event::AdmissionFailed { job, error } => self.admissions[i].push((job, Some(error))),
         }
     }
 
