@@ -17,8 +17,6 @@ use crate::ids::{JobId, NodeId, WireChannel};
 pub const LEN_FIELD: usize = 4;
 /// Bytes of a `Data` frame that precede the payload: length, kind, channel.
 pub const DATA_HEADER_LEN: usize = LEN_FIELD + 1 + 4;
-/// Longest control frame body; used to size scratch buffers.
-pub const MAX_CONTROL_FRAME: usize = 32;
 
 /// Payloads smaller than this are copied out of the receive buffer into their own
 /// allocation, so that a small message held by a slow consumer does not pin a large

@@ -223,11 +223,6 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// Whether the frame carries channel payload (and so is subject to credit).
-    pub fn is_data(&self) -> bool {
-        matches!(self, Frame::Data { .. })
-    }
-
     /// The frame kind's name, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {

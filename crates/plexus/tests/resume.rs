@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{drain, message, start_node, start_nodes};
-use plexus::{Config, ExchangeError, JobId, Membership, Node, NodeId, Topology};
+use plexus::{Config, ExchangeError, JobId, Membership, Node, NodeId, Scope, Topology};
 
 /// Small messages and pools, so that credit round trips interleave with the kills.
 fn tune(config: &mut Config) {
@@ -172,6 +172,7 @@ async fn a_dead_node_fails_only_the_jobs_that_span_it_everywhere_and_fast() {
                 Some(NodeId(2)),
                 "the error names the dead node: {err}"
             );
+            assert_eq!(err.exchange().map(ExchangeError::scope), Some(Scope::Link));
             assert!(
                 consumer.recv().await.is_none(),
                 "the stream ends after the error"
