@@ -114,3 +114,40 @@ fn bad_arguments_are_refused_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("12Q"));
 }
+
+#[test]
+fn jobs_beyond_the_memory_budget_queue_and_the_peak_stays_under_it() {
+    let budget: u64 = 1 << 20;
+    let r = bench(&[
+        "--nodes",
+        "2",
+        "--producers",
+        "1",
+        "--consumers",
+        "2",
+        "--jobs",
+        "3",
+        "--bytes-per-producer",
+        "2MiB",
+        "--message-size",
+        "8KiB",
+        "--credit-pool",
+        "256KiB",
+        "--memory-budget",
+        "1MiB",
+        "--first-ip",
+        "127.0.47.1",
+    ]);
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["jobs_completed"], 3, "{r}");
+    assert_eq!(r["memory_budget_bytes"], budget);
+    let peak = r["peak_buffered_bytes"].as_u64().expect("peak");
+    assert!(
+        peak > 0 && peak <= budget,
+        "peak buffered {peak} vs budget {budget}"
+    );
+    // Each job needs 2 pools of 256 KiB per node and the budget leaves room for one job:
+    // the others had to wait.
+    let waited = r["admission_wait_ms_max"].as_f64().expect("wait");
+    assert!(waited > 0.0, "no job waited: {r}");
+}

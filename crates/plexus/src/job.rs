@@ -51,19 +51,7 @@ impl Job {
     /// credit pools of all its consumers here fit (jobs are admitted in arrival order, and
     /// fail after the admission timeout). Opening an endpoint does this first.
     pub async fn admit(&self) -> Result<(), Error> {
-        let me = self.shared.node;
-        let consumers_here = self
-            .topology
-            .consumers()
-            .iter()
-            .filter(|c| c.node == me)
-            .count() as u32;
-        let nodes = self.topology.nodes();
-        let admission = self.shared.op(|st| {
-            st.core.register_job(self.id, nodes);
-            st.core.admit_job(self.id, consumers_here)
-        })?;
-        if admission == Admission::Admitted {
+        if self.try_admit()? {
             return Ok(());
         }
         let job = self.id;
@@ -82,6 +70,25 @@ impl Job {
             }
         })
         .await
+    }
+
+    /// Asks for admission without waiting: `true` if the job is admitted here; `false` if
+    /// it is queued, and [`Job::admit`] waits for its turn. Asking for several jobs in the
+    /// same order on every node keeps their admission order the same everywhere.
+    pub fn try_admit(&self) -> Result<bool, Error> {
+        let me = self.shared.node;
+        let consumers_here = self
+            .topology
+            .consumers()
+            .iter()
+            .filter(|c| c.node == me)
+            .count() as u32;
+        let nodes = self.topology.nodes();
+        let admission = self.shared.op(|st| {
+            st.core.register_job(self.id, nodes);
+            st.core.admit_job(self.id, consumers_here)
+        })?;
+        Ok(admission == Admission::Admitted)
     }
 
     /// Opens producer `slot` of this node (once the job is admitted here).

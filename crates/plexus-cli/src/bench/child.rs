@@ -177,5 +177,8 @@ fn bye(node: &Node) -> FromNode {
             .iter()
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
             .collect(),
+        peak_buffered_bytes: node.peak_buffered(),
+        admission_wait_us: u64::try_from(node.longest_admission_wait().as_micros())
+            .unwrap_or(u64::MAX),
     }
 }

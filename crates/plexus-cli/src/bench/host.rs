@@ -27,7 +27,7 @@ pub const FAILED_LINGER: Duration = Duration::from_secs(1);
 
 /// Seed of every message body; consumers verify by CRC, so processes need not share it,
 /// but they do.
-const BODY_SEED: u64 = 0x5eed;
+pub const BODY_SEED: u64 = 0x5eed;
 
 /// Starts node `i` of `shape` on its own address (port 0), publishing it in `membership`.
 pub async fn start_node(shape: &Shape, i: u32, membership: &Membership) -> Result<Node, String> {
@@ -66,11 +66,16 @@ impl JobLinger {
     }
 }
 
-/// Opens every endpoint `nodes` run in `shape` and starts one task per endpoint. Each
+/// Opens every endpoint `nodes` run in `shape` and runs each in a task of its own. Each
 /// task sends its outcome on `events`; consumers announce there when they are done, wait
 /// for `release` if they stall, and add what they receive to `delivered`; producers that
 /// sent everything close once `close_gate` is open (keeping their job in progress until
 /// then), or stop at their job's failure.
+///
+/// Every job asks every node for admission first, in job order, without waiting; then one
+/// task per job and node waits for its turn (with a memory budget, jobs whose credit
+/// pools do not fit yet wait there) and opens its endpoints. An endpoint that cannot open
+/// reports the error as its outcome.
 pub async fn launch(
     nodes: &[Node],
     shape: &Shape,
@@ -81,64 +86,135 @@ pub async fn launch(
 ) -> Result<JoinSet<()>, String> {
     let mut tasks = JoinSet::new();
     let (m_p, m_c) = (shape.producers(), shape.consumers());
-    let lingers: Vec<JobLinger> = (0..shape.jobs())
-        .map(|j| JobLinger {
+    let factory = Arc::new(MessageFactory::new(BODY_SEED));
+    let mut openers = Vec::new();
+    for j in 0..shape.jobs() {
+        let linger = JobLinger {
             finished: Arc::new(watch::channel(0).0),
             total: nodes.iter().filter(|n| shape.job_uses(j, n.id().0)).count()
                 * (m_p + m_c) as usize,
-        })
-        .collect();
-    for (j, linger) in (0..shape.jobs()).zip(&lingers) {
+        };
         for node in nodes.iter().filter(|n| shape.job_uses(j, n.id().0)) {
             let job = node.job(Shape::job_id(j), shape.topology(j));
-            for slot in 0..m_c {
-                let rx = job.consumer(slot).await.map_err(|e| {
-                    format!(
-                        "opening consumer {slot} of job {} on node {}: {e}",
-                        Shape::job_id(j).0,
-                        node.id().0
-                    )
-                })?;
-                let stalled = shape.is_stalled(j, rx.endpoint());
-                let ctx =
-                    ConsumerCtx::new(stalled, release.clone(), events.clone(), delivered.clone());
-                tasks.spawn(consumer_task(
-                    rx,
-                    node.clone(),
-                    shape.clone(),
-                    j,
-                    ctx,
-                    linger.clone(),
-                    events.clone(),
-                ));
-            }
+            // Same order on every node: job 1, job 2, ... (see `Job::try_admit`).
+            let _ = job.try_admit();
+            openers.push(JobOnNode {
+                job,
+                node: node.clone(),
+                shape: shape.clone(),
+                j,
+                linger: linger.clone(),
+                events: events.clone(),
+                release: release.clone(),
+                close_gate: close_gate.clone(),
+                delivered: delivered.clone(),
+                factory: factory.clone(),
+            });
         }
     }
-    let factory = Arc::new(MessageFactory::new(BODY_SEED));
-    for (j, linger) in (0..shape.jobs()).zip(&lingers) {
-        for node in nodes.iter().filter(|n| shape.job_uses(j, n.id().0)) {
-            let job = node.job(Shape::job_id(j), shape.topology(j));
-            for slot in 0..m_p {
-                let tx = job.producer(slot).await.map_err(|e| {
-                    format!(
-                        "opening producer {slot} of job {} on node {}: {e}",
-                        Shape::job_id(j).0,
-                        node.id().0
-                    )
-                })?;
-                tasks.spawn(producer_task(
-                    tx,
-                    shape.clone(),
-                    j,
-                    factory.clone(),
-                    close_gate.clone(),
-                    linger.clone(),
-                    events.clone(),
-                ));
-            }
-        }
+    for opener in openers {
+        tasks.spawn(opener.run());
     }
     Ok(tasks)
+}
+
+/// The endpoints of one job on one node, to open and run.
+struct JobOnNode {
+    job: plexus::Job,
+    node: Node,
+    shape: Shape,
+    j: u32,
+    linger: JobLinger,
+    events: mpsc::UnboundedSender<EndpointEvent>,
+    release: watch::Receiver<bool>,
+    close_gate: watch::Receiver<bool>,
+    delivered: Arc<AtomicU64>,
+    factory: Arc<MessageFactory>,
+}
+
+impl JobOnNode {
+    /// Waits for admission, opens the consumers then the producers, and runs them all.
+    async fn run(self) {
+        let mut endpoints = JoinSet::new();
+        let me = self.node.id();
+        let context = |role: &str, slot: u32| {
+            format!(
+                "opening {role} {slot} of job {} on node {}",
+                Shape::job_id(self.j).0,
+                me.0
+            )
+        };
+        for slot in 0..self.shape.consumers() {
+            let endpoint = plexus::Endpoint::new(me, slot);
+            let stalled = self.shape.is_stalled(self.j, endpoint);
+            match self.job.consumer(slot).await {
+                Ok(rx) => {
+                    let ctx = ConsumerCtx::new(
+                        stalled,
+                        self.release.clone(),
+                        self.events.clone(),
+                        self.delivered.clone(),
+                    );
+                    endpoints.spawn(consumer_task(
+                        rx,
+                        self.node.clone(),
+                        self.shape.clone(),
+                        self.j,
+                        ctx,
+                        self.linger.clone(),
+                        self.events.clone(),
+                    ));
+                }
+                Err(e) => {
+                    if !stalled {
+                        let _ = self.events.send(EndpointEvent::HealthyDone);
+                    }
+                    let error = roles::EndpointError::plexus(context("consumer", slot), &e);
+                    self.report_unopened(endpoint, Role::Consumer, stalled, error);
+                }
+            }
+        }
+        for slot in 0..self.shape.producers() {
+            let endpoint = plexus::Endpoint::new(me, slot);
+            match self.job.producer(slot).await {
+                Ok(tx) => {
+                    endpoints.spawn(producer_task(
+                        tx,
+                        self.shape.clone(),
+                        self.j,
+                        self.factory.clone(),
+                        self.close_gate.clone(),
+                        self.linger.clone(),
+                        self.events.clone(),
+                    ));
+                }
+                Err(e) => {
+                    let error = roles::EndpointError::plexus(context("producer", slot), &e);
+                    self.report_unopened(endpoint, Role::Producer, false, error);
+                }
+            }
+        }
+        while endpoints.join_next().await.is_some() {}
+    }
+
+    fn report_unopened(
+        &self,
+        endpoint: plexus::Endpoint,
+        role: Role,
+        stalled: bool,
+        error: roles::EndpointError,
+    ) {
+        let outcome = outcome(
+            self.j,
+            endpoint,
+            role,
+            stalled,
+            Moved::default(),
+            0,
+            Some(error),
+        );
+        let _ = self.events.send(EndpointEvent::Finished(outcome));
+    }
 }
 
 async fn producer_task(

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus::Membership;
+use plexus::{Membership, Node};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
@@ -101,6 +101,12 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
     record.links_per_node_max = monitor.finish();
     record.link_kills = chaos.map_or(0, Chaos::stop);
     record.resume_times = nodes.iter().flat_map(host::resume_times).collect();
+    record.peak_buffered_bytes = nodes.iter().map(Node::peak_buffered).max().unwrap_or(0);
+    record.admission_wait = nodes
+        .iter()
+        .map(Node::longest_admission_wait)
+        .max()
+        .unwrap_or_default();
     for node in &nodes {
         node.shutdown();
     }

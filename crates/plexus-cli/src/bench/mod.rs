@@ -11,14 +11,22 @@
 //! aborted from outside ([`chaos`]) and a node's process killed (`--kill-node`), and the
 //! run is judged by what every endpoint reported ([`verdict`]).
 //!
+//! With `--baseline`, the same workload then runs over other systems in this process
+//! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ) and the report compares
+//! them; `--latency RATE` measures one-way latency at a fixed rate instead ([`latency`]),
+//! for plexus and raw TCP. Both run on [`transport`]'s harness.
+//!
 //! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
-//! needs `ss`); both modes share the roles, the hosting of endpoints and the judging, so
-//! they report the same fields with the same meaning.
+//! needs `ss`, baselines and latency run in one process without failures or stalls, zmq
+//! needs the `zmq` feature); both modes share the roles, the hosting of endpoints and the
+//! judging, so they report the same fields with the same meaning.
 
+mod baseline;
 mod chaos;
 pub mod child;
 mod host;
 mod inproc;
+mod latency;
 pub mod memory;
 mod monitor;
 mod report;
@@ -26,6 +34,7 @@ mod roles;
 mod shape;
 pub mod size;
 mod spawn;
+mod transport;
 mod verdict;
 mod wire;
 pub mod workload;
@@ -86,15 +95,36 @@ pub struct BenchArgs {
     /// When to kill --kill-node, in ms after the nodes were told to start.
     #[arg(long)]
     pub kill_at_ms: Option<u64>,
+    /// Bytes each node may buffer in all (send share plus its consumers' credit pools);
+    /// jobs whose pools do not fit wait for admission.
+    #[arg(long, value_parser = parse_size_arg)]
+    pub memory_budget: Option<u64>,
     /// Every this many ms, abort one random live link between nodes with `ss -K`.
     #[arg(long)]
     pub chaos_link_kill_ms: Option<u64>,
+    /// After the plexus run, run the same workload over these systems too, in this
+    /// process, and compare: raw-tcp (one connection per node pair), naive-tcp (one per
+    /// channel), zmq (needs the `zmq` feature). Comma-separated.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub baseline: Vec<baseline::System>,
+    /// Measure one-way latency instead: 128-byte messages at this many messages per second
+    /// in all, for --latency-secs (with --baseline raw-tcp, over raw TCP too).
+    #[arg(long, value_name = "RATE")]
+    pub latency: Option<u64>,
+    /// How long --latency sends, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub latency_secs: f64,
 }
 
 impl BenchArgs {
     /// The run's shape, validated.
     fn shape(&self) -> Result<Shape, String> {
-        Shape::new(ShapeSpec {
+        Shape::new(self.spec())
+    }
+
+    /// The run's shape, as asked for.
+    fn spec(&self) -> ShapeSpec {
+        ShapeSpec {
             nodes: self.nodes,
             producers: self.producers,
             consumers: self.consumers,
@@ -105,7 +135,8 @@ impl BenchArgs {
             credit_pool: self.credit_pool,
             stall_consumers: self.stall_consumers,
             first_ip: self.first_ip,
-        })
+            memory_budget: self.memory_budget,
+        }
     }
 
     /// Checks the options that go together.
@@ -135,6 +166,32 @@ impl BenchArgs {
             }
             chaos::check_ss()?;
         }
+        if !self.baseline.is_empty() {
+            if self.spawn {
+                return Err(
+                    "--baseline runs every system in this process: it does not go with --spawn"
+                        .into(),
+                );
+            }
+            if self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
+                return Err("--baseline compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
+            }
+            baseline::check(&self.baseline)?;
+        }
+        if let Some(rate) = self.latency {
+            if rate == 0 {
+                return Err("--latency must be at least 1 message per second".into());
+            }
+            if !(self.latency_secs > 0.0 && self.latency_secs <= 3600.0) {
+                return Err("--latency-secs must be more than 0 and at most 3600".into());
+            }
+            if self.spawn || self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
+                return Err("--latency runs in one process without failures or stalls: it does not go with --spawn, --stall-consumers or --chaos-link-kill-ms".into());
+            }
+            if self.baseline.iter().any(|&s| s != baseline::System::RawTcp) {
+                return Err("--latency compares with raw-tcp only (--baseline raw-tcp)".into());
+            }
+        }
         Ok(())
     }
 }
@@ -146,14 +203,8 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 /// Runs the bench and prints its report; fails when the run did not verify.
 pub fn main(args: BenchArgs) -> ExitCode {
     match run(&args) {
-        Ok(report) => {
-            report.print(args.json);
-            if report.verified {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("plexus bench: {e}");
             ExitCode::from(2)
@@ -161,13 +212,22 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
 }
 
-/// Checks the options and runs the bench in the mode they ask for.
-fn run(args: &BenchArgs) -> Result<Report, String> {
+/// Checks the options, runs the bench in the mode they ask for and prints its report;
+/// tells whether the run verified.
+fn run(args: &BenchArgs) -> Result<bool, String> {
     args.check()?;
     let shape = args.shape()?;
-    if args.spawn {
-        spawn::run(&shape, args)
-    } else {
-        inproc::run(&shape, args)
+    if let Some(rate) = args.latency {
+        let report = latency::run(args, rate)?;
+        report.print(args.json);
+        return Ok(report.verified);
     }
+    let mut report: Report = if args.spawn {
+        spawn::run(&shape, args)?
+    } else {
+        inproc::run(&shape, args)?
+    };
+    baseline::run_all(&shape, args, &mut report);
+    report.print(args.json);
+    Ok(report.verified)
 }

@@ -2,10 +2,15 @@
 //!
 //! Invariants: the JSON object has the same fields whichever mode ran the nodes (in this
 //! process, or one process per node with `--spawn`); optional figures are `null`, never
-//! left out, except `errors`, present only when there are some.
+//! left out, except `errors`, present only when there are some, and the comparisons with
+//! `--baseline` systems (`ratio_vs_<system>`, `msgs_ratio_vs_<system>`), present for each
+//! system asked for.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::baseline::BaselineResult;
 use super::size::format_bytes;
 
 /// Everything a bench run measured.
@@ -89,6 +94,21 @@ pub struct Report {
     pub resume_ms_p50: Option<f64>,
     /// 99th percentile of the same (`null` without resumes).
     pub resume_ms_p99: Option<f64>,
+    /// Each node's memory budget (`--memory-budget`), if any.
+    pub memory_budget_bytes: Option<u64>,
+    /// The most bytes any node had buffered at once: data queued to send or kept until
+    /// acknowledged, plus credit its consumers granted and had not got back. Never above
+    /// the budget.
+    pub peak_buffered_bytes: u64,
+    /// The longest any job waited for admission on any node, in ms.
+    pub admission_wait_ms_max: f64,
+    /// The same workload over the `--baseline` systems, in the order they ran.
+    pub baselines: Vec<BaselineResult>,
+    /// For each baseline system: `ratio_vs_<system>`, plexus's throughput divided by the
+    /// system's, and `msgs_ratio_vs_<system>`, the same for messages per second (`null`
+    /// unless the system ran and verified).
+    #[serde(flatten)]
+    pub comparisons: BTreeMap<String, Option<f64>>,
 }
 
 impl Report {
@@ -163,5 +183,63 @@ impl Report {
             );
         }
         println!("  peak RSS {}", format_bytes(self.rss_peak_bytes));
+        if !self.baselines.is_empty() {
+            self.print_baselines();
+        }
+    }
+
+    /// The plexus run and every baseline, one line each.
+    fn print_baselines(&self) {
+        println!(
+            "  {:<10} {:>9} {:>9} {:>12} {:>12} {:>6} {:>6} {:>7}",
+            "system", "verified", "elapsed", "throughput", "msgs/s", "links", "conns", "plexus×"
+        );
+        let line = |system: &str, verified: bool, elapsed: f64, bytes: f64, msgs: f64| {
+            format!(
+                "  {system:<10} {:>9} {:>8.2}s {:>10}/s {msgs:>12.0}",
+                if verified { "yes" } else { "NO" },
+                elapsed,
+                format_bytes(bytes as u64)
+            )
+        };
+        println!(
+            "{} {:>6} {:>6} {:>7}",
+            line(
+                "plexus",
+                self.verified,
+                self.elapsed_s,
+                self.throughput_bytes_per_s,
+                self.messages_per_s
+            ),
+            self.links_per_node_max,
+            "-",
+            "-"
+        );
+        for b in &self.baselines {
+            if b.skipped {
+                let note = b.note.as_deref().unwrap_or("skipped");
+                println!("  {:<10} {note}", b.system);
+                continue;
+            }
+            let key = format!("ratio_vs_{}", b.system.replace('-', "_"));
+            let ratio = self
+                .comparisons
+                .get(&key)
+                .copied()
+                .flatten()
+                .map_or("-".to_string(), |r| format!("{r:.2}"));
+            println!(
+                "{} {:>6} {:>6} {ratio:>7}",
+                line(
+                    b.system,
+                    b.verified,
+                    b.elapsed_s.unwrap_or(0.0),
+                    b.throughput_bytes_per_s.unwrap_or(0.0),
+                    b.messages_per_s.unwrap_or(0.0)
+                ),
+                b.links_per_node_max,
+                b.connections
+            );
+        }
     }
 }

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::workload::Plan;
 
+/// How long a job may wait for admission to a node's memory budget.
+const ADMISSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Cluster id every bench node uses.
 const CLUSTER_ID: u64 = 0x706c_6578_7573_0001;
 
@@ -44,6 +47,9 @@ pub struct ShapeSpec {
     pub stall_consumers: u32,
     /// Address of node 0; node `i` listens on this address plus `i`.
     pub first_ip: Ipv4Addr,
+    /// Bytes each node may buffer in all, if limited.
+    #[serde(default)]
+    pub memory_budget: Option<u64>,
 }
 
 /// A validated run shape; see the module docs.
@@ -101,6 +107,14 @@ impl Shape {
         let credit_pool = spec
             .credit_pool
             .max(plexus::message_cost(message_size as usize));
+        if let Some(budget) = spec.memory_budget {
+            let send = (budget / 4).max(plexus::message_cost(message_size as usize));
+            if budget < send + credit_pool {
+                return Err(format!(
+                    "--memory-budget {budget} cannot hold its send share ({send}) and one credit pool ({credit_pool})"
+                ));
+            }
+        }
         // Stalled consumer s: job s mod k, then spread over the job's nodes, then its slots.
         // `s < k·N·m_c`, so the mapping is one-to-one.
         let stalled = (0..spec.stall_consumers)
@@ -180,7 +194,25 @@ impl Shape {
         config.max_message = self.plan.message_size();
         config.credit_pool = self.credit_pool;
         config.max_grant = config.max_grant.max(u64::from(config.max_message));
+        if let Some(budget) = self.spec.memory_budget {
+            config.memory_budget = Some(budget);
+            config.send_buffer = self.send_buffer();
+            // Jobs queued for admission wait as long as the run may (`--timeout-s` bounds it).
+            config.admission_timeout = ADMISSION_TIMEOUT;
+        }
         config
+    }
+
+    /// Each node's memory budget, if limited.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.spec.memory_budget
+    }
+
+    /// With a memory budget, the share of it for data being sent: a quarter, but at least
+    /// one message.
+    pub fn send_buffer(&self) -> u64 {
+        let budget = self.spec.memory_budget.unwrap_or(0);
+        (budget / 4).max(plexus::message_cost(self.plan.message_size() as usize))
     }
 
     /// The library's id of job `j`.
@@ -305,7 +337,22 @@ mod tests {
             credit_pool: 1 << 16,
             stall_consumers: 0,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
+            memory_budget: None,
         }
+    }
+
+    #[test]
+    fn a_memory_budget_must_hold_the_send_share_and_one_pool() {
+        let mut small = spec(2, None, 1);
+        small.memory_budget = Some(1 << 16);
+        assert!(Shape::new(small).is_err());
+        let mut roomy = spec(2, None, 1);
+        roomy.memory_budget = Some(1 << 20);
+        let shape = Shape::new(roomy).expect("valid");
+        let config = shape.node_config(0);
+        assert_eq!(config.memory_budget, Some(1 << 20));
+        assert_eq!(config.send_buffer, 1 << 18);
+        config.validate().expect("the node configuration is valid");
     }
 
     #[test]

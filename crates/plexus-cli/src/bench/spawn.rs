@@ -438,8 +438,14 @@ async fn collect_byes(
             Line::Message(FromNode::Bye {
                 rss_peak_bytes,
                 resume_us,
+                peak_buffered_bytes,
+                admission_wait_us,
             }) => {
                 record.rss_peak_bytes = record.rss_peak_bytes.max(rss_peak_bytes);
+                record.peak_buffered_bytes = record.peak_buffered_bytes.max(peak_buffered_bytes);
+                record.admission_wait = record
+                    .admission_wait
+                    .max(Duration::from_micros(admission_wait_us));
                 record
                     .resume_times
                     .extend(resume_us.into_iter().map(Duration::from_micros));

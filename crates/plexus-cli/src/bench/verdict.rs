@@ -8,7 +8,7 @@
 //! kind was found (run-level errors included), so every failure that is not expected is
 //! listed in `errors`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::report::Report;
@@ -50,6 +50,10 @@ pub struct RunRecord {
     pub resume_times: Vec<Duration>,
     /// The kill, if one happened.
     pub kill: Option<Kill>,
+    /// The most bytes any node had buffered at once.
+    pub peak_buffered_bytes: u64,
+    /// The longest any job waited for admission on any node.
+    pub admission_wait: Duration,
 }
 
 /// Counts non-stalled consumers still working, so stalled ones can be released when the
@@ -250,6 +254,11 @@ fn build_report(
         link_resumes: resume_ms.len(),
         resume_ms_p50: percentile(&resume_ms, 50),
         resume_ms_p99: percentile(&resume_ms, 99),
+        memory_budget_bytes: shape.memory_budget(),
+        peak_buffered_bytes: run.peak_buffered_bytes,
+        admission_wait_ms_max: run.admission_wait.as_secs_f64() * 1000.0,
+        baselines: Vec::new(),
+        comparisons: BTreeMap::new(),
     }
 }
 
@@ -279,6 +288,7 @@ mod tests {
             credit_pool: 1 << 16,
             stall_consumers: 0,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
+            memory_budget: None,
         })
         .expect("valid shape")
     }

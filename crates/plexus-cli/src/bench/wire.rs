@@ -64,6 +64,12 @@ pub enum FromNode {
         rss_peak_bytes: u64,
         /// How long each link of the node was down before it resumed, in µs.
         resume_us: Vec<u64>,
+        /// The most bytes the node had buffered at once.
+        #[serde(default)]
+        peak_buffered_bytes: u64,
+        /// The longest a job waited for admission on the node, in µs.
+        #[serde(default)]
+        admission_wait_us: u64,
     },
     /// The node cannot go on.
     Failed {

@@ -1,0 +1,427 @@
+//! `--latency RATE`: one-way latency of 128-byte messages at a fixed offered rate
+//! (messages per second over the whole run), on the bench's shape, every node in this
+//! process: for plexus (producers use `Producer::send`, which waits only for credit) and,
+//! with `--baseline raw-tcp`, for raw-tcp, each on a runtime of its own.
+//!
+//! The rate and `--latency-secs` give each channel `max(1, ⌊rate·secs / channels⌋)`
+//! messages; producers share the rate evenly and start 200 ms after the endpoints are
+//! opened, so that opening them is not measured ([`roles`] has the schedule and the
+//! stamps).
+//!
+//! Invariants: both systems run the same schedule on the same shape; a run verifies only
+//! if every scheduled message arrived exactly once, in order, intact; percentiles are
+//! `null` when no message arrived; `latency_p99_ratio_vs_raw_tcp` is plexus's p99 divided
+//! by raw-tcp's (above 1: plexus is slower), `null` unless both verified.
+
+pub mod roles;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use plexus::{Endpoint, Membership};
+use serde::Serialize;
+
+use super::baseline::raw_tcp::RawTcp;
+use super::baseline::System;
+use super::host;
+use super::monitor::Monitor;
+use super::shape::Shape;
+use super::transport::{self, Faults, Sink, Source, Transport};
+use super::verdict::{self, RunRecord};
+use super::BenchArgs;
+use roles::{Timing, MESSAGE_LEN};
+
+/// Time between opening the endpoints and the first scheduled message.
+const LEAD: Duration = Duration::from_millis(200);
+
+/// What one system's latency run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Figures {
+    /// Messages delivered to consumers.
+    pub messages_total: u64,
+    /// From the start of the endpoints to the end of the last one.
+    pub elapsed_s: f64,
+    /// Messages delivered per second, from the first scheduled send to the last arrival.
+    pub achieved_rate: f64,
+    /// Median one-way latency, in µs.
+    pub latency_us_p50: Option<f64>,
+    /// 99th percentile, in µs.
+    pub latency_us_p99: Option<f64>,
+    /// 99.9th percentile, in µs.
+    pub latency_us_p999: Option<f64>,
+    /// The largest, in µs.
+    pub latency_us_max: Option<f64>,
+    /// The most any producer sent behind its schedule, in µs.
+    pub send_lag_us_max: f64,
+    /// Most established TCP connections any node's address held, from /proc/net/tcp.
+    pub links_per_node_max: usize,
+}
+
+/// A baseline's latency run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyResult {
+    /// The system.
+    pub system: &'static str,
+    /// Every scheduled message arrived exactly once, in order, intact.
+    pub verified: bool,
+    /// Why it did not verify.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// What it measured.
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// The report of `--latency`: the shape, plexus's figures, and the baselines'.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    /// Always `latency`.
+    pub mode: &'static str,
+    /// plexus and every baseline verified.
+    pub verified: bool,
+    /// Why not, if not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Nodes in the cluster (n).
+    pub nodes: u32,
+    /// Nodes each job uses (N).
+    pub nodes_per_job: u32,
+    /// Producers per node and job.
+    pub producers_per_node: u32,
+    /// Consumers per node and job.
+    pub consumers_per_node: u32,
+    /// Jobs (k).
+    pub jobs: u32,
+    /// Logical channels.
+    pub channels: u64,
+    /// Size of every message, header included.
+    pub message_size: u32,
+    /// Messages per second asked for, over the whole run.
+    pub offered_rate: f64,
+    /// Messages each channel carries.
+    pub messages_per_channel: u32,
+    /// How long the schedule lasts, in seconds.
+    pub schedule_s: f64,
+    /// Always `plexus`: the figures at the top level are plexus's.
+    pub system: &'static str,
+    /// plexus's figures.
+    #[serde(flatten)]
+    pub figures: Figures,
+    /// The same schedule over the `--baseline` systems (raw-tcp).
+    pub baselines: Vec<LatencyResult>,
+    /// plexus's p99 divided by raw-tcp's.
+    pub latency_p99_ratio_vs_raw_tcp: Option<f64>,
+    /// plexus's own run verified (for the summary; `verified` covers every system).
+    #[serde(skip)]
+    pub plexus_verified: bool,
+}
+
+/// Runs the latency mode at `rate` messages per second.
+pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
+    let counts = args.shape()?;
+    let per_channel = ((rate as f64 * args.latency_secs) / counts.channels() as f64)
+        .floor()
+        .max(1.0) as u64;
+    let consumers_per_job = u64::from(counts.nodes_per_job()) * u64::from(counts.consumers());
+    let mut spec = args.spec();
+    spec.message_size = u64::from(MESSAGE_LEN);
+    spec.bytes_per_producer = per_channel * u64::from(MESSAGE_LEN) * consumers_per_job;
+    let shape = Shape::new(spec)?;
+    let rate = rate as f64;
+    let timeout = Duration::from_secs(args.timeout_s);
+    let plexus = on_runtime(|| run_plexus(&shape, rate, args.json, timeout))?;
+    let mut baselines = Vec::new();
+    if args.baseline.contains(&System::RawTcp) {
+        baselines.push(on_runtime(|| run_raw(&shape, rate, args.json, timeout))?);
+    }
+    let p99 = |r: &LatencyResult| r.figures.latency_us_p99.filter(|_| r.verified);
+    let ratio = baselines
+        .iter()
+        .find(|b| b.system == System::RawTcp.name())
+        .and_then(p99)
+        .zip(p99(&plexus))
+        .filter(|(raw, _)| *raw > 0.0)
+        .map(|(raw, plexus)| plexus / raw);
+    let mut errors = plexus.errors.clone();
+    for b in &baselines {
+        errors.extend(b.errors.iter().map(|e| format!("{}: {e}", b.system)));
+    }
+    let verified = plexus.verified && baselines.iter().all(|b| b.verified);
+    let producers = f64::from(shape.nodes_per_job() * shape.producers() * shape.jobs());
+    Ok(LatencyReport {
+        mode: "latency",
+        verified,
+        errors,
+        nodes: shape.nodes(),
+        nodes_per_job: shape.nodes_per_job(),
+        producers_per_node: shape.producers(),
+        consumers_per_node: shape.consumers(),
+        jobs: shape.jobs(),
+        channels: shape.channels(),
+        message_size: MESSAGE_LEN,
+        offered_rate: rate,
+        messages_per_channel: shape.plan().messages(),
+        schedule_s: (per_channel * consumers_per_job) as f64 * producers / rate,
+        system: "plexus",
+        figures: plexus.figures,
+        plexus_verified: plexus.verified,
+        baselines,
+        latency_p99_ratio_vs_raw_tcp: ratio,
+    })
+}
+
+/// Runs `f` on a runtime of its own.
+fn on_runtime<F, Fut>(f: F) -> Result<LatencyResult, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = LatencyResult>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    Ok(runtime.block_on(f()))
+}
+
+async fn run_plexus(shape: &Shape, rate: f64, json: bool, timeout: Duration) -> LatencyResult {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let membership = Membership::new();
+    let mut nodes = Vec::with_capacity(shape.nodes() as usize);
+    for i in 0..shape.nodes() {
+        match host::start_node(shape, i, &membership).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => return failed("plexus", e),
+        }
+    }
+    let mut jobs = HashMap::new();
+    for j in 0..shape.jobs() {
+        for node in shape.job_nodes(j) {
+            let job = nodes[node.0 as usize].job(Shape::job_id(j), shape.topology(j));
+            jobs.insert((j, node.0), job);
+        }
+    }
+    let transport = PlexusTransport {
+        jobs,
+        shape: shape.clone(),
+    };
+    let (_faults, log) = Faults::new();
+    let result = measure("plexus", transport, shape, rate, json, deadline, log).await;
+    for node in &nodes {
+        node.shutdown();
+    }
+    result
+}
+
+async fn run_raw(shape: &Shape, rate: f64, json: bool, timeout: Duration) -> LatencyResult {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (faults, log) = Faults::new();
+    let system = System::RawTcp.name();
+    match tokio::time::timeout_at(deadline, RawTcp::open(shape, &faults)).await {
+        Ok(Ok((raw, _))) => measure(system, raw, shape, rate, json, deadline, log).await,
+        Ok(Err(e)) => failed(system, e),
+        Err(_) => failed(system, "timed out connecting the nodes".into()),
+    }
+}
+
+/// Runs the latency schedule over `transport` and judges it.
+async fn measure<T: Transport>(
+    system: &'static str,
+    transport: T,
+    shape: &Shape,
+    rate: f64,
+    json: bool,
+    deadline: tokio::time::Instant,
+    mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> LatencyResult {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let monitor = Monitor::start(
+        shape.node_ips(),
+        shape.bytes_total(),
+        delivered.clone(),
+        json,
+    );
+    let start = Instant::now();
+    let timing = match Timing::new(shape.clone(), rate, start + LEAD, delivered) {
+        Ok(timing) => Arc::new(timing),
+        Err(e) => return failed(system, e),
+    };
+    let (produce, consume) = roles::roles(timing.clone());
+    let (outcomes, mut errors) =
+        transport::drive(transport, shape, deadline, produce, consume).await;
+    let elapsed_s = start.elapsed().as_secs_f64();
+    errors.extend(Faults::drain(&mut faults));
+    let links_per_node_max = monitor.finish();
+    let report = verdict::judge(
+        shape,
+        RunRecord {
+            outcomes,
+            errors,
+            elapsed_s,
+            links_per_node_max,
+            processes: 1,
+            ..RunRecord::default()
+        },
+    );
+    let (latencies, lag_ns, last_arrival_ns) = timing.results();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let quantile = |q: f64| {
+        latencies
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h: &Histogram<u64>| us(h.value_at_quantile(q)))
+    };
+    let span_s = last_arrival_ns as f64 / 1e9;
+    LatencyResult {
+        system,
+        verified: report.verified,
+        errors: report.errors,
+        figures: Figures {
+            messages_total: report.messages_total,
+            elapsed_s,
+            achieved_rate: if span_s > 0.0 {
+                report.messages_total as f64 / span_s
+            } else {
+                0.0
+            },
+            latency_us_p50: quantile(0.5),
+            latency_us_p99: quantile(0.99),
+            latency_us_p999: quantile(0.999),
+            latency_us_max: latencies
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| us(h.max())),
+            send_lag_us_max: us(lag_ns),
+            links_per_node_max,
+        },
+    }
+}
+
+fn failed(system: &'static str, error: String) -> LatencyResult {
+    LatencyResult {
+        system,
+        verified: false,
+        errors: vec![error],
+        figures: Figures::default(),
+    }
+}
+
+/// plexus as a [`Transport`]: the bench's nodes and their jobs.
+struct PlexusTransport {
+    jobs: HashMap<(u32, u32), plexus::Job>,
+    shape: Shape,
+}
+
+impl Transport for PlexusTransport {
+    type Sink = PlexusSink;
+    type Source = PlexusSource;
+
+    async fn producer(&self, job: u32, me: Endpoint) -> Result<PlexusSink, String> {
+        let handle = self.jobs.get(&(job, me.node.0)).ok_or("no such job here")?;
+        let tx = handle.producer(me.slot).await.map_err(|e| e.to_string())?;
+        Ok(PlexusSink(tx))
+    }
+
+    async fn consumer(&self, job: u32, me: Endpoint) -> Result<PlexusSource, String> {
+        let handle = self.jobs.get(&(job, me.node.0)).ok_or("no such job here")?;
+        let rx = handle.consumer(me.slot).await.map_err(|e| e.to_string())?;
+        Ok(PlexusSource {
+            rx,
+            shape: self.shape.clone(),
+        })
+    }
+}
+
+/// A plexus producer, sending with `Producer::send` (it waits only for credit).
+struct PlexusSink(plexus::Producer);
+
+impl Sink for PlexusSink {
+    async fn send(&mut self, to: Endpoint, _to_id: u32, message: Bytes) -> Result<(), String> {
+        self.0.send(to, message).await.map_err(|e| e.to_string())
+    }
+
+    async fn finish(self) -> Result<(), String> {
+        self.0.close().await.map_err(|e| e.to_string())
+    }
+}
+
+/// A plexus consumer, naming producers by their workload id.
+struct PlexusSource {
+    rx: plexus::Consumer,
+    shape: Shape,
+}
+
+impl Source for PlexusSource {
+    async fn recv(&mut self) -> Option<Result<(u32, Bytes), String>> {
+        let item = self.rx.recv().await?;
+        Some(
+            item.map(|(from, m)| (self.shape.producer_id(from), m))
+                .map_err(|e| e.to_string()),
+        )
+    }
+}
+
+impl LatencyReport {
+    /// Prints the report: JSON on stdout, or a summary for people.
+    pub fn print(&self, json: bool) {
+        if json {
+            match serde_json::to_string(self) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("plexus bench: cannot encode the report: {e}"),
+            }
+            return;
+        }
+        let verdict = if self.verified { "VERIFIED" } else { "FAILED" };
+        println!(
+            "plexus bench --latency: {verdict}: {} jobs × {} of {} nodes × ({} producers + {} consumers) = {} channels; {}-byte messages at {:.0}/s for {:.2} s",
+            self.jobs,
+            self.nodes_per_job,
+            self.nodes,
+            self.producers_per_node,
+            self.consumers_per_node,
+            self.channels,
+            self.message_size,
+            self.offered_rate,
+            self.schedule_s
+        );
+        for e in &self.errors {
+            println!("  error: {e}");
+        }
+        println!(
+            "  {:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "system",
+            "verified",
+            "messages",
+            "rate/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "lag µs"
+        );
+        let row = |system: &str, verified: bool, f: &Figures| {
+            let v = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+            println!(
+                "  {system:<8} {:>8} {:>9} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9.0}",
+                if verified { "yes" } else { "NO" },
+                f.messages_total,
+                f.achieved_rate,
+                v(f.latency_us_p50),
+                v(f.latency_us_p99),
+                v(f.latency_us_p999),
+                v(f.latency_us_max),
+                f.send_lag_us_max
+            );
+        };
+        row("plexus", self.plexus_verified, &self.figures);
+        for b in &self.baselines {
+            row(b.system, b.verified, &b.figures);
+        }
+        if let Some(r) = self.latency_p99_ratio_vs_raw_tcp {
+            println!("  p99 plexus ÷ raw-tcp: {r:.2}");
+        }
+    }
+}
