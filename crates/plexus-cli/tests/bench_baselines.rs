@@ -2,45 +2,12 @@
 //! connection per channel, and ZeroMQ with the `zmq` feature) and of `--latency`. Each
 //! test uses its own 127.0.6X.1 address range so that tests can run in parallel.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
+mod common;
+
+use common::{bench_command, bench_verified, report};
 use serde_json::Value;
-
-/// Runs `command` and returns its output and its one JSON report line.
-fn report(mut command: Command) -> (Output, Value) {
-    let out = command.output().expect("run plexus bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one JSON line, got {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = serde_json::from_str(lines[0]).expect("valid JSON");
-    (out, report)
-}
-
-/// `plexus bench --json --timeout-s 60 ARGS`.
-fn bench_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plexus"));
-    command
-        .args(["bench", "--json", "--timeout-s", "60"])
-        .args(args);
-    command
-}
-
-/// Runs the bench with `args`; it must succeed and verify.
-fn bench_verified(args: &[&str]) -> Value {
-    let (out, r) = report(bench_command(args));
-    assert!(
-        out.status.success() && r["verified"] == true,
-        "bench failed: {}\nreport: {r}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    r
-}
 
 fn number(v: &Value, field: &str) -> f64 {
     v[field]

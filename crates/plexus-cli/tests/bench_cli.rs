@@ -2,31 +2,9 @@
 
 use std::process::Command;
 
-use serde_json::Value;
+mod common;
 
-fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
-        .arg("bench")
-        .arg("--json")
-        .args(["--timeout-s", "120"])
-        .args(args)
-        .output()
-        .expect("run plexus bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one JSON line, got {stdout}"
-    );
-    serde_json::from_str(lines[0]).expect("valid JSON")
-}
+use common::bench_verified as bench;
 
 #[test]
 fn small_all_to_all_verifies_with_one_link_per_peer() {

@@ -2,42 +2,12 @@
 //! process per node), `--nodes-per-job`, `--kill-node` and `--chaos-link-kill-ms`. Each
 //! test uses its own 127.0.X.1 address range so that tests can run in parallel.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+mod common;
 
-/// Runs `plexus bench --json` with `args`; returns its output and its one JSON report.
-fn bench(args: &[&str]) -> (Output, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
-        .arg("bench")
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run plexus bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one JSON line, got {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = serde_json::from_str(lines[0]).expect("valid JSON");
-    (out, report)
-}
-
-/// Like [`bench`], and the run must have verified.
-fn bench_verified(args: &[&str]) -> Value {
-    let (out, r) = bench(args);
-    assert!(
-        out.status.success() && r["verified"] == true,
-        "bench failed: {}\nreport: {r}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    r
-}
+use common::{bench_verified, run as bench};
 
 #[test]
 fn spawn_runs_one_process_per_node_and_verifies() {

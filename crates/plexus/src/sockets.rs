@@ -85,6 +85,40 @@ pub fn parse_proc_net_tcp(text: &str) -> HashMap<Ipv4Addr, usize> {
     counts
 }
 
+/// Every established (local, remote) IPv4 (or IPv4-mapped) address pair in the OS socket
+/// table, as printed (a socket printed twice appears twice); empty if the table cannot be
+/// read.
+pub fn established_pairs() -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let mut pairs = std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| parse_established_pairs(&t))
+        .unwrap_or_default();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/tcp6") {
+        pairs.extend(parse_established_pairs(&text));
+    }
+    pairs
+}
+
+/// Parses the text of `/proc/net/tcp` (or `/proc/net/tcp6`) into the (local, remote)
+/// addresses of its established IPv4 (or IPv4-mapped) sockets.
+pub fn parse_established_pairs(text: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_slot, local, remote, state) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+            );
+            if u8::from_str_radix(state, 16).ok()? != TCP_ESTABLISHED {
+                return None;
+            }
+            let ip = |field: &str| parse_local_ipv4(field.split_once(':')?.0);
+            Some((ip(local)?, ip(remote)?))
+        })
+        .collect()
+}
+
 fn parse_local_ipv4(hex: &str) -> Option<Ipv4Addr> {
     match hex.len() {
         8 => parse_word(hex).map(Ipv4Addr::from),
@@ -164,6 +198,25 @@ garbage line
         let text = format!("header\n{line}{other}{line}");
         let counts = parse_proc_net_tcp(&text);
         assert_eq!(counts.get(&Ipv4Addr::new(127, 0, 0, 7)), Some(&2));
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn parses_established_pairs() {
+        let text = "\
+  sl  local_address rem_address   st tx_queue
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000
+   1: 0700007F:9C41 0100007F:D2F0 01 00000000:00000000
+   2: 0200007F:8002 0300007F:8003 06 00000000:00000000
+garbage
+   3: ZZZZZZZZ:0016 0100000A:C350 01
+   4: 0000000000000000FFFF00000500007F:1F90 0000000000000000FFFF00000100007F:A000 01 0
+";
+        let ip = |d| Ipv4Addr::new(127, 0, 0, d);
+        assert_eq!(
+            parse_established_pairs(text),
+            [(ip(7), ip(1)), (ip(5), ip(1))]
+        );
     }
 
     #[test]

@@ -8,19 +8,17 @@
 //! destroyed; the table parser is lenient (malformed lines are skipped, never an error).
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus::sockets;
 use tokio::task::JoinHandle;
 
 use super::roles::wall_ms;
 use super::workload::splitmix64;
-
-/// The `st` column value of an established TCP socket.
-const TCP_ESTABLISHED: u8 = 0x01;
 
 /// Fails with a clear message unless `ss` (iproute2) can be run.
 pub fn check_ss() -> Result<(), String> {
@@ -66,7 +64,7 @@ async fn kill_links(ips: Vec<Ipv4Addr>, period: Duration, kills: Arc<AtomicU64>)
         let ips = ips.clone();
         let pick = splitmix64(&mut rng);
         let killed = tokio::task::spawn_blocking(move || {
-            let pairs = node_pairs(&established_pairs(), &ips);
+            let pairs = node_pairs(&sockets::established_pairs(), &ips);
             let len = u64::try_from(pairs.len()).ok().filter(|&l| l > 0)?;
             let (a, b) = *pairs.get(usize::try_from(pick % len).ok()?)?;
             // Either end will do; alternate with the pick's top bit.
@@ -116,87 +114,9 @@ fn node_pairs(pairs: &[(Ipv4Addr, Ipv4Addr)], ips: &[Ipv4Addr]) -> Vec<(Ipv4Addr
         .collect()
 }
 
-/// Every established (local, remote) IPv4 address pair in the OS socket table; empty if
-/// the table cannot be read.
-fn established_pairs() -> Vec<(Ipv4Addr, Ipv4Addr)> {
-    let mut pairs = std::fs::read_to_string("/proc/net/tcp")
-        .map(|t| parse_established_pairs(&t))
-        .unwrap_or_default();
-    if let Ok(text) = std::fs::read_to_string("/proc/net/tcp6") {
-        pairs.extend(parse_established_pairs(&text));
-    }
-    pairs
-}
-
-/// Parses the text of `/proc/net/tcp` (or `/proc/net/tcp6`) into the (local, remote)
-/// addresses of its established IPv4 (or IPv4-mapped) sockets. The kernel prints each
-/// 32-bit address word as a host-order integer, so this decodes with the host's byte
-/// order, which is right for text read on the same machine.
-pub fn parse_established_pairs(text: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_slot, local, remote, state) = (
-                fields.next()?,
-                fields.next()?,
-                fields.next()?,
-                fields.next()?,
-            );
-            if u8::from_str_radix(state, 16).ok()? != TCP_ESTABLISHED {
-                return None;
-            }
-            Some((parse_ipv4(local)?, parse_ipv4(remote)?))
-        })
-        .collect()
-}
-
-/// Decodes `HEX_ADDRESS:PORT` into its IPv4 address (8 hex digits, or 32 for an
-/// IPv4-mapped IPv6 address).
-fn parse_ipv4(field: &str) -> Option<Ipv4Addr> {
-    let (hex, _port) = field.split_once(':')?;
-    match hex.len() {
-        8 => parse_word(hex).map(Ipv4Addr::from),
-        32 => {
-            let mut octets = [0u8; 16];
-            for (i, chunk) in octets.chunks_exact_mut(4).enumerate() {
-                chunk.copy_from_slice(&parse_word(hex.get(i * 8..i * 8 + 8)?)?);
-            }
-            Ipv6Addr::from(octets).to_ipv4_mapped()
-        }
-        _ => None,
-    }
-}
-
-/// 8 hex digits printed from a host-order `u32` holding 4 bytes in network order.
-fn parse_word(hex: &str) -> Option<[u8; 4]> {
-    if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(hex, 16).ok().map(u32::to_ne_bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    #[cfg(target_endian = "little")]
-    fn parses_established_pairs() {
-        let text = "\
-  sl  local_address rem_address   st tx_queue
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000
-   1: 0700007F:9C41 0100007F:D2F0 01 00000000:00000000
-   2: 0200007F:8002 0300007F:8003 06 00000000:00000000
-garbage
-   3: ZZZZZZZZ:0016 0100000A:C350 01
-   4: 0000000000000000FFFF00000500007F:1F90 0000000000000000FFFF00000100007F:A000 01 0
-";
-        let ip = |d| Ipv4Addr::new(127, 0, 0, d);
-        assert_eq!(
-            parse_established_pairs(text),
-            [(ip(7), ip(1)), (ip(5), ip(1))]
-        );
-    }
 
     #[test]
     fn keeps_distinct_node_pairs_once() {
