@@ -26,8 +26,10 @@ use crate::shared::Shared;
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes a writer gathers from the core per vectored write batch.
 const WRITE_BATCH: usize = 512 * 1024;
-/// A batch smaller than this waits one scheduler turn for more before it is written.
+/// A batch smaller than this waits scheduler turns for more before it is written...
 const LINGER_BELOW: usize = 32 * 1024;
+/// ...as long as it keeps growing, at most this many turns.
+const MAX_LINGERS: u32 = 8;
 /// I/O vectors per `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 512;
 /// How long a dial may take.
@@ -198,7 +200,8 @@ async fn write_loop(
     notify: Arc<Notify>,
 ) -> LinkCause {
     let mut transmit = Transmit::new();
-    let mut lingered = false;
+    let mut lingers = 0;
+    let mut last_len = 0;
     loop {
         let open = shared.op(|st| {
             st.core
@@ -212,14 +215,17 @@ async fn write_loop(
             notify.notified().await;
             continue;
         }
-        if transmit.len() < LINGER_BELOW && !lingered && open {
-            // A small batch: let the tasks that are about to add to it run first (one
-            // turn of the scheduler, no timer), so many small messages share a write.
-            lingered = true;
+        let growing = transmit.len() > last_len;
+        if open && transmit.len() < LINGER_BELOW && growing && lingers < MAX_LINGERS {
+            // A small batch that is still growing: let the tasks adding to it run first
+            // (a scheduler turn, no timer), so many small messages share one write.
+            lingers += 1;
+            last_len = transmit.len();
             tokio::task::yield_now().await;
             continue;
         }
-        lingered = false;
+        lingers = 0;
+        last_len = 0;
         let chunks = transmit.take_chunks();
         if let Err(e) = write_all_vectored(&mut wr, chunks).await {
             return LinkCause::Io(e.to_string());
