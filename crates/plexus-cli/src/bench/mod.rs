@@ -108,7 +108,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_enum)]
     pub baseline: Vec<baseline::System>,
     /// Measure one-way latency instead: 128-byte messages at this many messages per second
-    /// in all, for --latency-secs (with --baseline raw-tcp, over raw TCP too).
+    /// in all, for --latency-secs (with --baseline raw-tcp, over raw TCP too);
+    /// --message-size and --bytes-per-producer do not apply.
     #[arg(long, value_name = "RATE")]
     pub latency: Option<u64>,
     /// How long --latency sends, in seconds.

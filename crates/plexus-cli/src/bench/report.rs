@@ -16,7 +16,8 @@ use super::size::format_bytes;
 /// Everything a bench run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// Every consumer got every message of every producer exactly once, in order, intact.
+    /// Every consumer got every message of every producer exactly once, in order, intact;
+    /// with `--baseline`, over every system that ran too.
     pub verified: bool,
     /// Why the run did not verify, if it did not.
     #[serde(skip_serializing_if = "Vec::is_empty")]

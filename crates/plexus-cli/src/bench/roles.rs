@@ -122,6 +122,10 @@ pub struct Moved {
     pub messages: u64,
 }
 
+/// Messages up to this size are built before their credit is known (and kept, one per
+/// consumer, when refused): one call into the library instead of two.
+const BUILD_AHEAD_BELOW: usize = 4096;
+
 /// Sends the producer's whole plan to every consumer of `job`, serving whichever consumers
 /// have credit and waiting only when none has. Does not close the producer. On error
 /// returns what was queued so far with the first error.
@@ -140,6 +144,7 @@ pub async fn produce(
     let fail = |moved: Moved, error: EndpointError| Err((moved, error));
     let context = || format!("job {} producer {me}", Shape::job_id(job).0);
     let mut next_seq = vec![0u32; consumers.len()];
+    let mut held: Vec<Option<bytes::Bytes>> = vec![None; consumers.len()];
     let index: HashMap<Endpoint, usize> =
         consumers.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     // Consumers worth trying now; the others wait for their credit.
@@ -159,12 +164,21 @@ pub async fn produce(
         for &i in &runnable {
             let consumer = consumers[i];
             let len = plan.message_len(next_seq[i]) as usize;
-            match tx.has_credit(consumer, len) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => return fail(moved, EndpointError::plexus(context(), &e)),
-            }
-            let message = factory.message(&plan, my_id, shape.consumer_id(consumer), next_seq[i]);
+            // A small message is built at once and kept if refused (one per consumer);
+            // a large one only once its credit is there.
+            let message = match held[i].take() {
+                Some(message) => message,
+                None if len <= BUILD_AHEAD_BELOW => {
+                    factory.message(&plan, my_id, shape.consumer_id(consumer), next_seq[i])
+                }
+                None => match tx.has_credit(consumer, len) {
+                    Ok(true) => {
+                        factory.message(&plan, my_id, shape.consumer_id(consumer), next_seq[i])
+                    }
+                    Ok(false) => continue,
+                    Err(e) => return fail(moved, EndpointError::plexus(context(), &e)),
+                },
+            };
             match tx.try_send(consumer, message) {
                 Ok(()) => {
                     moved.bytes += len as u64;
@@ -176,10 +190,7 @@ pub async fn produce(
                         next_round.push(i);
                     }
                 }
-                Err(TrySend::NoCredit(_)) => {
-                    let message = format!("{}: credit vanished between check and send", context());
-                    return fail(moved, EndpointError::other(message));
-                }
+                Err(TrySend::NoCredit(message)) => held[i] = Some(message),
                 Err(TrySend::Failed(e)) => {
                     return fail(moved, EndpointError::plexus(context(), &e))
                 }
