@@ -23,6 +23,9 @@ pub enum GoAwayCode {
     UnexpectedNode,
     /// The peer's session state does not match ours (it restarted, or we did).
     SessionMismatch,
+    /// Nothing was heard on the connection for too long (handshake or idle timeout); the
+    /// session may resume on another connection.
+    Timeout,
     /// Both sides dialled at once and this connection lost the tie-break; the winner
     /// (the connection dialled by the lower node id) carries the traffic.
     SimultaneousDial,
@@ -46,6 +49,7 @@ impl GoAwayCode {
             GoAwayCode::Duplicate => 6,
             GoAwayCode::Shutdown => 7,
             GoAwayCode::SessionMismatch => 8,
+            GoAwayCode::Timeout => 9,
             GoAwayCode::Unknown(v) => v,
         }
     }
@@ -61,6 +65,7 @@ impl GoAwayCode {
             6 => GoAwayCode::Duplicate,
             7 => GoAwayCode::Shutdown,
             8 => GoAwayCode::SessionMismatch,
+            9 => GoAwayCode::Timeout,
             other => GoAwayCode::Unknown(other),
         }
     }

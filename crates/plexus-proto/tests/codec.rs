@@ -73,8 +73,9 @@ fn goaway_code() -> impl Strategy<Value = GoAwayCode> {
         Just(GoAwayCode::Duplicate),
         Just(GoAwayCode::Shutdown),
         Just(GoAwayCode::SessionMismatch),
+        Just(GoAwayCode::Timeout),
         // Unknown only with values no named code uses, or it would not round trip.
-        prop_oneof![Just(0u16), 9u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
+        prop_oneof![Just(0u16), 10u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
     ]
 }
 
@@ -627,7 +628,7 @@ fn unknown_codes_round_trip_and_known_numbers_map_to_named_codes() {
     let dec = Decoder::new(SMALL);
     for code in [
         GoAwayCode::Unknown(0),
-        GoAwayCode::Unknown(9),
+        GoAwayCode::Unknown(10),
         GoAwayCode::Unknown(u16::MAX),
     ] {
         let frame = Frame::GoAway { code };

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::workload::Plan;
 
+/// Beyond this many nodes on one machine, liveness timers are relaxed (see `node_config`).
+const CROWDED_NODES: u32 = 64;
+
 /// How long a job may wait for admission to a node's memory budget.
 const ADMISSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -194,6 +197,15 @@ impl Shape {
         config.max_message = self.plan.message_size();
         config.credit_pool = self.credit_pool;
         config.max_grant = config.max_grant.max(u64::from(config.max_message));
+        if self.spec.nodes > CROWDED_NODES {
+            // This many nodes share one machine's two cores: a node can go seconds without
+            // being scheduled while thousands of handshakes and millions of channels are set
+            // up, so the liveness timers get room a real cluster would not need.
+            config.idle_timeout = std::time::Duration::from_secs(15);
+            config.handshake_timeout = std::time::Duration::from_secs(30);
+            config.grace_period = std::time::Duration::from_secs(60);
+            config.dial_defer = std::time::Duration::from_secs(5);
+        }
         if let Some(budget) = self.spec.memory_budget {
             config.memory_budget = Some(budget);
             config.send_buffer = self.send_buffer();

@@ -249,7 +249,7 @@ impl NodeCore {
             }
         }
         for (id, cause) in to_close {
-            self.close_link(id, GoAwayCode::ProtocolError, cause);
+            self.close_link(id, GoAwayCode::Timeout, cause);
         }
         let mut dead = Vec::new();
         let defer = self.config.dial_defer;
@@ -391,7 +391,16 @@ impl NodeCore {
                         | GoAwayCode::UnexpectedNode
                         | GoAwayCode::ProtocolError
                         | GoAwayCode::SessionMismatch,
-                    ) => self.declare_dead(peer, cause),
+                    ) => {
+                        // Only while no other connection carries the peer: a surplus dial
+                        // that goes wrong says nothing about the link in use.
+                        let unlinked = self.peers.get(&peer).is_some_and(|p| {
+                            matches!(p.state, PeerState::Dialing | PeerState::AwaitingInbound)
+                        });
+                        if unlinked {
+                            self.declare_dead(peer, cause);
+                        }
+                    }
                     _ => self.handle_dial_failed(peer, DialFailure::Other, &cause.to_string(), now),
                 }
             }
