@@ -83,7 +83,7 @@ pub async fn launch(
     release: &watch::Receiver<bool>,
     close_gate: &watch::Receiver<bool>,
     delivered: &Arc<AtomicU64>,
-) -> Result<JoinSet<()>, String> {
+) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let (m_p, m_c) = (shape.producers(), shape.consumers());
     let factory = Arc::new(MessageFactory::new(BODY_SEED));
@@ -115,7 +115,7 @@ pub async fn launch(
     for opener in openers {
         tasks.spawn(opener.run());
     }
-    Ok(tasks)
+    tasks
 }
 
 /// The endpoints of one job on one node, to open and run.

@@ -54,7 +54,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
         &close_gate,
         &delivered,
     )
-    .await?;
+    .await;
     drop(events_tx);
     let monitor = Monitor::start(
         shape.node_ips(),
