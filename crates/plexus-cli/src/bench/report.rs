@@ -112,14 +112,19 @@ pub struct Report {
     pub comparisons: BTreeMap<String, Option<f64>>,
 }
 
+/// Prints `report` as exactly one line of JSON on stdout.
+pub fn print_json(report: &impl Serialize) {
+    match serde_json::to_string(report) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("plexus bench: cannot encode the report: {e}"),
+    }
+}
+
 impl Report {
     /// Prints the report: JSON on stdout, or a summary for people.
     pub fn print(&self, json: bool) {
         if json {
-            match serde_json::to_string(self) {
-                Ok(text) => println!("{text}"),
-                Err(e) => eprintln!("plexus bench: cannot encode the report: {e}"),
-            }
+            print_json(self);
             return;
         }
         let verdict = if self.verified { "VERIFIED" } else { "FAILED" };

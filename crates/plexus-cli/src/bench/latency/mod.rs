@@ -368,10 +368,7 @@ impl LatencyReport {
     /// Prints the report: JSON on stdout, or a summary for people.
     pub fn print(&self, json: bool) {
         if json {
-            match serde_json::to_string(self) {
-                Ok(text) => println!("{text}"),
-                Err(e) => eprintln!("plexus bench: cannot encode the report: {e}"),
-            }
+            super::report::print_json(self);
             return;
         }
         let verdict = if self.verified { "VERIFIED" } else { "FAILED" };
