@@ -273,7 +273,7 @@ impl NodeCore {
             if welcome {
                 c.remaining.remove(&producer);
                 if let Some(error) = outcome {
-                    c.errors.push_back(error);
+                    c.errors.push_back(*error);
                 }
             }
             return;
@@ -388,7 +388,7 @@ impl NodeCore {
             }),
         };
         if !ch.attached {
-            ch.parked_finish = Some(outcome);
+            ch.parked_finish = Some(outcome.map(Box::new));
             return Ok(());
         }
         let unused = ch.granted - ch.received;

@@ -175,7 +175,7 @@ impl NodeCore {
             .collect();
         for out in live {
             if let Some(ch) = self.out_channels.get_mut(&out) {
-                ch.state = OutState::Failed(error.clone());
+                ch.state = OutState::Failed(Box::new(error.clone()));
                 let node = ch.consumer.node;
                 if let Some(peer) = self.peers.get_mut(&node) {
                     peer.data.remove(out);
@@ -186,7 +186,7 @@ impl NodeCore {
         if let Some(p) = self.producers.get_mut(&key) {
             for consumer in &consumers {
                 p.channels
-                    .insert(*consumer, ChannelSlot::Done(Some(error.clone())));
+                    .insert(*consumer, ChannelSlot::Done(Some(Box::new(error.clone()))));
             }
         }
         for consumer in consumers {

@@ -84,7 +84,7 @@ impl NodeCore {
             return Err(TrySendError::Failed(ExchangeError::Closed));
         };
         if let OutState::Failed(e) = &ch.state {
-            return Err(TrySendError::Failed(e.clone()));
+            return Err(TrySendError::Failed((**e).clone()));
         }
         if ch.state == OutState::Finishing {
             return Err(TrySendError::Failed(ExchangeError::Closed));
@@ -150,7 +150,7 @@ impl NodeCore {
             return Err(ExchangeError::Closed);
         };
         match &ch.state {
-            OutState::Failed(e) => return Err(e.clone()),
+            OutState::Failed(e) => return Err((**e).clone()),
             OutState::Finishing => return Err(ExchangeError::Closed),
             OutState::Open => {}
         }
@@ -259,7 +259,7 @@ impl NodeCore {
         match p.channels.get(&consumer) {
             Some(ChannelSlot::Live(key)) => return Ok(*key),
             Some(ChannelSlot::Done(None)) => return Err(ExchangeError::Closed),
-            Some(ChannelSlot::Done(Some(e))) => return Err(e.clone()),
+            Some(ChannelSlot::Done(Some(e))) => return Err((**e).clone()),
             None => {}
         }
         if p.closed {
@@ -346,10 +346,10 @@ impl NodeCore {
         let Some(ch) = self.out_channels.get_mut(&key) else {
             return;
         };
-        ch.state = OutState::Failed(ExchangeError::Cancelled {
+        ch.state = OutState::Failed(Box::new(ExchangeError::Cancelled {
             consumer: ch.consumer,
             code,
-        });
+        }));
         let (job, slot) = ch.producer;
         let consumer = ch.consumer;
         if let Some(p) = self.peers.get_mut(&peer) {

@@ -138,7 +138,7 @@ pub(crate) enum ChannelSlot {
     /// The channel is open (or finishing) under this key.
     Live(OutKey),
     /// The channel is over: ended normally (`None`) or failed.
-    Done(Option<ExchangeError>),
+    Done(Option<Box<ExchangeError>>),
 }
 
 /// A producer on this node.
@@ -157,7 +157,7 @@ pub(crate) enum OutState {
     Open,
     /// `End` or `Abort` queued; the record goes once it is sent.
     Finishing,
-    Failed(ExchangeError),
+    Failed(Box<ExchangeError>),
 }
 
 /// One outgoing channel.
@@ -188,7 +188,7 @@ pub(crate) struct InChannel {
     /// When the channel was parked (its consumer did not exist yet).
     pub parked_at: Instant,
     /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`) while parked.
-    pub parked_finish: Option<Option<ExchangeError>>,
+    pub parked_finish: Option<Option<Box<ExchangeError>>>,
 }
 
 /// A consumer on this node.
