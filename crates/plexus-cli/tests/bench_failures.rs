@@ -202,3 +202,38 @@ fn chaos_kills_links_from_outside_and_the_run_ends() {
     assert_eq!(r["verified"], true, "{r}");
     assert_eq!(r["jobs_failed"], 0, "{r}");
 }
+
+#[test]
+fn nodes_per_process_groups_nodes_into_fewer_processes() {
+    let r = bench_verified(&[
+        "--spawn",
+        "--nodes",
+        "5",
+        "--nodes-per-process",
+        "2",
+        "--producers",
+        "1",
+        "--consumers",
+        "1",
+        "--jobs",
+        "1",
+        "--bytes-per-producer",
+        "256KiB",
+        "--message-size",
+        "4KiB",
+        "--first-ip",
+        "127.0.48.1",
+    ]);
+    assert_eq!(r["processes"], 3, "5 nodes, 2 per process: {r}");
+    assert_eq!(r["links_per_node_max"], 4, "{r}");
+    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
+        .args(["bench", "--nodes", "4", "--nodes-per-process", "2"])
+        .output()
+        .expect("run plexus");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--nodes-per-process needs --spawn"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes-per-process"));
+}

@@ -1,5 +1,6 @@
-//! `plexus bench-node` (hidden): one node of `plexus bench --spawn`, in a process of its
-//! own, driven by the coordinator over its stdin and stdout (see [`super::wire`]).
+//! `plexus bench-node` (hidden): one node (or a group of consecutive nodes, with
+//! `--nodes-per-process`) of `plexus bench --spawn`, in a process of its own, driven by
+//! the coordinator over its stdin and stdout (see [`super::wire`]).
 //!
 //! Invariants: stdout carries protocol lines only (logs go to stderr); the node's
 //! endpoints open only after `start` brought every node's address; `done` is sent once,
@@ -28,9 +29,12 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Options of `plexus bench-node`, set by the coordinator.
 #[derive(Clone, Debug, Args)]
 pub struct NodeArgs {
-    /// This node's id.
+    /// The id of the first node this process runs.
     #[arg(long)]
     pub node: u32,
+    /// How many nodes (consecutive ids) this process runs.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
     /// The run's shape, as JSON.
     #[arg(long)]
     pub shape: String,
@@ -45,7 +49,7 @@ pub fn main(args: NodeArgs) -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start the runtime: {e}"))?;
-            let result = runtime.block_on(serve(&shape, args.node));
+            let result = runtime.block_on(serve(&shape, args.node, args.count));
             runtime.shutdown_timeout(Duration::from_millis(100));
             result
         });
@@ -65,29 +69,35 @@ fn emit(msg: &FromNode) -> Result<(), String> {
         .map_err(|e| format!("cannot write to the coordinator: {e}"))
 }
 
-async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
-    if me >= shape.nodes() {
+async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
+    let ids: Vec<u32> = (first..first.saturating_add(count).min(shape.nodes())).collect();
+    if ids.is_empty() {
         return Err(format!(
-            "node {me} is not one of the {} nodes",
+            "nodes {first}.. are not among the {} nodes",
             shape.nodes()
         ));
     }
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
     wire::read_lines::<ToNode, _, _>(std::io::stdin(), move |line| inbox_tx.send(line).is_ok());
     let membership = Membership::new();
-    let node = host::start_node(shape, me, &membership).await?;
-    emit(&FromNode::Ready {
-        node: me,
-        addr: node.local_addr(),
-        pid: std::process::id(),
-    })?;
+    let mut nodes = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        let node = host::start_node(shape, id, &membership).await?;
+        emit(&FromNode::Ready {
+            node: id,
+            addr: node.local_addr(),
+            pid: std::process::id(),
+        })?;
+        nodes.push(node);
+    }
+    let shutdown = |nodes: &[Node]| nodes.iter().for_each(Node::shutdown);
     let (addrs, hold_close) = match inbox.recv().await {
         Some(Line::Message(ToNode::Start { addrs, hold_close })) => (addrs, hold_close),
         Some(
             Line::Message(ToNode::Exit | ToNode::Release | ToNode::CloseProducers) | Line::Closed,
         )
         | None => {
-            node.shutdown();
+            shutdown(&nodes);
             return Ok(());
         }
         Some(Line::Garbled(e)) => return Err(format!("bad message from the coordinator: {e}")),
@@ -100,7 +110,7 @@ async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
         ));
     }
     for (i, addr) in (0u32..).zip(addrs) {
-        if i != me {
+        if !ids.contains(&i) {
             membership.insert(NodeId(i), addr);
         }
     }
@@ -108,7 +118,6 @@ async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(0));
-    let nodes = [node.clone()];
     let (close_tx, close_gate) = watch::channel(!hold_close);
     let tasks = host::launch(
         &nodes,
@@ -120,7 +129,7 @@ async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
     )
     .await;
     drop(events_tx);
-    let expected = shape.endpoints_on(me);
+    let expected: usize = ids.iter().map(|&id| shape.endpoints_on(id)).sum();
     let mut finished = 0;
     if expected == 0 {
         emit(&FromNode::Done)?;
@@ -148,7 +157,7 @@ async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
                     close_tx.send_replace(true);
                 }
                 Some(Line::Message(ToNode::Exit)) => {
-                    emit(&bye(&node))?;
+                    emit(&bye(&nodes))?;
                     break;
                 }
                 Some(Line::Closed) | None => break,
@@ -164,21 +173,26 @@ async fn serve(shape: &Shape, me: u32) -> Result<(), String> {
             }
         }
     }
-    node.shutdown();
+    shutdown(&nodes);
     drop(tasks);
     Ok(())
 }
 
-/// The `bye` message: this process's peak memory and the node's link resumes.
-fn bye(node: &Node) -> FromNode {
+/// The `bye` message: this process's peak memory, and its nodes' link resumes, peak
+/// buffered bytes and longest admission wait.
+fn bye(nodes: &[Node]) -> FromNode {
     FromNode::Bye {
         rss_peak_bytes: memory::peak_rss_bytes().unwrap_or(0),
-        resume_us: host::resume_times(node)
+        resume_us: nodes
             .iter()
+            .flat_map(host::resume_times)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
             .collect(),
-        peak_buffered_bytes: node.peak_buffered(),
-        admission_wait_us: u64::try_from(node.longest_admission_wait().as_micros())
-            .unwrap_or(u64::MAX),
+        peak_buffered_bytes: nodes.iter().map(Node::peak_buffered).max().unwrap_or(0),
+        admission_wait_us: nodes
+            .iter()
+            .map(|n| u64::try_from(n.longest_admission_wait().as_micros()).unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0),
     }
 }

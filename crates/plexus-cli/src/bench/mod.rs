@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// Run every node in an OS process of its own.
     #[arg(long)]
     pub spawn: bool,
+    /// With --spawn, run this many nodes (consecutive ids) in each OS process, so that
+    /// more nodes than one process's file descriptors allow can run on one machine.
+    #[arg(long, default_value_t = 1)]
+    pub nodes_per_process: u32,
     /// SIGKILL this node's process (needs --spawn and --kill-at-ms).
     #[arg(long)]
     pub kill_node: Option<u32>,
@@ -142,10 +146,16 @@ impl BenchArgs {
 
     /// Checks the options that go together.
     fn check(&self) -> Result<(), String> {
+        if self.nodes_per_process == 0 || (self.nodes_per_process > 1 && !self.spawn) {
+            return Err("--nodes-per-process needs --spawn and must be at least 1".into());
+        }
         match (self.kill_node, self.kill_at_ms) {
             (None, None) => {}
             (Some(_), None) | (None, Some(_)) => {
                 return Err("--kill-node and --kill-at-ms go together".into())
+            }
+            (Some(_), Some(_)) if self.nodes_per_process > 1 => {
+                return Err("--kill-node needs one node per process (--nodes-per-process 1)".into())
             }
             (Some(_), Some(_)) if !self.spawn => {
                 return Err(

@@ -47,7 +47,8 @@ pub fn run(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
-    let mut fleet = Fleet::spawn(&exe, shape.nodes(), &shape_json, &inbox_tx)?;
+    let group = args.nodes_per_process.max(1);
+    let mut fleet = Fleet::spawn(&exe, shape.nodes(), group, &shape_json, &inbox_tx)?;
     drop(inbox_tx);
     let result = runtime.block_on(coordinate(shape, args, &mut fleet, inbox));
     fleet.shut_down(EXIT_GRACE);
@@ -74,16 +75,19 @@ impl Fleet {
     fn spawn(
         exe: &Path,
         nodes: u32,
+        group: u32,
         shape_json: &str,
         inbox: &mpsc::UnboundedSender<Inbound>,
     ) -> Result<Fleet, String> {
         let mut fleet = Fleet { procs: Vec::new() };
-        for i in 0..nodes {
+        for i in 0..nodes.div_ceil(group) {
             let mut child = Command::new(exe)
                 .args([
                     "bench-node",
                     "--node",
-                    &i.to_string(),
+                    &(i * group).to_string(),
+                    "--count",
+                    &group.to_string(),
                     "--shape",
                     shape_json,
                 ])
@@ -91,7 +95,7 @@ impl Fleet {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
-                .map_err(|e| format!("cannot start the process of node {i}: {e}"))?;
+                .map_err(|e| format!("cannot start node process {i}: {e}"))?;
             let stdin = child.stdin.take();
             let stdout = child.stdout.take();
             fleet.procs.push(NodeProcess {
@@ -99,7 +103,7 @@ impl Fleet {
                 stdin,
                 reaped: false,
             });
-            let stdout = stdout.ok_or(format!("node {i} has no stdout pipe"))?;
+            let stdout = stdout.ok_or(format!("node process {i} has no stdout pipe"))?;
             let tx = inbox.clone();
             let index = i as usize;
             wire::read_lines(stdout, move |line| tx.send((index, line)).is_ok());
@@ -131,14 +135,14 @@ impl Fleet {
         let p = self
             .procs
             .get_mut(i)
-            .ok_or(format!("no node {i} to kill"))?;
+            .ok_or(format!("no node process {i} to kill"))?;
         p.child
             .kill()
-            .map_err(|e| format!("cannot kill node {i}: {e}"))?;
+            .map_err(|e| format!("cannot kill node process {i}: {e}"))?;
         p.stdin = None;
         p.child
             .wait()
-            .map_err(|e| format!("cannot reap node {i}: {e}"))?;
+            .map_err(|e| format!("cannot reap node process {i}: {e}"))?;
         p.reaped = true;
         Ok(())
     }
@@ -195,12 +199,13 @@ enum NodeState {
 /// Waits for every node to listen; returns their addresses and process ids.
 async fn await_ready(
     nodes: usize,
+    group: usize,
     inbox: &mut mpsc::UnboundedReceiver<Inbound>,
     deadline: Instant,
     timeout_s: u64,
 ) -> Result<(Vec<SocketAddr>, Vec<u32>), String> {
     let mut addrs = vec![None; nodes];
-    let mut pids = vec![0; nodes];
+    let mut pids = vec![0; nodes.div_ceil(group)];
     while addrs.iter().any(Option::is_none) {
         let (i, line) = match timeout_at(deadline, inbox.recv()).await {
             Err(_) => {
@@ -212,15 +217,27 @@ async fn await_ready(
             Ok(Some(got)) => got,
         };
         match line {
-            Line::Message(FromNode::Ready { node, addr, pid }) if node as usize == i => {
-                addrs[i] = Some(addr);
+            Line::Message(FromNode::Ready { node, addr, pid })
+                if node as usize / group == i && (node as usize) < nodes =>
+            {
+                addrs[node as usize] = Some(addr);
                 pids[i] = pid;
             }
-            Line::Message(FromNode::Failed { error }) => return Err(format!("node {i}: {error}")),
-            Line::Closed => return Err(format!("node {i}'s process exited before listening")),
-            Line::Garbled(e) => return Err(format!("node {i} said something unreadable: {e}")),
+            Line::Message(FromNode::Failed { error }) => {
+                return Err(format!("node process {i}: {error}"))
+            }
+            Line::Closed => {
+                return Err(format!(
+                    "node process {i}'s process exited before listening"
+                ))
+            }
+            Line::Garbled(e) => {
+                return Err(format!("node process {i} said something unreadable: {e}"))
+            }
             Line::Message(other) => {
-                return Err(format!("node {i} sent {other:?} before it listened"))
+                return Err(format!(
+                    "node process {i} sent {other:?} before it listened"
+                ))
             }
         }
     }
@@ -234,10 +251,12 @@ async fn coordinate(
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Result<Report, String> {
     let n = shape.nodes() as usize;
+    let group = args.nodes_per_process.max(1) as usize;
+    let processes = n.div_ceil(group);
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let (addrs, pids) = await_ready(n, &mut inbox, deadline, args.timeout_s).await?;
+    let (addrs, pids) = await_ready(n, group, &mut inbox, deadline, args.timeout_s).await?;
     let own_pid = std::process::id();
-    let processes = pids
+    let distinct_pids = pids
         .iter()
         .filter(|&&p| p != own_pid)
         .collect::<BTreeSet<_>>()
@@ -264,15 +283,19 @@ async fn coordinate(
         .map(|(node, ms)| (node, start + Duration::from_millis(ms)));
 
     let mut record = RunRecord {
-        processes,
+        processes: distinct_pids,
         ..RunRecord::default()
     };
-    let mut state = vec![NodeState::Running; n];
-    let mut healthy_left: Vec<usize> = (0..shape.nodes())
-        .map(|i| shape.healthy_consumers_on(i))
+    let mut state = vec![NodeState::Running; processes];
+    let mut healthy_left: Vec<usize> = (0..processes)
+        .map(|p| {
+            (p * group..((p + 1) * group).min(n))
+                .map(|node| shape.healthy_consumers_on(node as u32))
+                .sum()
+        })
         .collect();
     let mut tally = HealthyTally::new(healthy_left.iter().sum());
-    let mut progress = vec![0u64; n];
+    let mut progress = vec![0u64; processes];
     // When producers may close: once every surviving endpoint of the jobs the killed node
     // spans has ended (with its error), or `CLOSE_RELEASE_BOUND` after the kill.
     let mut close_release: Option<CloseRelease> = None;
@@ -309,22 +332,22 @@ async fn coordinate(
                     }
                     Line::Message(FromNode::Done) => *node_state = NodeState::Done,
                     Line::Message(FromNode::Bye { .. }) => {
-                        record.errors.push(format!("node {i} said bye before it was asked"));
+                        record.errors.push(format!("node process {i} said bye before it was asked"));
                     }
                     Line::Message(FromNode::Failed { error }) => {
-                        record.errors.push(format!("node {i}: {error}"));
+                        record.errors.push(format!("node process {i}: {error}"));
                     }
                     Line::Message(FromNode::Ready { .. }) => {
-                        record.errors.push(format!("node {i} said it was ready twice"));
+                        record.errors.push(format!("node process {i} said it was ready twice"));
                     }
                     Line::Garbled(e) => {
-                        record.errors.push(format!("node {i} said something unreadable: {e}"));
+                        record.errors.push(format!("node process {i} said something unreadable: {e}"));
                     }
                     Line::Closed => {
                         let killed = record.kill.is_some_and(|k| k.node as usize == i);
                         if !killed {
                             record.errors.push(format!(
-                                "node {i}'s process (pid {}) exited unexpectedly",
+                                "node process {i}'s process (pid {}) exited unexpectedly",
                                 pids[i]
                             ));
                         }
@@ -455,7 +478,7 @@ async fn collect_byes(
             Line::Closed if *node_state != NodeState::Gone => {
                 record
                     .errors
-                    .push(format!("node {i} exited without saying bye"));
+                    .push(format!("node process {i} exited without saying bye"));
                 *node_state = NodeState::Gone;
             }
             Line::Closed => {}
@@ -468,8 +491,8 @@ async fn collect_byes(
         .enumerate()
         .filter(|(_, &s)| s != NodeState::Gone)
     {
-        record
-            .errors
-            .push(format!("node {i} did not say bye within {EXIT_GRACE:?}"));
+        record.errors.push(format!(
+            "node process {i} did not say bye within {EXIT_GRACE:?}"
+        ));
     }
 }
