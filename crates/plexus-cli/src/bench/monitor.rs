@@ -80,7 +80,7 @@ async fn sample_links(
 }
 
 /// Most established connections any of `ips` holds, per the OS socket table.
-fn max_links(ips: &[Ipv4Addr]) -> usize {
+pub fn max_links(ips: &[Ipv4Addr]) -> usize {
     let Ok(counts) = sockets::established_by_local_ip() else {
         return 0;
     };

@@ -11,7 +11,8 @@
 //! high-water marks hold about 1 MiB per pipe (at most ZeroMQ's default of 1000 messages),
 //! so a slow consumer blocks its producers instead of growing queues without bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use plexus::Endpoint;
 use tokio::sync::mpsc;
 
 use super::super::host::BODY_SEED;
-use super::super::monitor::Monitor;
+use super::super::monitor::{self, Monitor};
 use super::super::roles::{EndpointError, EndpointOutcome, Moved, Role};
 use super::super::shape::Shape;
 use super::super::transport::endpoint_outcome;
@@ -56,8 +57,9 @@ async fn measure(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult
         delivered.clone(),
         json,
     );
+    let sample = Arc::new(LinkSample::new(shape));
     let start = Instant::now();
-    let (outcomes, errors) = match launch(shape, deadline, &delivered) {
+    let (outcomes, errors) = match launch(shape, deadline, &delivered, &sample) {
         Ok((expected, events)) => gather(expected, events, deadline).await,
         Err(e) => (Vec::new(), vec![e]),
     };
@@ -65,7 +67,9 @@ async fn measure(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult
         outcomes,
         errors,
         elapsed_s: start.elapsed().as_secs_f64(),
-        links_per_node_max: monitor.finish(),
+        links_per_node_max: monitor
+            .finish()
+            .max(sample.links_max.load(Ordering::Relaxed)),
         processes: 1,
         ..RunRecord::default()
     };
@@ -86,12 +90,44 @@ fn too_many_sockets(shape: &Shape) -> Option<String> {
     })
 }
 
+/// Counts the producers down to the end of their first round (one message to each of
+/// their consumers, so every socket of theirs is connected); the last one counts the
+/// links. The monitor's sampler competes for the CPU with every endpoint thread and may
+/// miss the moment every connection is up; this sample does not.
+struct LinkSample {
+    left: AtomicUsize,
+    ips: Vec<Ipv4Addr>,
+    links_max: AtomicUsize,
+}
+
+impl LinkSample {
+    fn new(shape: &Shape) -> LinkSample {
+        let producers = (0..shape.jobs())
+            .map(|j| shape.job_nodes(j).len() * shape.producers() as usize)
+            .sum();
+        LinkSample {
+            left: AtomicUsize::new(producers),
+            ips: shape.node_ips(),
+            links_max: AtomicUsize::new(0),
+        }
+    }
+
+    /// A producer finished its first round.
+    fn first_round_done(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let links = monitor::max_links(&self.ips);
+            self.links_max.fetch_max(links, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Binds every consumer, then starts one thread per endpoint. Returns how many outcomes
 /// to expect and where they arrive.
 fn launch(
     shape: &Shape,
     deadline: Instant,
     delivered: &Arc<AtomicU64>,
+    sample: &Arc<LinkSample>,
 ) -> Result<(usize, mpsc::UnboundedReceiver<EndpointOutcome>), String> {
     let contexts: Vec<zmq::Context> = (0..shape.nodes()).map(|_| zmq::Context::new()).collect();
     let hwm = (PIPE_BYTES / u64::from(shape.plan().message_size())).clamp(16, 1000) as i32;
@@ -153,9 +189,10 @@ fn launch(
                     sockets.push((*id, socket));
                 }
                 let (shape, events, factory) = (shape.clone(), events.clone(), factory.clone());
+                let sample = sample.clone();
                 expected += 1;
                 spawn(format!("zmq-p{j}-{me}"), move || {
-                    let (moved, error) = produce(&sockets, &shape, j, me, &factory);
+                    let (moved, error) = produce(&sockets, &shape, j, me, &factory, &sample);
                     drop(sockets);
                     let _ = events.send(endpoint_outcome(j, me, Role::Producer, moved, error));
                 })?;
@@ -214,6 +251,7 @@ fn produce(
     job: u32,
     me: Endpoint,
     factory: &MessageFactory,
+    sample: &LinkSample,
 ) -> (Moved, Option<EndpointError>) {
     let plan = shape.plan();
     let my_id = shape.producer_id(me);
@@ -232,6 +270,9 @@ fn produce(
             }
             moved.bytes += message.len() as u64;
             moved.messages += 1;
+        }
+        if seq == 0 {
+            sample.first_round_done();
         }
     }
     (moved, None)
