@@ -122,14 +122,12 @@ async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
     if shared.local_ip.is_ipv4() == addr.is_ipv4() {
         socket.bind(SocketAddr::new(shared.local_ip, 0))?;
     }
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
-/// Runs a reader and a writer for `link` over `stream`.
+/// Runs a reader and a writer for `link` over `stream` (dialled or accepted).
 fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");

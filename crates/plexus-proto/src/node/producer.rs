@@ -69,31 +69,13 @@ impl NodeCore {
         consumer: Endpoint,
         payload: Bytes,
     ) -> Result<(), TrySendError> {
-        if payload.len() > self.config.max_message as usize {
-            return Err(TrySendError::Failed(ExchangeError::MessageTooLarge {
-                len: payload.len(),
-                max: self.config.max_message,
-            }));
-        }
-        let producer = (job, slot);
-        let key = self
-            .live_channel(producer, consumer)
-            .map_err(TrySendError::Failed)?;
-        let policy = self.send_policy;
-        let Some(ch) = self.out_channels.get_mut(&key) else {
-            return Err(TrySendError::Failed(ExchangeError::Closed));
-        };
-        if let OutState::Failed(e) = &ch.state {
-            return Err(TrySendError::Failed((**e).clone()));
-        }
-        if ch.state == OutState::Finishing {
-            return Err(TrySendError::Failed(ExchangeError::Closed));
-        }
         let cost = message_cost(payload.len());
-        if !self.send_room_for(cost) {
-            self.wait_for_send_room(job, slot, consumer);
-            return Err(TrySendError::NoCredit(payload));
-        }
+        let key = match self.sendable_channel(job, slot, consumer, payload.len()) {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(TrySendError::NoCredit(payload)),
+            Err(e) => return Err(TrySendError::Failed(e)),
+        };
+        let policy = self.send_policy;
         let Some(ch) = self.out_channels.get_mut(&key) else {
             return Err(TrySendError::Failed(ExchangeError::Closed));
         };
@@ -138,31 +120,14 @@ impl NodeCore {
         consumer: Endpoint,
         len: usize,
     ) -> Result<bool, ExchangeError> {
-        if len > self.config.max_message as usize {
-            return Err(ExchangeError::MessageTooLarge {
-                len,
-                max: self.config.max_message,
-            });
-        }
-        let key = self.live_channel((job, slot), consumer)?;
+        let Some(key) = self.sendable_channel(job, slot, consumer, len)? else {
+            return Ok(false);
+        };
         let policy = self.send_policy;
         let Some(ch) = self.out_channels.get_mut(&key) else {
             return Err(ExchangeError::Closed);
         };
-        match &ch.state {
-            OutState::Failed(e) => return Err((**e).clone()),
-            OutState::Finishing => return Err(ExchangeError::Closed),
-            OutState::Open => {}
-        }
-        let cost = message_cost(len);
-        if !self.send_room_for(cost) {
-            self.wait_for_send_room(job, slot, consumer);
-            return Ok(false);
-        }
-        let Some(ch) = self.out_channels.get_mut(&key) else {
-            return Err(ExchangeError::Closed);
-        };
-        let (ok, request) = ch.credit.check(cost, policy);
+        let (ok, request) = ch.credit.check(message_cost(len), policy);
         if let Some(r) = request {
             let wire = ch.wire;
             self.push_control(
@@ -175,6 +140,36 @@ impl NodeCore {
             );
         }
         Ok(ok)
+    }
+
+    /// The open channel from producer `(job, slot)` to `consumer` that a message of `len`
+    /// bytes may go on, as far as everything but its credit goes: `Ok(None)` while the
+    /// node's send buffer is full (the producer is woken when it drains), an error when
+    /// the message or the channel cannot go at all.
+    fn sendable_channel(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumer: Endpoint,
+        len: usize,
+    ) -> Result<Option<OutKey>, ExchangeError> {
+        if len > self.config.max_message as usize {
+            return Err(ExchangeError::MessageTooLarge {
+                len,
+                max: self.config.max_message,
+            });
+        }
+        let key = self.live_channel((job, slot), consumer)?;
+        match self.out_channels.get(&key).map(|ch| &ch.state) {
+            None | Some(OutState::Finishing) => return Err(ExchangeError::Closed),
+            Some(OutState::Failed(e)) => return Err((**e).clone()),
+            Some(OutState::Open) => {}
+        }
+        if !self.send_room_for(message_cost(len)) {
+            self.wait_for_send_room(job, slot, consumer);
+            return Ok(None);
+        }
+        Ok(Some(key))
     }
 
     /// Remembers to wake `consumer`'s channel of producer `(job, slot)` once the send
