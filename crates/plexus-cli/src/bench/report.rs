@@ -7,10 +7,12 @@
 //! system asked for.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Serialize;
 
 use super::baseline::BaselineResult;
+use super::shape::Shape;
 use super::size::format_bytes;
 
 /// Everything a bench run measured.
@@ -22,18 +24,9 @@ pub struct Report {
     /// Why the run did not verify, if it did not.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    /// Nodes in the cluster (n).
-    pub nodes: u32,
-    /// Nodes each job uses (N), spread round robin: job j uses nodes (j·N + i) mod n.
-    pub nodes_per_job: u32,
-    /// Producers per node and job (m_p).
-    pub producers_per_node: u32,
-    /// Consumers per node and job (m_c).
-    pub consumers_per_node: u32,
-    /// Jobs (k).
-    pub jobs: u32,
-    /// Logical channels: k · (N·m_p) · (N·m_c).
-    pub channels: u64,
+    /// The run's shape.
+    #[serde(flatten)]
+    pub shape: ShapeFields,
     /// Size of every message but a channel's last, header included.
     pub message_size: u64,
     /// Payload bytes delivered to consumers.
@@ -112,6 +105,53 @@ pub struct Report {
     pub comparisons: BTreeMap<String, Option<f64>>,
 }
 
+/// The shape of a run, as every report gives it (flattened into the report's object).
+#[derive(Clone, Debug, Serialize)]
+pub struct ShapeFields {
+    /// Nodes in the cluster (n).
+    pub nodes: u32,
+    /// Nodes each job uses (N), spread round robin: job j uses nodes (j·N + i) mod n.
+    pub nodes_per_job: u32,
+    /// Producers per node and job (m_p).
+    pub producers_per_node: u32,
+    /// Consumers per node and job (m_c).
+    pub consumers_per_node: u32,
+    /// Jobs (k).
+    pub jobs: u32,
+    /// Logical channels: k · (N·m_p) · (N·m_c).
+    pub channels: u64,
+}
+
+impl ShapeFields {
+    /// The fields of `shape`.
+    pub fn of(shape: &Shape) -> ShapeFields {
+        ShapeFields {
+            nodes: shape.nodes(),
+            nodes_per_job: shape.nodes_per_job(),
+            producers_per_node: shape.producers(),
+            consumers_per_node: shape.consumers(),
+            jobs: shape.jobs(),
+            channels: shape.channels(),
+        }
+    }
+}
+
+/// The summary's "k jobs × N of n nodes × (m_p producers + m_c consumers) = c channels".
+impl fmt::Display for ShapeFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} jobs × {} of {} nodes × ({} producers + {} consumers) = {} channels",
+            self.jobs,
+            self.nodes_per_job,
+            self.nodes,
+            self.producers_per_node,
+            self.consumers_per_node,
+            self.channels
+        )
+    }
+}
+
 /// Prints `report` as exactly one line of JSON on stdout.
 pub fn print_json(report: &impl Serialize) {
     match serde_json::to_string(report) {
@@ -129,14 +169,8 @@ impl Report {
         }
         let verdict = if self.verified { "VERIFIED" } else { "FAILED" };
         println!(
-            "plexus bench: {verdict}: {} jobs × {} of {} nodes × ({} producers + {} consumers) = {} channels, in {} process(es)",
-            self.jobs,
-            self.nodes_per_job,
-            self.nodes,
-            self.producers_per_node,
-            self.consumers_per_node,
-            self.channels,
-            self.processes
+            "plexus bench: {verdict}: {}, in {} process(es)",
+            self.shape, self.processes
         );
         for e in &self.errors {
             println!("  error: {e}");

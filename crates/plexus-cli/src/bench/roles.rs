@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::shape::Shape;
-use super::workload::{ChannelVerifier, MessageFactory, Plan};
+use super::workload::{MessageFactory, Plan};
 
 /// Which role an endpoint plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -296,13 +296,7 @@ pub async fn consume(
 ) -> (Moved, Option<EndpointError>) {
     let me = rx.endpoint();
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
-    let producers = shape
-        .topology(job)
-        .producers()
-        .iter()
-        .map(|&p| shape.producer_id(p))
-        .collect::<Vec<_>>();
-    let mut verifier = ChannelVerifier::new(shape.consumer_id(me), producers, shape.plan());
+    let mut verifier = shape.consumer_verifier(job, me);
     let mut moved = Moved::default();
     let mut error = None;
     if ctx.stalled {

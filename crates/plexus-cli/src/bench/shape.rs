@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use plexus::{Config, Endpoint, JobId, NodeId, Topology};
 use serde::{Deserialize, Serialize};
 
-use super::workload::Plan;
+use super::workload::{ChannelVerifier, Plan};
 
 /// Beyond this many nodes on one machine, liveness timers are relaxed (see `node_config`).
 const CROWDED_NODES: u32 = 64;
@@ -285,6 +285,26 @@ impl Shape {
     /// The workload's id of consumer `e` (unique within a job).
     pub fn consumer_id(&self, e: Endpoint) -> u32 {
         e.node.0 * self.spec.consumers + e.slot
+    }
+
+    /// Job `j`'s consumers, each with its workload id: whom a producer of `j` sends to.
+    pub fn addressed_consumers(&self, j: u32) -> Vec<(Endpoint, u32)> {
+        self.topology(j)
+            .consumers()
+            .iter()
+            .map(|&c| (c, self.consumer_id(c)))
+            .collect()
+    }
+
+    /// The verifier of consumer `me` of job `j`: expects every producer of `j`'s plan.
+    pub fn consumer_verifier(&self, j: u32, me: Endpoint) -> ChannelVerifier {
+        let producers = self
+            .topology(j)
+            .producers()
+            .iter()
+            .map(|&p| self.producer_id(p))
+            .collect::<Vec<_>>();
+        ChannelVerifier::new(self.consumer_id(me), producers, self.plan())
     }
 
     /// Logical channels: k · (N·m_p) · (N·m_c).

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::report::Report;
+use super::report::{Report, ShapeFields};
 use super::roles::{EndpointOutcome, Role};
 use super::shape::Shape;
 
@@ -223,12 +223,7 @@ fn build_report(
     Report {
         verified: errors.is_empty(),
         errors,
-        nodes: shape.nodes(),
-        nodes_per_job: shape.nodes_per_job(),
-        producers_per_node: shape.producers(),
-        consumers_per_node: shape.consumers(),
-        jobs: shape.jobs(),
-        channels: shape.channels(),
+        shape: ShapeFields::of(shape),
         message_size: u64::from(shape.plan().message_size()),
         bytes_total: bytes,
         messages_total: messages,

@@ -1,6 +1,6 @@
 //! The throughput workload's roles over any [`Transport`](super::super::transport):
 //! the same messages ([`MessageFactory`], same seed as the plexus run) and the same
-//! checks ([`ChannelVerifier`]) as plexus's own roles, so every system moves and verifies
+//! checks ([`ChannelVerifier`](super::super::workload::ChannelVerifier)) as plexus's own roles, so every system moves and verifies
 //! exactly the same bytes.
 //!
 //! Invariants: a producer sends its whole plan, one message to each consumer of its job
@@ -17,7 +17,7 @@ use super::super::host::BODY_SEED;
 use super::super::roles::{EndpointError, Moved};
 use super::super::shape::Shape;
 use super::super::transport::{ConsumeFn, ProduceFn, Sink, Source};
-use super::super::workload::{ChannelVerifier, MessageFactory};
+use super::super::workload::MessageFactory;
 
 /// The producer and consumer roles of the throughput workload of `shape`; consumers add
 /// what they receive to `delivered`.
@@ -57,12 +57,7 @@ async fn produce<S: Sink>(
 ) -> (Moved, Option<EndpointError>) {
     let plan = shape.plan();
     let my_id = shape.producer_id(me);
-    let consumers: Vec<(Endpoint, u32)> = shape
-        .topology(job)
-        .consumers()
-        .iter()
-        .map(|&c| (c, shape.consumer_id(c)))
-        .collect();
+    let consumers = shape.addressed_consumers(job);
     let fail = |e: String| {
         EndpointError::other(format!("job {} producer {me}: {e}", Shape::job_id(job).0))
     };
@@ -79,10 +74,7 @@ async fn produce<S: Sink>(
         }
         tokio::task::yield_now().await;
     }
-    match sink.finish().await {
-        Ok(()) => (moved, None),
-        Err(e) => (moved, Some(fail(e))),
-    }
+    (moved, sink.finish().await.err().map(fail))
 }
 
 async fn consume<R: Source>(
@@ -93,13 +85,7 @@ async fn consume<R: Source>(
     delivered: Arc<AtomicU64>,
 ) -> (Moved, Option<EndpointError>) {
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
-    let producers = shape
-        .topology(job)
-        .producers()
-        .iter()
-        .map(|&p| shape.producer_id(p))
-        .collect::<Vec<_>>();
-    let mut verifier = ChannelVerifier::new(shape.consumer_id(me), producers, shape.plan());
+    let mut verifier = shape.consumer_verifier(job, me);
     let mut moved = Moved::default();
     while let Some(item) = source.recv().await {
         let (from, message) = match item {

@@ -25,7 +25,7 @@ use super::super::roles::{EndpointError, EndpointOutcome, Moved, Role};
 use super::super::shape::Shape;
 use super::super::transport::endpoint_outcome;
 use super::super::verdict::RunRecord;
-use super::super::workload::{ChannelVerifier, MessageFactory};
+use super::super::workload::MessageFactory;
 use super::{fds, BaselineResult, System};
 
 /// File descriptors each channel costs: its PUSH socket's mailbox and both connection ends.
@@ -287,13 +287,7 @@ fn consume(
 ) -> (Moved, Option<EndpointError>) {
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
-    let producers = shape
-        .topology(job)
-        .producers()
-        .iter()
-        .map(|&p| shape.producer_id(p))
-        .collect::<Vec<_>>();
-    let mut verifier = ChannelVerifier::new(shape.consumer_id(me), producers, shape.plan());
+    let mut verifier = shape.consumer_verifier(job, me);
     let mut moved = Moved::default();
     let (mut tag, mut message) = (zmq::Message::new(), zmq::Message::new());
     while !verifier.is_complete() {

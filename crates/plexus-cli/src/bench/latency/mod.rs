@@ -29,6 +29,7 @@ use super::baseline::raw_tcp::RawTcp;
 use super::baseline::System;
 use super::host;
 use super::monitor::Monitor;
+use super::report::ShapeFields;
 use super::shape::Shape;
 use super::transport::{self, Faults, Sink, Source, Transport};
 use super::verdict::{self, RunRecord};
@@ -86,18 +87,9 @@ pub struct LatencyReport {
     /// Why not, if not.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    /// Nodes in the cluster (n).
-    pub nodes: u32,
-    /// Nodes each job uses (N).
-    pub nodes_per_job: u32,
-    /// Producers per node and job.
-    pub producers_per_node: u32,
-    /// Consumers per node and job.
-    pub consumers_per_node: u32,
-    /// Jobs (k).
-    pub jobs: u32,
-    /// Logical channels.
-    pub channels: u64,
+    /// The run's shape.
+    #[serde(flatten)]
+    pub shape: ShapeFields,
     /// Size of every message, header included.
     pub message_size: u32,
     /// Messages per second asked for, over the whole run.
@@ -156,12 +148,7 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
         mode: "latency",
         verified,
         errors,
-        nodes: shape.nodes(),
-        nodes_per_job: shape.nodes_per_job(),
-        producers_per_node: shape.producers(),
-        consumers_per_node: shape.consumers(),
-        jobs: shape.jobs(),
-        channels: shape.channels(),
+        shape: ShapeFields::of(&shape),
         message_size: MESSAGE_LEN,
         offered_rate: rate,
         messages_per_channel: shape.plan().messages(),
@@ -373,16 +360,8 @@ impl LatencyReport {
         }
         let verdict = if self.verified { "VERIFIED" } else { "FAILED" };
         println!(
-            "plexus bench --latency: {verdict}: {} jobs × {} of {} nodes × ({} producers + {} consumers) = {} channels; {}-byte messages at {:.0}/s for {:.2} s",
-            self.jobs,
-            self.nodes_per_job,
-            self.nodes,
-            self.producers_per_node,
-            self.consumers_per_node,
-            self.channels,
-            self.message_size,
-            self.offered_rate,
-            self.schedule_s
+            "plexus bench --latency: {verdict}: {}; {}-byte messages at {:.0}/s for {:.2} s",
+            self.shape, self.message_size, self.offered_rate, self.schedule_s
         );
         for e in &self.errors {
             println!("  error: {e}");

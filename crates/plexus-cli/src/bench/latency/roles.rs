@@ -11,7 +11,7 @@
 //! the timer's coarseness does not. Consumers record `now - stamp` in an HDR histogram.
 //!
 //! Invariants: every channel carries exactly its plan's messages, in sequence order, and
-//! every consumer checks them with a [`ChannelVerifier`] (order, completeness, CRC); a
+//! every consumer checks them with a [`ChannelVerifier`](super::super::workload::ChannelVerifier) (order, completeness, CRC); a
 //! consumer merges its histogram into the run's when its stream ends, failed or not.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use plexus::Endpoint;
 use super::super::roles::{EndpointError, Moved};
 use super::super::shape::Shape;
 use super::super::transport::{ConsumeFn, ProduceFn, Sink, Source};
-use super::super::workload::{ChannelVerifier, Header, HEADER_LEN};
+use super::super::workload::{Header, HEADER_LEN};
 
 /// Size of every latency message, header included.
 pub const MESSAGE_LEN: u32 = 128;
@@ -163,12 +163,7 @@ async fn produce<S: Sink>(
     let shape = &timing.shape;
     let my_id = shape.producer_id(me);
     let number = producer_number(shape, job, me);
-    let consumers: Vec<(Endpoint, u32)> = shape
-        .topology(job)
-        .consumers()
-        .iter()
-        .map(|&c| (c, shape.consumer_id(c)))
-        .collect();
+    let consumers = shape.addressed_consumers(job);
     let fail = |e: String| {
         EndpointError::other(format!("job {} producer {me}: {e}", Shape::job_id(job).0))
     };
@@ -195,10 +190,7 @@ async fn produce<S: Sink>(
         moved.messages += 1;
     }
     timing.lag_max_ns.fetch_max(lag_max, Ordering::Relaxed);
-    match sink.finish().await {
-        Ok(()) => (moved, None),
-        Err(e) => (moved, Some(fail(e))),
-    }
+    (moved, sink.finish().await.err().map(fail))
 }
 
 async fn consume<R: Source>(
@@ -210,13 +202,7 @@ async fn consume<R: Source>(
     let shape = &timing.shape;
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
-    let producers = shape
-        .topology(job)
-        .producers()
-        .iter()
-        .map(|&p| shape.producer_id(p))
-        .collect::<Vec<_>>();
-    let mut verifier = ChannelVerifier::new(shape.consumer_id(me), producers, shape.plan());
+    let mut verifier = shape.consumer_verifier(job, me);
     let mut latencies = match histogram() {
         Ok(h) => h,
         Err(e) => return (Moved::default(), fail(e)),
@@ -267,7 +253,7 @@ async fn consume<R: Source>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::Plan;
+    use crate::bench::workload::{ChannelVerifier, Plan};
 
     #[test]
     fn histograms_keep_microseconds_apart_and_merge() {
