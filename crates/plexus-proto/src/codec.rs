@@ -1,7 +1,8 @@
 //! Byte layout of frames: encoding into buffers and incremental, bounded decoding.
 //!
 //! Layout: `len: u32 LE` (bytes after this field), `kind: u8`, then the kind's fields in
-//! little endian. `Data` carries its payload as the rest of the frame.
+//! little endian. `Data` carries its payload as the rest of the frame, `Batch` its messages
+//! (see [`crate::batch`]).
 //!
 //! Invariants: decoding never panics on any input, never allocates more than the frame it
 //! has fully received, and refuses any frame whose declared length exceeds the decoder's
@@ -10,6 +11,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::batch::{BatchError, MessageBatch};
 use crate::frame::{CancelCode, Frame, GoAwayCode};
 use crate::ids::{JobId, NodeId, WireChannel};
 
@@ -37,6 +39,7 @@ const KIND_ABORT: u8 = 11;
 const KIND_ACK: u8 = 12;
 const KIND_CANCEL_JOB: u8 = 13;
 const KIND_JOB_FAILED: u8 = 14;
+const KIND_BATCH: u8 = 15;
 
 /// A frame that could not be decoded. Any of these closes the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,10 +66,13 @@ pub enum DecodeError {
     /// A frame with an empty body (no kind byte).
     #[error("empty frame")]
     Empty,
+    /// A `Batch` frame whose messages are malformed.
+    #[error("malformed batch: {0}")]
+    BadBatch(#[from] BatchError),
 }
 
-/// Appends a control frame (anything but `Data`) or a whole `Data` frame to `out`.
-/// For `Data`, this copies the payload; use [`encode_data_header`] to avoid that.
+/// Appends a frame to `out`. For `Data` and `Batch`, this copies the payload; use
+/// [`encode_data_header`] or [`encode_batch_header`] to avoid that.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     match frame {
         Frame::Hello {
@@ -117,6 +123,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         Frame::Data { channel, payload } => {
             encode_data_header(*channel, payload.len(), out);
             out.put_slice(payload);
+        }
+        Frame::Batch { channel, messages } => {
+            encode_batch_header(*channel, messages.body().len(), out);
+            out.put_slice(messages.body());
         }
         Frame::Backlog {
             channel,
@@ -169,6 +179,19 @@ pub fn encode_data_header(channel: WireChannel, payload_len: usize, out: &mut By
     out.reserve(DATA_HEADER_LEN);
     out.put_u32_le(body);
     out.put_u8(KIND_DATA);
+    out.put_u32_le(channel.0);
+}
+
+/// Appends the header of a `Batch` frame whose body of `body_len` bytes the caller sends
+/// next, by reference.
+///
+/// # Panics
+/// If `body_len` does not fit the 32-bit length field; batches are a few KiB.
+pub fn encode_batch_header(channel: WireChannel, body_len: usize, out: &mut BytesMut) {
+    let body = u32::try_from(1 + 4 + body_len).expect("batch bounded by the frame limit");
+    out.reserve(DATA_HEADER_LEN);
+    out.put_u32_le(body);
+    out.put_u8(KIND_BATCH);
     out.put_u32_le(channel.0);
 }
 
@@ -312,6 +335,21 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
                 std::mem::take(body).freeze()
             };
             Frame::Data { channel, payload }
+        }
+        KIND_BATCH => {
+            if len < 4 {
+                return Err(DecodeError::BadLength { kind, len: len + 1 });
+            }
+            let channel = WireChannel(body.get_u32_le());
+            let body = if body.len() < COPY_OUT_BELOW {
+                Bytes::copy_from_slice(body)
+            } else {
+                std::mem::take(body).freeze()
+            };
+            Frame::Batch {
+                channel,
+                messages: MessageBatch::parse(body)?,
+            }
         }
         KIND_BACKLOG => {
             exact(12)?;

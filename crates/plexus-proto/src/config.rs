@@ -162,8 +162,10 @@ impl Config {
         crate::credit::message_cost(self.max_message as usize)
     }
 
-    /// Largest frame body the decoder accepts: a data frame of the largest message.
+    /// Largest frame body the decoder accepts: a data frame of the largest message, or a
+    /// full batch of small messages, whichever is larger.
     pub fn max_frame_body(&self) -> usize {
-        crate::codec::data_frame_len(self.max_message as usize)
+        let payload = (self.max_message as usize).max(crate::batch::BATCH_BODY_MAX);
+        crate::codec::data_frame_len(payload)
     }
 }

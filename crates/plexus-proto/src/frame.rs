@@ -1,14 +1,15 @@
 //! The frames plexus exchanges on a link, as values.
 //!
 //! Owns the frame vocabulary only; [`crate::codec`] owns the byte layout. Control frames
-//! (everything but [`Frame::Data`]) are small and never wait behind data on a link.
+//! (everything but [`Frame::Data`] and [`Frame::Batch`]) are small and never wait behind data on a link.
 
 use bytes::Bytes;
 
+use crate::batch::MessageBatch;
 use crate::ids::{JobId, NodeId, WireChannel};
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Why a link is being closed, sent in [`Frame::GoAway`] before the socket is shut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +179,14 @@ pub enum Frame {
         /// The message bytes.
         payload: Bytes,
     },
+    /// Several small messages of one channel, in order (see [`crate::batch`]). Each costs
+    /// the credit its own `Data` frame would.
+    Batch {
+        /// The channel.
+        channel: WireChannel,
+        /// The messages.
+        messages: MessageBatch,
+    },
     /// The producer wants credit. `need` is the size of a message it is holding back (0 when
     /// it only asks ahead); `want` is how much more it would like on top, as a hint.
     Backlog {
@@ -238,6 +247,7 @@ impl Frame {
             Frame::GoAway { .. } => "GoAway",
             Frame::Open { .. } => "Open",
             Frame::Data { .. } => "Data",
+            Frame::Batch { .. } => "Batch",
             Frame::Backlog { .. } => "Backlog",
             Frame::Credit { .. } => "Credit",
             Frame::End { .. } => "End",

@@ -102,6 +102,31 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
         }
     }
 
+    /// After [`Scheduler::pop`] returned an item of `key`: the channel's next item as well,
+    /// if `key` is still being served, `accept` takes its head and the deficit left this
+    /// turn covers it. Lets a caller pack a channel's consecutive items into one frame
+    /// without changing how the link is shared.
+    pub fn pop_next_of(&mut self, key: K, accept: impl FnOnce(&T) -> bool) -> Option<T> {
+        if self.round.front() != Some(&key) || !self.front_served {
+            return None;
+        }
+        let queue = self.queues.get_mut(&key)?;
+        let head = queue.items.front()?;
+        let head_weight = head.weight();
+        if head_weight > queue.deficit || !accept(head) {
+            return None;
+        }
+        queue.deficit -= head_weight;
+        let item = queue.items.pop_front()?;
+        self.queued_bytes -= head_weight;
+        if queue.items.is_empty() {
+            self.queues.remove(&key);
+            self.round.pop_front();
+            self.front_served = false;
+        }
+        Some(item)
+    }
+
     /// Removes every queued item of `key`, returning them in order.
     pub fn remove(&mut self, key: K) -> Vec<T> {
         let Some(queue) = self.queues.remove(&key) else {

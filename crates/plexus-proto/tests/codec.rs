@@ -2,6 +2,9 @@
 //! bounded decoding of hostile input and the error for each kind of malformed frame.
 
 use bytes::BytesMut;
+use plexus_proto::batch::{
+    batched_len, BatchBuilder, BatchError, MessageBatch, BATCH_MESSAGE_BELOW,
+};
 use plexus_proto::codec::{
     data_frame_len, encode, encode_data_header, DecodeError, Decoder, COPY_OUT_BELOW,
     DATA_HEADER_LEN, LEN_FIELD,
@@ -35,8 +38,9 @@ const FIXED_KINDS: [(u8, usize); 13] = [
     (14, 12), // JobFailed
 ];
 const KIND_DATA: u8 = 4;
+const KIND_BATCH: u8 = 15;
 /// Kind numbers this build knows; every other byte is an unknown kind.
-const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=14;
+const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=15;
 
 /// The wire kind of a frame. The match is exhaustive on purpose: a new `Frame` variant
 /// fails to compile here until it is added to this table and to [`frame_with_payload`].
@@ -56,6 +60,7 @@ fn kind_of(frame: &Frame) -> u8 {
         Frame::Ack { .. } => 12,
         Frame::CancelJob { .. } => 13,
         Frame::JobFailed { .. } => 14,
+        Frame::Batch { .. } => KIND_BATCH,
     }
 }
 
@@ -133,6 +138,17 @@ fn frame_with_payload(max_payload: usize) -> impl Strategy<Value = Frame> {
                 payload: Bytes::from(payload),
             }
         }),
+        (
+            channel(),
+            vec(
+                vec(any::<u8>(), 0..max_payload.min(BATCH_MESSAGE_BELOW)),
+                1..6
+            )
+        )
+            .prop_map(|(channel, messages)| Frame::Batch {
+                channel,
+                messages: batch_of(&messages),
+            }),
         (channel(), any::<u32>(), any::<u32>()).prop_map(|(channel, need, want)| {
             Frame::Backlog {
                 channel,
@@ -172,6 +188,14 @@ fn frame_like_bytes() -> impl Strategy<Value = Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
+
+fn batch_of(messages: &[Vec<u8>]) -> MessageBatch {
+    let mut b = BatchBuilder::default();
+    for m in messages {
+        b.push(m);
+    }
+    b.finish()
+}
 
 fn encode_one(frame: &Frame) -> BytesMut {
     let mut out = BytesMut::new();
@@ -309,6 +333,10 @@ fn checked_step(dec: &Decoder, buf: &mut BytesMut) -> Result<bool, TestCaseError
                     prop_assert_eq!(len, declared);
                     prop_assert!(KNOWN_KINDS.contains(&kind), "kind {} is unknown", kind);
                 }
+                DecodeError::BadBatch(_) => {
+                    prop_assert_eq!(snapshot[LEN_FIELD], KIND_BATCH);
+                    prop_assert_eq!(consumed, LEN_FIELD + declared, "a whole frame is judged");
+                }
             }
             Ok(false)
         }
@@ -350,6 +378,9 @@ proptest! {
         prop_assert_eq!(buf.get(LEN_FIELD).copied(), Some(kind));
         if let Frame::Data { payload, .. } = &frame {
             prop_assert_eq!(total, data_frame_len(payload.len()));
+        } else if let Frame::Batch { messages, .. } = &frame {
+            let body: usize = messages.clone().map(|m| batched_len(m.len())).sum();
+            prop_assert_eq!(total, data_frame_len(body));
         } else {
             let fixed = FIXED_KINDS.iter().find(|(k, _)| *k == kind).map(|(_, size)| *size);
             prop_assert_eq!(Some(total), fixed.map(|size| LEN_FIELD + 1 + size));
@@ -458,7 +489,7 @@ proptest! {
     }
 
     #[test]
-    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 15u8..=255], after in 0usize..64) {
+    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 16u8..=255], after in 0usize..64) {
         let mut buf = raw_frame(1 + after as u32, kind, after);
         prop_assert_eq!(Decoder::new(SMALL).decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -584,9 +615,52 @@ fn data_without_a_whole_channel_is_bad_length() {
 }
 
 #[test]
+fn batch_needs_whole_messages_below_the_batching_limit() {
+    let dec = Decoder::new(ROOMY);
+    let batch = |body: &[u8]| {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(5 + body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&[KIND_BATCH, 7, 0, 0, 0]);
+        buf.extend_from_slice(body);
+        buf
+    };
+    assert_eq!(
+        dec.decode(&mut batch(&[])),
+        Err(DecodeError::BadBatch(BatchError::Empty))
+    );
+    assert_eq!(
+        dec.decode(&mut batch(&[2, 0, b'a'])),
+        Err(DecodeError::BadBatch(BatchError::Truncated { len: 2 }))
+    );
+    assert_eq!(
+        dec.decode(&mut batch(&[0, 0, 9])),
+        Err(DecodeError::BadBatch(BatchError::Truncated { len: 1 }))
+    );
+    let too_large = (BATCH_MESSAGE_BELOW as u16).to_le_bytes();
+    assert!(matches!(
+        dec.decode(&mut batch(&too_large)),
+        Err(DecodeError::BadBatch(BatchError::TooLarge { .. }))
+    ));
+    assert_eq!(
+        dec.decode(&mut raw_frame(4, KIND_BATCH, 3)),
+        Err(DecodeError::BadLength {
+            kind: KIND_BATCH,
+            len: 4
+        })
+    );
+    let Ok(Some(Frame::Batch { channel, messages })) = dec.decode(&mut batch(&[1, 0, b'x', 0, 0]))
+    else {
+        panic!("a valid batch of two messages was refused");
+    };
+    assert_eq!(channel, WireChannel(7));
+    let got: Vec<Bytes> = messages.collect();
+    assert_eq!(got, vec![Bytes::from_static(b"x"), Bytes::new()]);
+}
+
+#[test]
 fn unknown_kind_with_kind_byte_only() {
     let dec = Decoder::new(SMALL);
-    for kind in [0u8, 15, 200, 255] {
+    for kind in [0u8, 16, 200, 255] {
         let mut buf = raw_frame(1, kind, 0);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }

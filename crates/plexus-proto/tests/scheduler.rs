@@ -192,3 +192,37 @@ fn quiet_channel_is_not_starved_by_a_busy_one() {
         "{busy_before_quiet} busy items went first"
     );
 }
+
+#[test]
+fn a_channel_being_served_gives_its_next_items_within_its_deficit() {
+    let item = |chan, seq, weight| Item { chan, seq, weight };
+    let mut s = Scheduler::new(100);
+    for seq in 0..4 {
+        s.push(1u8, item(1, seq, 40));
+    }
+    s.push(2u8, item(2, 0, 40));
+    let (key, first) = s.pop().expect("queued");
+    assert_eq!((key, first.seq), (1, 0));
+    assert_eq!(
+        s.pop_next_of(2, |_| true),
+        None,
+        "not the channel being served"
+    );
+    assert_eq!(s.pop_next_of(1, |_| false), None, "refused by the caller");
+    assert_eq!(s.pop_next_of(1, |_| true).map(|i| i.seq), Some(1));
+    assert_eq!(
+        s.pop_next_of(1, |_| true),
+        None,
+        "40 + 40 + 40 is beyond the quantum of 100"
+    );
+    assert_eq!(s.queued_bytes(), 3 * 40);
+    assert_eq!(
+        s.pop().map(|(k, i)| (k, i.seq)),
+        Some((2, 0)),
+        "the turn passed on"
+    );
+    assert_eq!(s.pop().map(|(k, i)| (k, i.seq)), Some((1, 2)));
+    assert_eq!(s.pop_next_of(1, |_| true).map(|i| i.seq), Some(3));
+    assert!(s.is_empty());
+    assert_eq!(s.queued_bytes(), 0);
+}

@@ -184,7 +184,7 @@ fn any_failure(outboxes: &[Outbox], inboxes: &[Inbox]) -> bool {
 // ---------------------------------------------------------------------------------------
 
 const SCRIPT_JOB: JobId = JobId(100);
-const SCRIPT_SIZES: [usize; 3] = [0, 1024, 7];
+const SCRIPT_SIZES: [usize; 5] = [0, 5, 1024, 7, 3];
 
 fn script_messages(from: Endpoint, to: Endpoint) -> Vec<Bytes> {
     SCRIPT_SIZES
@@ -195,7 +195,8 @@ fn script_messages(from: Endpoint, to: Endpoint) -> Vec<Bytes> {
 }
 
 /// Two nodes; producer 0/0 feeds consumers 1/0 and 1/1, producer 1/0 feeds consumer 0/0;
-/// three messages per channel (an empty one, a largest one, a small one), then `End`.
+/// five messages per channel (small ones, which travel packed in `Batch` frames, around a
+/// largest one), then `End`.
 fn scripted(seed: u64) -> (Net, Vec<Outbox>, Vec<Inbox>) {
     let mut net = Net::with_seed(2, seed, small);
     net.max_chunk = 700;
@@ -264,6 +265,11 @@ fn run_scripted(ctx: &str, seed: u64, arm: impl FnOnce(&mut Net)) -> Net {
 fn scripted_clean(seed: u64) -> (u64, Range<u64>) {
     let net = run_scripted("clean run", seed, |_| {});
     assert!(net.fired_cuts.is_empty());
+    assert!(
+        net.audit().batch_frames > 0,
+        "cuts fall around batches too: {:?}",
+        net.audit()
+    );
     let hellos = &net.hellos_crossed;
     assert!(
         hellos.len() == 2 && !hellos[0].1 && hellos[1].1,
@@ -391,7 +397,7 @@ fn random_cuts(seed: u64, cuts: &[(u64, usize)]) {
     );
     // On the wire too: each of the 6 remote channels' 8 messages went out once as a new
     // frame; whatever else crossed was a resend of it.
-    assert_eq!(net.audit().data_frames, 6 * 8, "{ctx}");
+    assert_eq!(net.audit().data_messages, 6 * 8, "{ctx}");
     let bound = 2 * pool;
     for i in 0..3 {
         assert!(

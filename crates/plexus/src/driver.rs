@@ -26,7 +26,7 @@ use crate::shared::Shared;
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes a writer gathers from the core per vectored write batch.
 const WRITE_BATCH: usize = 512 * 1024;
-/// A batch smaller than this waits scheduler turns for more before it is written...
+/// A link with less than this to send waits scheduler turns for more before it writes...
 const LINGER_BELOW: usize = 32 * 1024;
 /// ...as long as it keeps growing, at most this many turns.
 const MAX_LINGERS: u32 = 8;
@@ -198,9 +198,8 @@ async fn write_loop(
     notify: Arc<Notify>,
 ) -> LinkCause {
     let mut transmit = Transmit::new();
-    let mut lingers = 0;
-    let mut last_len = 0;
     loop {
+        linger_while_growing(&shared, link).await;
         let open = shared.op(|st| {
             st.core
                 .poll_transmit(link, Instant::now(), &mut transmit, WRITE_BATCH)
@@ -213,21 +212,27 @@ async fn write_loop(
             notify.notified().await;
             continue;
         }
-        let growing = transmit.len() > last_len;
-        if open && transmit.len() < LINGER_BELOW && growing && lingers < MAX_LINGERS {
-            // A small batch that is still growing: let the tasks adding to it run first
-            // (a scheduler turn, no timer), so many small messages share one write.
-            lingers += 1;
-            last_len = transmit.len();
-            tokio::task::yield_now().await;
-            continue;
-        }
-        lingers = 0;
-        last_len = 0;
         let chunks = transmit.take_chunks();
         if let Err(e) = write_all_vectored(&mut wr, chunks).await {
             return LinkCause::Io(e.to_string());
         }
+    }
+}
+
+/// While less than [`LINGER_BELOW`] waits to be sent on `link` and it keeps growing, lets
+/// the tasks adding to it run first (a scheduler turn each, no timer; at most
+/// [`MAX_LINGERS`] turns), so many small messages share one write and a channel's small
+/// messages share one frame. Returns at once when nothing is added: an idle link is not
+/// delayed.
+async fn linger_while_growing(shared: &Shared, link: LinkId) {
+    let mut last = 0;
+    for _ in 0..MAX_LINGERS {
+        let queued = shared.lock().core.queued_bytes(link);
+        if queued >= LINGER_BELOW || queued <= last {
+            return;
+        }
+        last = queued;
+        tokio::task::yield_now().await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use plexus_proto::node::{Admission, ExchangeError, Recv, TrySendError};
+use plexus_proto::node::{Admission, Arrival, ExchangeError, Recv, TrySendError};
 use plexus_proto::{Endpoint, JobId};
 
 use crate::error::Error;
@@ -128,7 +128,8 @@ impl Job {
             shared: self.shared.clone(),
             job: self.id,
             slot,
-            buffered: VecDeque::new(),
+            arrivals: VecDeque::new(),
+            error: None,
             finished: false,
         })
     }
@@ -263,8 +264,9 @@ impl Drop for Producer {
     }
 }
 
-/// Items a consumer takes from the core per lock.
-const RECV_BATCH: usize = 64;
+/// Credit worth of messages a consumer takes from the core per lock (whole arrivals, so a
+/// little more, or one large message).
+const RECV_BATCH_COST: u64 = 64 * 1024;
 
 /// A consumer endpoint: a stream of `(producer, message)`.
 #[derive(Debug)]
@@ -272,9 +274,12 @@ pub struct Consumer {
     shared: Arc<Shared>,
     job: JobId,
     slot: u32,
-    /// Items taken from the core and not yet returned (at most [`RECV_BATCH`]).
-    buffered: VecDeque<Result<(Endpoint, Bytes), ExchangeError>>,
-    /// The core said the stream is over: it ends once `buffered` is drained.
+    /// Messages taken from the core and not yet returned (about [`RECV_BATCH_COST`]).
+    arrivals: VecDeque<(Endpoint, Arrival)>,
+    /// A failure the core reported after the messages before it: returned once
+    /// `arrivals` is drained.
+    error: Option<ExchangeError>,
+    /// The core said the stream is over: it ends once `arrivals` is drained.
     finished: bool,
 }
 
@@ -294,36 +299,63 @@ impl Consumer {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>> {
-        if self.buffered.is_empty() && !self.finished {
+        if self.arrivals.is_empty() && self.error.is_none() && !self.finished {
             self.fill(cx);
         }
-        match self.buffered.pop_front() {
-            Some(item) => Poll::Ready(Some(item.map_err(Error::from))),
-            None if self.finished => Poll::Ready(None),
-            None => Poll::Pending,
+        if let Some(message) = self.next_message() {
+            return Poll::Ready(Some(Ok(message)));
+        }
+        if let Some(error) = self.error.take() {
+            return Poll::Ready(Some(Err(error.into())));
+        }
+        if self.finished {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 
-    /// Takes up to [`RECV_BATCH`] items from the core under one lock (their credit goes
-    /// back to the pool at once); registers for a wake-up if there was nothing.
+    /// The first message of the arrivals taken, if any.
+    fn next_message(&mut self) -> Option<(Endpoint, Bytes)> {
+        let (from, arrival) = self.arrivals.front_mut()?;
+        let from = *from;
+        match arrival {
+            Arrival::Batch(batch) => {
+                let message = batch.pop_front();
+                if batch.is_empty() {
+                    self.arrivals.pop_front();
+                }
+                message.map(|m| (from, m))
+            }
+            Arrival::Message(_) => match self.arrivals.pop_front() {
+                Some((from, Arrival::Message(m))) => Some((from, m)),
+                _ => None,
+            },
+        }
+    }
+
+    /// Takes about [`RECV_BATCH_COST`] of messages from the core under one lock (their
+    /// credit goes back to the pool at once); with none there, the failure or end that
+    /// comes next, or registers for a wake-up.
     fn fill(&mut self, cx: &mut Context<'_>) {
         let key = (self.job, self.slot);
-        let (buffered, finished) = (&mut self.buffered, &mut self.finished);
+        let (arrivals, error, finished) = (&mut self.arrivals, &mut self.error, &mut self.finished);
         self.shared.op(|st| {
-            while buffered.len() < RECV_BATCH {
-                match st.core.poll_recv(key.0, key.1) {
-                    Recv::Message(from, payload) => buffered.push_back(Ok((from, payload))),
-                    Recv::Error(e) => buffered.push_back(Err(e)),
-                    Recv::Finished => {
-                        *finished = true;
-                        break;
-                    }
-                    Recv::Pending => {
-                        if buffered.is_empty() {
-                            st.consumers.insert(key, cx.waker().clone());
-                        }
-                        break;
-                    }
+            if st
+                .core
+                .take_arrivals(key.0, key.1, RECV_BATCH_COST, arrivals)
+                > 0
+            {
+                return;
+            }
+            match st.core.poll_recv(key.0, key.1) {
+                Recv::Message(from, payload) => {
+                    arrivals.push_back((from, Arrival::Message(payload)));
+                }
+                Recv::Error(e) => *error = Some(e),
+                Recv::Finished => *finished = true,
+                Recv::Pending => {
+                    st.consumers.insert(key, cx.waker().clone());
                 }
             }
         });

@@ -7,13 +7,35 @@
 //! released exactly once, when the application reads it or when the channel ends, fails or
 //! is cancelled; a parked channel holds no data, only its record.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use super::state::{Consumer, InChannel, InKey, LocalKey};
 use super::{Event, ExchangeError, NodeCore};
+use crate::batch::MessageBatch;
 use crate::credit::{message_cost, CreditPool};
 use crate::frame::{CancelCode, Frame};
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
+
+/// Messages that arrived in one frame, as a consumer takes them in bulk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// One message.
+    Message(Bytes),
+    /// Several small messages, in order.
+    Batch(MessageBatch),
+}
+
+impl Arrival {
+    /// The credit its messages cost.
+    pub fn cost(&self) -> u64 {
+        match self {
+            Arrival::Message(m) => message_cost(m.len()),
+            Arrival::Batch(b) => b.cost(),
+        }
+    }
+}
 
 /// What a consumer gets when it polls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,12 +127,19 @@ impl NodeCore {
                 role: "consumer",
             });
         };
-        if let Some((from, payload)) = c.queue.pop_front() {
-            let cost = message_cost(payload.len());
-            c.pool.release(cost);
-            self.granted_outstanding -= cost;
-            self.recv_queued_bytes -= cost;
-            self.grant(key);
+        if let Some((from, arrival)) = c.queue.pop_front() {
+            let payload = match arrival {
+                Arrival::Message(m) => m,
+                Arrival::Batch(mut batch) => {
+                    // A batch holds at least one message until it is emptied here.
+                    let m = batch.pop_front().unwrap_or_default();
+                    if !batch.is_empty() {
+                        c.queue.push_front((from, Arrival::Batch(batch)));
+                    }
+                    m
+                }
+            };
+            self.release_read(key, message_cost(payload.len()));
             return Recv::Message(from, payload);
         }
         if let Some(error) = c.errors.pop_front() {
@@ -122,6 +151,48 @@ impl NodeCore {
         Recv::Pending
     }
 
+    /// Moves what consumer `slot` of `job` received into `out`, whole arrivals in order,
+    /// until their credit reaches `max_cost` (at least one arrival when there is any), and
+    /// returns their credit to the pool at once. Returns how many arrivals it moved; with
+    /// none, [`NodeCore::poll_recv`] tells what comes next (an error, the end, or nothing).
+    pub fn take_arrivals(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        max_cost: u64,
+        out: &mut VecDeque<(Endpoint, Arrival)>,
+    ) -> usize {
+        let key = (job, slot);
+        let Some(c) = self.consumers.get_mut(&key) else {
+            return 0;
+        };
+        let mut cost = 0;
+        let mut moved = 0;
+        while cost < max_cost {
+            let Some((from, arrival)) = c.queue.pop_front() else {
+                break;
+            };
+            cost += arrival.cost();
+            moved += 1;
+            out.push_back((from, arrival));
+        }
+        if moved > 0 {
+            self.release_read(key, cost);
+        }
+        moved
+    }
+
+    /// The application read messages of consumer `key` that cost `cost`: their credit goes
+    /// back to the pool, and on to channels waiting for it.
+    fn release_read(&mut self, key: LocalKey, cost: u64) {
+        if let Some(c) = self.consumers.get_mut(&key) {
+            c.pool.release(cost);
+            self.granted_outstanding -= cost;
+            self.recv_queued_bytes -= cost;
+            self.grant(key);
+        }
+    }
+
     /// Removes consumer `slot` of `job`. Its open channels are cancelled: their producers
     /// are told, and data still on its way is dropped on arrival.
     pub fn drop_consumer(&mut self, job: JobId, slot: u32) {
@@ -131,7 +202,7 @@ impl NodeCore {
         };
         self.closed_consumers.insert(key);
         self.granted_outstanding -= c.pool.outstanding();
-        let queued: u64 = c.queue.iter().map(|(_, b)| message_cost(b.len())).sum();
+        let queued: u64 = c.queue.iter().map(|(_, a)| a.cost()).sum();
         self.recv_queued_bytes -= queued;
         for in_key in c.channels {
             // The record goes now: frames still on their way for it are recognised as
@@ -157,7 +228,13 @@ impl NodeCore {
                 producer,
                 consumer,
             } => self.on_open(peer, channel, job, producer, consumer),
-            Frame::Data { channel, payload } => self.on_data(peer, channel, payload),
+            Frame::Data { channel, payload } => {
+                let cost = message_cost(payload.len());
+                self.on_data(peer, channel, cost, Arrival::Message(payload))
+            }
+            Frame::Batch { channel, messages } => {
+                self.on_data(peer, channel, messages.cost(), Arrival::Batch(messages))
+            }
             Frame::Backlog {
                 channel,
                 need,
@@ -308,12 +385,18 @@ impl NodeCore {
         );
     }
 
-    fn on_data(&mut self, peer: NodeId, wire: WireChannel, payload: Bytes) -> Result<(), String> {
+    /// Messages (one `Data` frame or a `Batch`) costing `cost` arrived on a channel.
+    fn on_data(
+        &mut self,
+        peer: NodeId,
+        wire: WireChannel,
+        cost: u64,
+        arrival: Arrival,
+    ) -> Result<(), String> {
         let in_key = (peer, wire);
         let Some(ch) = self.in_channel(in_key, "data")? else {
             return Ok(()); // a retired channel: dropped on arrival
         };
-        let cost = message_cost(payload.len());
         if ch.received + cost > ch.granted {
             return Err(format!(
                 "channel {} sent {} bytes beyond its credit",
@@ -325,12 +408,16 @@ impl NodeCore {
         let local = ch.consumer;
         let producer = ch.producer;
         if let Some(c) = self.consumers.get_mut(&local) {
-            c.queue.push_back((producer, payload));
+            let was_empty = c.queue.is_empty();
+            c.queue.push_back((producer, arrival));
             self.recv_queued_bytes += cost;
-            self.events.push_back(Event::ConsumerReady {
-                job: local.0,
-                slot: local.1,
-            });
+            // A consumer that found nothing waits for this; one that did is still reading.
+            if was_empty {
+                self.events.push_back(Event::ConsumerReady {
+                    job: local.0,
+                    slot: local.1,
+                });
+            }
         }
         Ok(())
     }

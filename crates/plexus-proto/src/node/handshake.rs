@@ -18,7 +18,7 @@
 use std::time::Instant;
 
 use super::state::{LinkId, Peer, PeerState, Phase};
-use super::{LinkCause, NodeCore};
+use super::{session, LinkCause, NodeCore};
 use crate::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
 use crate::ids::NodeId;
 
@@ -104,11 +104,7 @@ impl NodeCore {
                 if let Frame::Ack { received } = frame {
                     return p.session.on_ack(received).map_err(protocol);
                 }
-                let payload = match &frame {
-                    Frame::Data { payload, .. } => payload.len(),
-                    _ => 0,
-                };
-                p.session.on_received(now, payload);
+                p.session.on_received(now, session::payload_len(&frame));
                 self.handle_frame(peer, frame).map_err(protocol)
             }
             (Phase::Closing, _) => Ok(()),

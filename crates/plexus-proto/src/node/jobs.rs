@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use super::state::{ChannelSlot, InKey, LocalKey, OutState, Peer, PeerState};
 use super::{Event, ExchangeError, LinkCause, NodeCore};
-use crate::credit::message_cost;
 use crate::frame::{CancelCode, Frame};
 use crate::ids::{JobId, NodeId};
 use crate::map::Set;
@@ -205,7 +204,7 @@ impl NodeCore {
             return;
         };
         let channels: Vec<InKey> = c.channels.drain().collect();
-        let queued: u64 = c.queue.drain(..).map(|(_, b)| message_cost(b.len())).sum();
+        let queued: u64 = c.queue.drain(..).map(|(_, a)| a.cost()).sum();
         c.pool.release(queued);
         self.granted_outstanding -= queued;
         self.recv_queued_bytes -= queued;

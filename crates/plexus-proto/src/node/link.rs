@@ -163,6 +163,24 @@ impl NodeCore {
             .is_some_and(|l| l.phase != Phase::Closing)
     }
 
+    /// About how many bytes `link` has waiting to be sent: queued data of the peer it
+    /// carries, plus an estimate of its control frames. Lets a writer that would send only
+    /// a little wait a moment while this grows, so small messages of a channel leave
+    /// packed into one frame.
+    pub fn queued_bytes(&self, link: LinkId) -> usize {
+        const CONTROL_FRAME_ESTIMATE: usize = 16;
+        let Some(l) = self.links.get(&link) else {
+            return 0;
+        };
+        let mut bytes = l.control.len() * CONTROL_FRAME_ESTIMATE;
+        if l.phase == Phase::Up {
+            if let Some(p) = l.peer.and_then(|peer| self.peers.get(&peer)) {
+                bytes += p.data.queued_bytes() + p.control.len() * CONTROL_FRAME_ESTIMATE;
+            }
+        }
+        bytes
+    }
+
     /// Fills `out` with up to about `max_bytes` of bytes to send on `link`. Returns `false`
     /// when the link is closing and has nothing more to send: shut the socket.
     pub fn poll_transmit(
@@ -414,6 +432,7 @@ impl NodeCore {
         let channel = ch.wire;
         Some(match item {
             OutItem::Data(payload) => Frame::Data { channel, payload },
+            OutItem::Batch(messages) => Frame::Batch { channel, messages },
             OutItem::End => {
                 let sent = ch.sent;
                 self.retire_out_channel(key);
@@ -430,6 +449,7 @@ impl NodeCore {
 fn push_frame(out: &mut Transmit, frame: Frame) {
     match frame {
         Frame::Data { channel, payload } => out.push_data(channel, payload),
+        Frame::Batch { channel, messages } => out.push_batch(channel, messages.body().clone()),
         other => out.push_control(&other),
     }
 }

@@ -35,6 +35,7 @@ mod transmit;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::batch::{batched_len, is_batchable, BatchBuilder, BATCH_BODY_MAX};
 use crate::jitter::Jitter;
 use crate::map::{Map, Set};
 
@@ -45,7 +46,7 @@ use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId};
 
 pub use budget::Admission;
-pub use consumer::Recv;
+pub use consumer::{Arrival, Recv};
 pub use error::{ExchangeError, LinkCause, Scope};
 pub use link::DialFailure;
 pub use producer::TrySendError;
@@ -53,7 +54,8 @@ pub use state::LinkId;
 pub use transmit::Transmit;
 
 use state::{
-    Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer,
+    Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutItem, OutKey, Peer, PeerState,
+    Producer,
 };
 
 /// Something the runtime must act on.
@@ -337,23 +339,27 @@ impl NodeCore {
     }
 
     fn wake_peer(&mut self, peer: NodeId) {
-        let peer_will_dial = peer < self.config.node && self.expects_data_from(peer);
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(p) = self.peers.get(&peer) else {
             return;
         };
         match p.state {
             PeerState::Local => self.pump_local(),
             PeerState::Up(link) => self.wake_link(link),
-            PeerState::Idle if peer_will_dial => {
-                // A consumer here expects a producer there, so the peer needs the link too,
-                // and the lower id dials: wait a moment for its connection rather than
-                // open a second one.
-                p.state = PeerState::AwaitingInbound;
-                p.redial_at = None;
-            }
             PeerState::Idle => {
-                p.state = PeerState::Dialing;
-                self.events.push_back(Event::Dial { peer });
+                // When a consumer here expects a producer there, the peer needs the link
+                // too, and the lower id dials: wait a moment for its connection rather
+                // than open a second one.
+                let peer_will_dial = peer < self.config.node && self.expects_data_from(peer);
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if peer_will_dial {
+                    p.state = PeerState::AwaitingInbound;
+                    p.redial_at = None;
+                } else {
+                    p.state = PeerState::Dialing;
+                    self.events.push_back(Event::Dial { peer });
+                }
             }
             PeerState::Dialing | PeerState::AwaitingInbound => {}
         }
@@ -375,14 +381,44 @@ impl NodeCore {
         }
     }
 
-    /// The next new frame for `peer`: control frames first, then data in fair order.
+    /// The next new frame for `peer`: control frames first, then data in fair order. For a
+    /// remote peer, a small message and the small messages queued right behind it on its
+    /// channel (as far as the channel's turn goes) leave as one `Batch` frame.
     fn next_outgoing(&mut self, peer: NodeId) -> Option<Frame> {
+        let batch_limit = if peer == self.config.node {
+            0 // delivered in memory: nothing to save by packing
+        } else {
+            BATCH_BODY_MAX
+        };
         loop {
             let p = self.peers.get_mut(&peer)?;
             if let Some(frame) = p.control.pop_front() {
                 return Some(frame);
             }
             let (key, item) = p.data.pop()?;
+            let item = match item {
+                OutItem::Data(first) if is_batchable(first.len()) => {
+                    let mut batch: Option<BatchBuilder> = None;
+                    let mut body = batched_len(first.len());
+                    while let Some(OutItem::Data(next)) = p.data.pop_next_of(key, |it| {
+                        matches!(it, OutItem::Data(m)
+                            if is_batchable(m.len()) && body + batched_len(m.len()) <= batch_limit)
+                    }) {
+                        let b = batch.get_or_insert_with(|| {
+                            let mut b = BatchBuilder::with_capacity(batch_limit);
+                            b.push(&first);
+                            b
+                        });
+                        b.push(&next);
+                        body = b.body_len();
+                    }
+                    match batch {
+                        Some(b) => OutItem::Batch(b.finish()),
+                        None => OutItem::Data(first),
+                    }
+                }
+                other => other,
+            };
             // A channel retired meanwhile yields nothing: try the next item.
             if let Some(frame) = self.item_to_frame(key, item) {
                 return Some(frame);

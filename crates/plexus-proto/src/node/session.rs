@@ -31,7 +31,7 @@ pub(crate) struct Session {
     pub peer_incarnation: Option<u64>,
     /// Frames written and not yet acknowledged, oldest first.
     retained: VecDeque<Frame>,
-    /// Payload bytes of the retained `Data` frames.
+    /// Data bytes of the retained frames (see [`payload_len`]).
     retained_bytes: u64,
     /// Number of `retained[0]`.
     tx_base: u64,
@@ -67,9 +67,7 @@ impl Session {
 
     /// Records a new frame as written: it is retained until acknowledged.
     pub fn record_sent(&mut self, frame: Frame) {
-        if let Frame::Data { payload, .. } = &frame {
-            self.retained_bytes += payload.len() as u64;
-        }
+        self.retained_bytes += payload_len(&frame);
         self.retained.push_back(frame);
         self.resend_at = self.retained.len();
     }
@@ -91,8 +89,8 @@ impl Session {
             ));
         }
         while self.tx_base < received {
-            if let Some(Frame::Data { payload, .. }) = self.retained.pop_front() {
-                self.retained_bytes -= payload.len() as u64;
+            if let Some(frame) = self.retained.pop_front() {
+                self.retained_bytes -= payload_len(&frame);
             }
             self.tx_base += 1;
             self.resend_at = self.resend_at.saturating_sub(1);
@@ -109,9 +107,9 @@ impl Session {
     }
 
     /// Counts one received channel frame carrying `payload` bytes.
-    pub fn on_received(&mut self, now: Instant, payload: usize) {
+    pub fn on_received(&mut self, now: Instant, payload: u64) {
         self.rx_count += 1;
-        self.unacked_bytes += payload as u64;
+        self.unacked_bytes += payload;
         self.unacked_since.get_or_insert(now);
     }
 
@@ -130,6 +128,15 @@ impl Session {
             self.unacked_since = None;
             self.rx_count
         })
+    }
+}
+
+/// Bytes of data a frame carries: a `Data` frame's payload, a `Batch` frame's body.
+pub(crate) fn payload_len(frame: &Frame) -> u64 {
+    match frame {
+        Frame::Data { payload, .. } => payload.len() as u64,
+        Frame::Batch { messages, .. } => messages.body().len() as u64,
+        _ => 0,
     }
 }
 

@@ -9,12 +9,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::batch::MessageBatch;
 use crate::credit::{CreditPool, SendCredit};
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
 use crate::node::error::ExchangeError;
 use crate::scheduler::{Scheduler, Weighted};
 
+use super::consumer::Arrival;
 use super::session::Session;
 
 /// One connection, as the core knows it.
@@ -32,6 +34,8 @@ pub(crate) type LocalKey = (JobId, u32);
 #[derive(Debug)]
 pub(crate) enum OutItem {
     Data(Bytes),
+    /// Queued messages packed on their way out; never queued itself.
+    Batch(MessageBatch),
     End,
     Abort,
 }
@@ -40,6 +44,7 @@ impl Weighted for OutItem {
     fn weight(&self) -> usize {
         match self {
             OutItem::Data(payload) => crate::codec::data_frame_len(payload.len()),
+            OutItem::Batch(messages) => crate::codec::data_frame_len(messages.body().len()),
             OutItem::End | OutItem::Abort => 16,
         }
     }
@@ -196,7 +201,7 @@ pub(crate) struct InChannel {
 pub(crate) struct Consumer {
     pub pool: CreditPool<InKey>,
     /// Messages received and not yet read, in arrival order.
-    pub queue: VecDeque<(Endpoint, Bytes)>,
+    pub queue: VecDeque<(Endpoint, Arrival)>,
     /// The job's producers.
     pub expected: Set<Endpoint>,
     /// Producers whose channel has not ended yet.

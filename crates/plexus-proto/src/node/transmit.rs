@@ -46,6 +46,11 @@ impl Transmit {
     /// Appends a data frame, referencing large payloads without copying.
     pub(crate) fn push_data(&mut self, channel: WireChannel, payload: Bytes) {
         codec::encode_data_header(channel, payload.len(), &mut self.scratch);
+        self.push_payload(payload);
+    }
+
+    /// Appends the payload of the frame whose header was just encoded.
+    fn push_payload(&mut self, payload: Bytes) {
         if payload.len() < INLINE_PAYLOAD_BELOW {
             self.scratch.put_slice(&payload);
         } else {
@@ -53,6 +58,13 @@ impl Transmit {
             self.len += payload.len();
             self.chunks.push(payload);
         }
+    }
+
+    /// Appends a batch frame with its encoded `body`, referencing large bodies without
+    /// copying.
+    pub(crate) fn push_batch(&mut self, channel: WireChannel, body: Bytes) {
+        codec::encode_batch_header(channel, body.len(), &mut self.scratch);
+        self.push_payload(body);
     }
 
     /// Takes the queued chunks, in order, leaving the buffer empty.

@@ -165,8 +165,10 @@ pub struct Closed {
 /// What the credit audit found so far.
 #[derive(Clone, Debug, Default)]
 pub struct Audit {
-    /// `Data` frames checked.
-    pub data_frames: u64,
+    /// Messages checked, whether in `Data` or `Batch` frames.
+    pub data_messages: u64,
+    /// `Batch` frames among them.
+    pub batch_frames: u64,
     /// `Credit` frames counted.
     pub credit_frames: u64,
     /// Payload bytes checked.
@@ -1257,7 +1259,7 @@ impl Net {
             }
             let in_order = matches!(
                 frame,
-                Frame::Data { .. } | Frame::End { .. } | Frame::Abort { .. }
+                Frame::Data { .. } | Frame::Batch { .. } | Frame::End { .. } | Frame::Abort { .. }
             );
             if in_order {
                 channel_frame_seen = Some(frame.name());
@@ -1268,13 +1270,21 @@ impl Net {
                     frame.name()
                 ));
             }
-            if let Frame::Data { channel, payload } = frame {
+            let data = match frame {
+                Frame::Data { channel, payload } => Some((channel, 1, payload.len() as u64)),
+                Frame::Batch { channel, messages } => {
+                    self.audit.batch_frames += 1;
+                    Some((channel, messages.len() as u64, messages.payload_bytes()))
+                }
+                _ => None,
+            };
+            if let Some((channel, messages, payload)) = data {
                 let dir = self.directions.entry((me, peer)).or_default();
                 let (granted, sent) = dir.credit.entry(channel).or_insert((0, 0));
-                *sent += payload.len() as u64;
+                *sent += payload;
                 let (granted, sent) = (*granted, *sent);
-                self.audit.data_frames += 1;
-                self.audit.data_bytes += payload.len() as u64;
+                self.audit.data_messages += messages;
+                self.audit.data_bytes += payload;
                 if sent > granted {
                     self.audit.violations.push(format!(
                         "conn {c}: node {me} sent {sent} bytes on channel {} to node {peer} \
