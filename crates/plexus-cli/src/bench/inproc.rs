@@ -6,7 +6,6 @@
 //! consumer announced it was done; the nodes shut down only after every endpoint
 //! reported, so no queued data is cut off.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::chaos::Chaos;
+use super::delivered::Delivered;
 use super::host;
 use super::memory;
 use super::monitor::Monitor;
@@ -41,7 +41,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
     }
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = watch::channel(false);
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.timeout_s);
     // No node is killed in this mode, so producers close as soon as they are done.

@@ -24,6 +24,7 @@
 mod baseline;
 mod chaos;
 pub mod child;
+mod delivered;
 mod host;
 mod inproc;
 mod latency;
