@@ -146,7 +146,11 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
                         emit(&FromNode::Done)?;
                     }
                 }
-                Some(EndpointEvent::HealthyDone) => emit(&FromNode::HealthyDone)?,
+                Some(EndpointEvent::HealthyDone) => {
+                    // The coordinator's count is up to date when the consumer is done.
+                    emit(&progress_of(&delivered))?;
+                    emit(&FromNode::HealthyDone)?;
+                }
                 None => return Err("the endpoint tasks ended without reporting".into()),
             },
             line = inbox.recv() => match line {

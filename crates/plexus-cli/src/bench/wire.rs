@@ -10,7 +10,8 @@
 //! coord → {"type":"close_producers"}                          producers holding may close
 //! node → {"type":"endpoint","outcome":{…}}                    once per endpoint, as it ends
 //! node → {"type":"healthy_done"}                              once per non-stalled consumer
-//! node → {"type":"progress","healthy":…,"stalled":…}          every 250 ms until done
+//! node → {"type":"progress","healthy":…,"stalled":…}          every 250 ms until done, and
+//!                                                             before each healthy_done
 //! coord → {"type":"release"}                                  every healthy consumer is done
 //! node → {"type":"done"}                                      every endpoint has ended
 //! coord → {"type":"exit"}                                     every node is done: stop
