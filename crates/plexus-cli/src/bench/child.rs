@@ -24,7 +24,7 @@ use super::shape::Shape;
 use super::wire::{self, FromNode, Line, ToNode};
 
 /// How often the node reports its consumers' progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Options of `plexus bench-node`, set by the coordinator.
 #[derive(Clone, Debug, Args)]

@@ -26,6 +26,7 @@ use super::monitor::Monitor;
 use super::report::Report;
 use super::roles::{wall_ms, EndpointOutcome};
 use super::shape::Shape;
+use super::timeline::Timeline;
 use super::verdict::{self, HealthyTally, Kill, RunRecord};
 use super::wire::{self, FromNode, Line, ToNode};
 use super::BenchArgs;
@@ -268,6 +269,10 @@ async fn coordinate(
     fleet.broadcast(&ToNode::Start { addrs, hold_close });
     let start = Instant::now();
     let delivered = Arc::new(Delivered::default());
+    let timeline = args
+        .report
+        .is_some()
+        .then(|| Timeline::start(delivered.clone(), start.into_std()));
     let monitor = Monitor::start(
         shape.node_ips(),
         shape.bytes_total(),
@@ -397,6 +402,7 @@ async fn coordinate(
             args.kill_at_ms.unwrap_or(0)
         ));
     }
+    record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
     record.link_kills = chaos.map_or(0, Chaos::stop);
     fleet.broadcast(&ToNode::Exit);
