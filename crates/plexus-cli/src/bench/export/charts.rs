@@ -104,7 +104,8 @@ fn tick(value: f64) -> String {
     }
 }
 
-/// A number short enough for a bar's label: 3 significant digits, at most.
+/// A number short enough for a label: whole numbers from 100 up, three significant digits
+/// below.
 fn short(value: f64) -> String {
     if value >= 100.0 || value == 0.0 {
         format!("{value:.0}")
