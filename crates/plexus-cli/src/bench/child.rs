@@ -9,7 +9,6 @@
 //! reading from it are served; the process exits when the coordinator goes away.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use clap::Args;
 use plexus::{Membership, Node, NodeId};
 use tokio::sync::{mpsc, watch};
 
+use super::delivered::Delivered;
 use super::host;
 use super::memory;
 use super::roles::EndpointEvent;
@@ -24,7 +24,7 @@ use super::shape::Shape;
 use super::wire::{self, FromNode, Line, ToNode};
 
 /// How often the node reports its consumers' progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Options of `plexus bench-node`, set by the coordinator.
 #[derive(Clone, Debug, Args)]
@@ -117,7 +117,7 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = watch::channel(false);
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
     let (close_tx, close_gate) = watch::channel(!hold_close);
     let tasks = host::launch(
         &nodes,
@@ -142,11 +142,15 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
                     emit(&FromNode::Endpoint { outcome })?;
                     finished += 1;
                     if finished == expected {
-                        emit(&FromNode::Progress { delivered: delivered.load(Ordering::Relaxed) })?;
+                        emit(&progress_of(&delivered))?;
                         emit(&FromNode::Done)?;
                     }
                 }
-                Some(EndpointEvent::HealthyDone) => emit(&FromNode::HealthyDone)?,
+                Some(EndpointEvent::HealthyDone) => {
+                    // The coordinator's count is up to date when the consumer is done.
+                    emit(&progress_of(&delivered))?;
+                    emit(&FromNode::HealthyDone)?;
+                }
                 None => return Err("the endpoint tasks ended without reporting".into()),
             },
             line = inbox.recv() => match line {
@@ -169,13 +173,21 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
                 }
             },
             _ = progress.tick(), if finished < expected => {
-                emit(&FromNode::Progress { delivered: delivered.load(Ordering::Relaxed) })?;
+                emit(&progress_of(&delivered))?;
             }
         }
     }
     shutdown(&nodes);
     drop(tasks);
     Ok(())
+}
+
+/// The `progress` message: what this process's consumers received so far.
+fn progress_of(delivered: &Delivered) -> FromNode {
+    FromNode::Progress {
+        healthy: delivered.healthy(),
+        stalled: delivered.stalled(),
+    }
 }
 
 /// The `bye` message: this process's peak memory, and its nodes' link resumes, peak

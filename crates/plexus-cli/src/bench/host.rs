@@ -10,7 +10,6 @@
 //! does not mask from the others the failure they are about to see.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use plexus::{Membership, Node};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::delivered::Delivered;
 use super::roles::{self, ConsumerCtx, EndpointEvent, EndpointOutcome, Moved, Role};
 use super::shape::Shape;
 use super::workload::MessageFactory;
@@ -82,7 +82,7 @@ pub async fn launch(
     events: &mpsc::UnboundedSender<EndpointEvent>,
     release: &watch::Receiver<bool>,
     close_gate: &watch::Receiver<bool>,
-    delivered: &Arc<AtomicU64>,
+    delivered: &Arc<Delivered>,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let (m_p, m_c) = (shape.producers(), shape.consumers());
@@ -128,7 +128,7 @@ struct JobOnNode {
     events: mpsc::UnboundedSender<EndpointEvent>,
     release: watch::Receiver<bool>,
     close_gate: watch::Receiver<bool>,
-    delivered: Arc<AtomicU64>,
+    delivered: Arc<Delivered>,
     factory: Arc<MessageFactory>,
 }
 

@@ -6,7 +6,6 @@
 //! consumer announced it was done; the nodes shut down only after every endpoint
 //! reported, so no queued data is cut off.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +14,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::chaos::Chaos;
+use super::delivered::Delivered;
 use super::host;
 use super::memory;
 use super::monitor::Monitor;
 use super::report::Report;
 use super::roles::EndpointEvent;
 use super::shape::Shape;
+use super::timeline::Timeline;
 use super::verdict::{self, HealthyTally, RunRecord};
 use super::BenchArgs;
 
@@ -41,8 +42,12 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
     }
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = watch::channel(false);
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
     let start = Instant::now();
+    let timeline = args
+        .report
+        .is_some()
+        .then(|| Timeline::start(delivered.clone(), start.into_std()));
     let deadline = start + Duration::from_secs(args.timeout_s);
     // No node is killed in this mode, so producers close as soon as they are done.
     let (_close_tx, close_gate) = watch::channel(true);
@@ -98,6 +103,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
     }
     record.elapsed_s = start.elapsed().as_secs_f64();
     record.healthy_elapsed_s = tally.elapsed_since(start.into_std());
+    record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
     record.link_kills = chaos.map_or(0, Chaos::stop);
     record.resume_times = nodes.iter().flat_map(host::resume_times).collect();

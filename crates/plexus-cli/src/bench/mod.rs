@@ -14,7 +14,9 @@
 //! With `--baseline`, the same workload then runs over other systems in this process
 //! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ) and the report compares
 //! them; `--latency RATE` measures one-way latency at a fixed rate instead ([`latency`]),
-//! for plexus and raw TCP. Both run on [`transport`]'s harness.
+//! for plexus and raw TCP. Both run on [`transport`]'s harness. `--report DIR` also writes
+//! the run to DIR, in Markdown, JSON and SVG charts ([`export`]), among them the bytes
+//! delivered over time, sampled while the plexus run goes ([`timeline`]).
 //!
 //! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
 //! needs `ss`, baselines and latency run in one process without failures or stalls, zmq
@@ -24,6 +26,8 @@
 mod baseline;
 mod chaos;
 pub mod child;
+mod delivered;
+mod export;
 mod host;
 mod inproc;
 mod latency;
@@ -34,6 +38,7 @@ mod roles;
 mod shape;
 pub mod size;
 mod spawn;
+mod timeline;
 mod transport;
 mod verdict;
 mod wire;
@@ -119,6 +124,12 @@ pub struct BenchArgs {
     /// How long --latency sends, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub latency_secs: f64,
+    /// Also write the run to this directory (created if missing): report.md (the command,
+    /// the machine, the shape and every figure, in tables), report.json (what --json
+    /// prints), goodput.svg, delivered.svg and delivered.csv (bytes delivered over time to
+    /// healthy and stalled consumers), or with --latency latency.svg.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -228,9 +239,16 @@ pub fn main(args: BenchArgs) -> ExitCode {
 fn run(args: &BenchArgs) -> Result<bool, String> {
     args.check()?;
     let shape = args.shape()?;
+    if let Some(dir) = &args.report {
+        export::prepare(dir)?;
+    }
     if let Some(rate) = args.latency {
         let report = latency::run(args, rate)?;
         report.print(args.json);
+        if let Some(dir) = &args.report {
+            export::latency(dir, &report)?;
+            written(dir, args.json);
+        }
         return Ok(report.verified);
     }
     let mut report: Report = if args.spawn {
@@ -240,5 +258,16 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
     };
     baseline::run_all(&shape, args, &mut report);
     report.print(args.json);
+    if let Some(dir) = &args.report {
+        export::throughput(dir, &report, args.bytes_per_producer, args.spawn)?;
+        written(dir, args.json);
+    }
     Ok(report.verified)
+}
+
+/// Tells where the report went (in the summary only: with --json, stdout is the object).
+fn written(dir: &std::path::Path, json: bool) {
+    if !json {
+        println!("  report written to {}", dir.join("report.md").display());
+    }
 }

@@ -7,13 +7,15 @@
 //! bar is hidden when the report is JSON.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use plexus::sockets;
 use tokio::task::JoinHandle;
+
+use super::delivered::Delivered;
 
 /// A running monitor; see the module docs.
 pub struct Monitor {
@@ -24,12 +26,12 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts sampling the connections of `ips` and showing `delivered` out of `total`
-    /// bytes (unless `hidden`).
+    /// Starts sampling the connections of `ips` and showing the bytes `delivered` out of
+    /// `total` (unless `hidden`).
     pub fn start(
         ips: Vec<Ipv4Addr>,
         total: u64,
-        delivered: Arc<AtomicU64>,
+        delivered: Arc<Delivered>,
         hidden: bool,
     ) -> Monitor {
         let links_max = Arc::new(AtomicUsize::new(0));
@@ -64,11 +66,11 @@ impl Monitor {
 async fn sample_links(
     ips: Vec<Ipv4Addr>,
     links_max: Arc<AtomicUsize>,
-    delivered: Arc<AtomicU64>,
+    delivered: Arc<Delivered>,
     progress: ProgressBar,
 ) {
     loop {
-        progress.set_position(delivered.load(Ordering::Relaxed));
+        progress.set_position(delivered.total());
         let ips = ips.clone();
         let started = Instant::now();
         if let Ok(max) = tokio::task::spawn_blocking(move || max_links(&ips)).await {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::baseline::BaselineResult;
 use super::shape::Shape;
 use super::size::format_bytes;
+use super::timeline::Series;
 
 /// Everything a bench run measured.
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +104,10 @@ pub struct Report {
     /// unless the system ran and verified).
     #[serde(flatten)]
     pub comparisons: BTreeMap<String, Option<f64>>,
+    /// Bytes delivered over time to healthy and to stalled consumers, if sampled
+    /// (`--report`); not part of the JSON object.
+    #[serde(skip)]
+    pub timeline: Option<Series>,
 }
 
 /// The shape of a run, as every report gives it (flattened into the report's object).

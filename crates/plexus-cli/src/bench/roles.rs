@@ -9,7 +9,6 @@
 //! that it is done (even when it failed), so stalled consumers are always released.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +16,7 @@ use plexus::{Endpoint, ExchangeError, TrySend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::delivered::Delivered;
 use super::shape::Shape;
 use super::workload::{MessageFactory, Plan};
 
@@ -252,8 +252,9 @@ pub struct ConsumerCtx {
     release: watch::Receiver<bool>,
     /// Where [`EndpointEvent::HealthyDone`] goes.
     events: mpsc::UnboundedSender<EndpointEvent>,
-    /// Payload bytes received by the consumers of this process, for progress.
-    delivered: Arc<AtomicU64>,
+    /// Payload bytes received by the consumers of this process, for progress and the
+    /// timeline.
+    delivered: Arc<Delivered>,
     /// This consumer already announced it was done.
     announced: bool,
 }
@@ -264,7 +265,7 @@ impl ConsumerCtx {
         stalled: bool,
         release: watch::Receiver<bool>,
         events: mpsc::UnboundedSender<EndpointEvent>,
-        delivered: Arc<AtomicU64>,
+        delivered: Arc<Delivered>,
     ) -> ConsumerCtx {
         ConsumerCtx {
             stalled,
@@ -311,8 +312,7 @@ pub async fn consume(
                 }
                 moved.bytes += message.len() as u64;
                 moved.messages += 1;
-                ctx.delivered
-                    .fetch_add(message.len() as u64, Ordering::Relaxed);
+                ctx.delivered.add(ctx.stalled, message.len() as u64);
                 if verifier.is_complete() {
                     // Every planned message is in: the consumer's work is done, though its
                     // stream ends only when every producer has closed (after the stalled

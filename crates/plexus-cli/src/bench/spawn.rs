@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +21,12 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::chaos::Chaos;
+use super::delivered::Delivered;
 use super::monitor::Monitor;
 use super::report::Report;
 use super::roles::{wall_ms, EndpointOutcome};
 use super::shape::Shape;
+use super::timeline::Timeline;
 use super::verdict::{self, HealthyTally, Kill, RunRecord};
 use super::wire::{self, FromNode, Line, ToNode};
 use super::BenchArgs;
@@ -267,7 +268,11 @@ async fn coordinate(
     let hold_close = args.kill_node.is_some();
     fleet.broadcast(&ToNode::Start { addrs, hold_close });
     let start = Instant::now();
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
+    let timeline = args
+        .report
+        .is_some()
+        .then(|| Timeline::start(delivered.clone(), start.into_std()));
     let monitor = Monitor::start(
         shape.node_ips(),
         shape.bytes_total(),
@@ -295,7 +300,8 @@ async fn coordinate(
         })
         .collect();
     let mut tally = HealthyTally::new(healthy_left.iter().sum());
-    let mut progress = vec![0u64; processes];
+    // (healthy, stalled) bytes each node process last reported.
+    let mut progress = vec![(0u64, 0u64); processes];
     // When producers may close: once every surviving endpoint of the jobs the killed node
     // spans has ended (with its error), or `CLOSE_RELEASE_BOUND` after the kill.
     let mut close_release: Option<CloseRelease> = None;
@@ -326,9 +332,12 @@ async fn coordinate(
                             fleet.broadcast(&ToNode::Release);
                         }
                     }
-                    Line::Message(FromNode::Progress { delivered: d }) => {
-                        progress[i] = d;
-                        delivered.store(progress.iter().sum(), Ordering::Relaxed);
+                    Line::Message(FromNode::Progress { healthy, stalled }) => {
+                        progress[i] = (healthy, stalled);
+                        let (h, s) = progress
+                            .iter()
+                            .fold((0, 0), |(h, s), &(ph, ps)| (h + ph, s + ps));
+                        delivered.set(h, s);
                     }
                     Line::Message(FromNode::Done) => *node_state = NodeState::Done,
                     Line::Message(FromNode::Bye { .. }) => {
@@ -393,6 +402,7 @@ async fn coordinate(
             args.kill_at_ms.unwrap_or(0)
         ));
     }
+    record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
     record.link_kills = chaos.map_or(0, Chaos::stop);
     fleet.broadcast(&ToNode::Exit);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::report::{Report, ShapeFields};
 use super::roles::{EndpointOutcome, Role};
 use super::shape::Shape;
+use super::timeline::Series;
 
 /// Errors listed per job at most; the rest are counted.
 const MAX_ERRORS_PER_JOB: usize = 8;
@@ -54,6 +55,8 @@ pub struct RunRecord {
     pub peak_buffered_bytes: u64,
     /// The longest any job waited for admission on any node.
     pub admission_wait: Duration,
+    /// Bytes delivered over time, if sampled (`--report`).
+    pub timeline: Option<Series>,
 }
 
 /// Counts non-stalled consumers still working, so stalled ones can be released when the
@@ -254,6 +257,7 @@ fn build_report(
         admission_wait_ms_max: run.admission_wait.as_secs_f64() * 1000.0,
         baselines: Vec::new(),
         comparisons: BTreeMap::new(),
+        timeline: run.timeline,
     }
 }
 

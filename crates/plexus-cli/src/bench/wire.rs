@@ -10,7 +10,8 @@
 //! coord → {"type":"close_producers"}                          producers holding may close
 //! node → {"type":"endpoint","outcome":{…}}                    once per endpoint, as it ends
 //! node → {"type":"healthy_done"}                              once per non-stalled consumer
-//! node → {"type":"progress","delivered":…}                    every 250 ms until done
+//! node → {"type":"progress","healthy":…,"stalled":…}          every 250 ms until done, and
+//!                                                             before each healthy_done
 //! coord → {"type":"release"}                                  every healthy consumer is done
 //! node → {"type":"done"}                                      every endpoint has ended
 //! coord → {"type":"exit"}                                     every node is done: stop
@@ -53,8 +54,10 @@ pub enum FromNode {
     HealthyDone,
     /// Payload bytes the node's consumers received so far.
     Progress {
-        /// The bytes.
-        delivered: u64,
+        /// Received by consumers that do not stall.
+        healthy: u64,
+        /// Received by consumers that stall.
+        stalled: u64,
     },
     /// Every endpoint of the node ended; the node stays up for its peers until `exit`.
     Done,
@@ -150,11 +153,15 @@ mod tests {
     fn messages_round_trip_as_tagged_lines() {
         let mut out = Vec::new();
         write_line(&mut out, &ToNode::Release).expect("write");
-        write_line(&mut out, &FromNode::Progress { delivered: 7 }).expect("write");
+        let progress = FromNode::Progress {
+            healthy: 7,
+            stalled: 2,
+        };
+        write_line(&mut out, &progress).expect("write");
         let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(
             text,
-            "{\"type\":\"release\"}\n{\"type\":\"progress\",\"delivered\":7}\n"
+            "{\"type\":\"release\"}\n{\"type\":\"progress\",\"healthy\":7,\"stalled\":2}\n"
         );
     }
 

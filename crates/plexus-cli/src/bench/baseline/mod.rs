@@ -29,13 +29,14 @@ mod roles;
 mod zmq;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::{timeout_at, Instant};
 
+use super::delivered::Delivered;
 use super::monitor::Monitor;
 use super::report::Report;
 use super::shape::Shape;
@@ -264,7 +265,7 @@ async fn measure<T: Transport>(
     deadline: Instant,
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> RunRecord {
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
     let monitor = Monitor::start(
         shape.node_ips(),
         shape.bytes_total(),

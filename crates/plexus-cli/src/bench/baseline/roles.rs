@@ -8,11 +8,11 @@
 //! ends, stops at the first message its verifier rejects, and passes only if its verifier
 //! found every channel complete.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use plexus::Endpoint;
 
+use super::super::delivered::Delivered;
 use super::super::host::BODY_SEED;
 use super::super::roles::{EndpointError, Moved};
 use super::super::shape::Shape;
@@ -23,7 +23,7 @@ use super::super::workload::MessageFactory;
 /// what they receive to `delivered`.
 pub fn throughput<S: Sink, R: Source>(
     shape: &Shape,
-    delivered: Arc<AtomicU64>,
+    delivered: Arc<Delivered>,
 ) -> (ProduceFn<S>, ConsumeFn<R>) {
     let factory = Arc::new(MessageFactory::new(BODY_SEED));
     let (for_producers, for_consumers) = (Arc::new(shape.clone()), Arc::new(shape.clone()));
@@ -82,7 +82,7 @@ async fn consume<R: Source>(
     shape: Arc<Shape>,
     job: u32,
     me: Endpoint,
-    delivered: Arc<AtomicU64>,
+    delivered: Arc<Delivered>,
 ) -> (Moved, Option<EndpointError>) {
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let mut verifier = shape.consumer_verifier(job, me);
@@ -97,7 +97,7 @@ async fn consume<R: Source>(
         }
         moved.bytes += message.len() as u64;
         moved.messages += 1;
-        delivered.fetch_add(message.len() as u64, Ordering::Relaxed);
+        delivered.add(false, message.len() as u64);
     }
     match verifier.finish() {
         Ok(_) => (moved, None),

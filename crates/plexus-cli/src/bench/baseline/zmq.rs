@@ -12,13 +12,14 @@
 //! so a slow consumer blocks its producers instead of growing queues without bound.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexus::Endpoint;
 use tokio::sync::mpsc;
 
+use super::super::delivered::Delivered;
 use super::super::host::BODY_SEED;
 use super::super::monitor::{self, Monitor};
 use super::super::roles::{EndpointError, EndpointOutcome, Moved, Role};
@@ -50,7 +51,7 @@ pub fn run(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
 
 async fn measure(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
     let deadline = Instant::now() + timeout;
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
     let monitor = Monitor::start(
         shape.node_ips(),
         shape.bytes_total(),
@@ -126,7 +127,7 @@ impl LinkSample {
 fn launch(
     shape: &Shape,
     deadline: Instant,
-    delivered: &Arc<AtomicU64>,
+    delivered: &Arc<Delivered>,
     sample: &Arc<LinkSample>,
 ) -> Result<(usize, mpsc::UnboundedReceiver<EndpointOutcome>), String> {
     let contexts: Vec<zmq::Context> = (0..shape.nodes()).map(|_| zmq::Context::new()).collect();
@@ -283,7 +284,7 @@ fn consume(
     shape: &Shape,
     job: u32,
     me: Endpoint,
-    delivered: &AtomicU64,
+    delivered: &Delivered,
 ) -> (Moved, Option<EndpointError>) {
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
@@ -306,7 +307,7 @@ fn consume(
         }
         moved.bytes += message.len() as u64;
         moved.messages += 1;
-        delivered.fetch_add(message.len() as u64, Ordering::Relaxed);
+        delivered.add(false, message.len() as u64);
     }
     match verifier.finish() {
         Ok(_) => (moved, None),

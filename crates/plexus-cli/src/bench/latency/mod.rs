@@ -16,7 +16,6 @@
 pub mod roles;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use serde::Serialize;
 
 use super::baseline::raw_tcp::RawTcp;
 use super::baseline::System;
+use super::delivered::Delivered;
 use super::host;
 use super::monitor::Monitor;
 use super::report::ShapeFields;
@@ -224,7 +224,7 @@ async fn measure<T: Transport>(
     deadline: tokio::time::Instant,
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> LatencyResult {
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Delivered::default());
     let monitor = Monitor::start(
         shape.node_ips(),
         shape.bytes_total(),

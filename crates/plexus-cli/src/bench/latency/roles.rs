@@ -22,6 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use plexus::Endpoint;
 
+use super::super::delivered::Delivered;
 use super::super::roles::{EndpointError, Moved};
 use super::super::shape::Shape;
 use super::super::transport::{ConsumeFn, ProduceFn, Sink, Source};
@@ -61,7 +62,7 @@ pub struct Timing {
     /// When the last message arrived, in ns since the origin.
     last_arrival_ns: AtomicU64,
     /// Payload bytes received, for progress.
-    delivered: Arc<AtomicU64>,
+    delivered: Arc<Delivered>,
 }
 
 impl Timing {
@@ -70,7 +71,7 @@ impl Timing {
         shape: Shape,
         rate: f64,
         origin: Instant,
-        delivered: Arc<AtomicU64>,
+        delivered: Arc<Delivered>,
     ) -> Result<Timing, String> {
         let producers = (0..shape.jobs())
             .map(|j| shape.job_nodes(j).len() as u32 * shape.producers())
@@ -230,9 +231,7 @@ async fn consume<R: Source>(
         timing.last_arrival_ns.fetch_max(now, Ordering::Relaxed);
         moved.bytes += message.len() as u64;
         moved.messages += 1;
-        timing
-            .delivered
-            .fetch_add(message.len() as u64, Ordering::Relaxed);
+        timing.delivered.add(false, message.len() as u64);
     }
     if error.is_none() {
         if let Err(e) = verifier.finish() {
