@@ -241,7 +241,9 @@ impl Pair {
         now: Instant,
     ) {
         from.poll_transmit(from_link, now, transmit, 1 << 20);
-        for chunk in transmit.take_chunks() {
+        let mut chunks = Vec::new();
+        transmit.take_chunks(&mut chunks);
+        for chunk in chunks {
             wire.extend_from_slice(&chunk);
         }
         to.handle_bytes(to_link, wire, now);

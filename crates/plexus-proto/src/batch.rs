@@ -140,7 +140,12 @@ impl Iterator for MessageBatch {
     }
 }
 
-/// Builds a batch body from messages.
+/// Bytes of each buffer batch bodies are carved from: one allocation serves many batches.
+pub const BATCH_ARENA: usize = 64 * 1024;
+
+/// Builds batch bodies from messages, carving them one after another out of a shared
+/// buffer of [`BATCH_ARENA`] bytes, so that packing small messages costs an allocation
+/// per buffer, not per batch. A buffer is freed once every batch cut from it is dropped.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
     body: BytesMut,
@@ -149,16 +154,17 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// An empty builder with room for a body of `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            body: BytesMut::with_capacity(capacity),
-            count: 0,
-            payload: 0,
+    /// Starts a batch that will hold at most `max_body` bytes.
+    pub fn start(&mut self, max_body: usize) {
+        debug_assert!(self.body.is_empty(), "the previous batch was finished");
+        if self.body.capacity() < max_body {
+            self.body = BytesMut::with_capacity(BATCH_ARENA.max(max_body));
         }
+        self.count = 0;
+        self.payload = 0;
     }
 
-    /// Appends `message`.
+    /// Appends `message` to the batch being built.
     ///
     /// # Panics
     /// If `message` is not shorter than [`BATCH_MESSAGE_BELOW`]: callers check with
@@ -171,17 +177,17 @@ impl BatchBuilder {
         self.payload += message.len() as u64;
     }
 
-    /// Body bytes so far.
+    /// Body bytes of the batch being built.
     pub fn body_len(&self) -> usize {
         self.body.len()
     }
 
-    /// The batch built.
-    pub fn finish(self) -> MessageBatch {
+    /// The batch built; the builder is ready for the next one.
+    pub fn finish(&mut self) -> MessageBatch {
         MessageBatch {
-            body: self.body.freeze(),
-            count: self.count,
-            payload: self.payload,
+            body: self.body.split().freeze(),
+            count: std::mem::take(&mut self.count),
+            payload: std::mem::take(&mut self.payload),
         }
     }
 }
@@ -202,6 +208,7 @@ mod tests {
 
     fn batch_of(messages: &[&[u8]]) -> MessageBatch {
         let mut b = BatchBuilder::default();
+        b.start(BATCH_BODY_MAX);
         for m in messages {
             b.push(m);
         }
@@ -220,6 +227,30 @@ mod tests {
         assert_eq!(batch.cost(), 5 + 2 * message_cost(0));
         let rest: Vec<Bytes> = batch.collect();
         assert_eq!(rest, vec![Bytes::new(), Bytes::from_static(b"three")]);
+    }
+
+    #[test]
+    fn batches_are_carved_from_one_buffer() {
+        let mut b = BatchBuilder::default();
+        let mut batches = Vec::new();
+        for i in 0..4u8 {
+            b.start(BATCH_BODY_MAX);
+            b.push(&[i; 10]);
+            b.push(&[i; 3]);
+            batches.push(b.finish());
+        }
+        let first = batches[0].body().as_ptr() as usize;
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(batch.body().as_ptr() as usize, first + i * 17, "batch {i}");
+            let messages: Vec<Bytes> = batch.clone().collect();
+            assert_eq!(
+                messages,
+                vec![
+                    Bytes::from(vec![i as u8; 10]),
+                    Bytes::from(vec![i as u8; 3])
+                ]
+            );
+        }
     }
 
     #[test]

@@ -37,7 +37,15 @@ pub struct Scheduler<K, T> {
     front_served: bool,
     queues: Map<K, Queue<T>>,
     queued_bytes: usize,
+    /// Emptied queues kept for reuse, so a channel whose queue drains at every turn does
+    /// not allocate one anew for each message (at most [`SPARE_QUEUES`]).
+    spare: Vec<VecDeque<T>>,
 }
+
+/// Emptied queues a scheduler keeps for reuse...
+const SPARE_QUEUES: usize = 64;
+/// ...when they hold at most this many items.
+const SPARE_QUEUE_ITEMS: usize = 64;
 
 impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
     /// A scheduler granting `quantum` bytes per channel per round.
@@ -48,14 +56,16 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
             front_served: false,
             queues: Map::default(),
             queued_bytes: 0,
+            spare: Vec::new(),
         }
     }
 
     /// Queues `item` behind the channel's earlier items.
     pub fn push(&mut self, key: K, item: T) {
         self.queued_bytes += item.weight();
+        let spare = &mut self.spare;
         let queue = self.queues.entry(key).or_insert_with(|| Queue {
-            items: VecDeque::new(),
+            items: spare.pop().unwrap_or_default(),
             deficit: 0,
         });
         if queue.items.is_empty() {
@@ -80,9 +90,7 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
             let head_weight = match queue.items.front() {
                 Some(item) => item.weight(),
                 None => {
-                    self.queues.remove(&key);
-                    self.round.pop_front();
-                    self.front_served = false;
+                    self.retire_front(key);
                     continue;
                 }
             };
@@ -91,9 +99,7 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
                 let item = queue.items.pop_front()?;
                 self.queued_bytes -= head_weight;
                 if queue.items.is_empty() {
-                    self.queues.remove(&key);
-                    self.round.pop_front();
-                    self.front_served = false;
+                    self.retire_front(key);
                 }
                 return Some((key, item));
             }
@@ -120,11 +126,21 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
         let item = queue.items.pop_front()?;
         self.queued_bytes -= head_weight;
         if queue.items.is_empty() {
-            self.queues.remove(&key);
-            self.round.pop_front();
-            self.front_served = false;
+            self.retire_front(key);
         }
         Some(item)
+    }
+
+    /// Takes `key`, whose queue is empty, off the front of the round, keeping its queue for
+    /// reuse.
+    fn retire_front(&mut self, key: K) {
+        if let Some(queue) = self.queues.remove(&key) {
+            if self.spare.len() < SPARE_QUEUES && queue.items.capacity() <= SPARE_QUEUE_ITEMS {
+                self.spare.push(queue.items);
+            }
+        }
+        self.round.pop_front();
+        self.front_served = false;
     }
 
     /// Removes every queued item of `key`, returning them in order.

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use plexus_proto::batch::{
-    batched_len, BatchBuilder, BatchError, MessageBatch, BATCH_MESSAGE_BELOW,
+    batched_len, BatchBuilder, BatchError, MessageBatch, BATCH_BODY_MAX, BATCH_MESSAGE_BELOW,
 };
 use plexus_proto::codec::{
     data_frame_len, encode, encode_data_header, DecodeError, Decoder, COPY_OUT_BELOW,
@@ -191,6 +191,7 @@ fn frame_like_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn batch_of(messages: &[Vec<u8>]) -> MessageBatch {
     let mut b = BatchBuilder::default();
+    b.start(BATCH_BODY_MAX);
     for m in messages {
         b.push(m);
     }

@@ -15,6 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use plexus_proto::codec::Decoder;
 use plexus_proto::node::{DialFailure, LinkCause};
 use plexus_proto::{LinkId, NodeId, Transmit};
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -198,6 +199,7 @@ async fn write_loop(
     notify: Arc<Notify>,
 ) -> LinkCause {
     let mut transmit = Transmit::new();
+    let mut chunks = Vec::new();
     loop {
         linger_while_growing(&shared, link).await;
         let open = shared.op(|st| {
@@ -212,8 +214,8 @@ async fn write_loop(
             notify.notified().await;
             continue;
         }
-        let chunks = transmit.take_chunks();
-        if let Err(e) = write_all_vectored(&mut wr, chunks).await {
+        transmit.take_chunks(&mut chunks);
+        if let Err(e) = write_all_vectored(&mut wr, &mut chunks).await {
             return LinkCause::Io(e.to_string());
         }
     }
@@ -236,19 +238,22 @@ async fn linger_while_growing(shared: &Shared, link: LinkId) {
     }
 }
 
-/// Writes every chunk, in order, using as few `writev` calls as the socket allows.
+/// Writes every chunk, in order, using as few `writev` calls as the socket allows; leaves
+/// `chunks` empty.
 async fn write_all_vectored(
     wr: &mut OwnedWriteHalf,
-    mut chunks: Vec<Bytes>,
+    chunks: &mut Vec<Bytes>,
 ) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
-        let slices: Vec<IoSlice<'_>> = chunks[first..]
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|c| IoSlice::new(c))
-            .collect();
-        let mut written = wr.write_vectored(&slices).await?;
+        let mut written = {
+            let slices: SmallVec<[IoSlice<'_>; 64]> = chunks[first..]
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            wr.write_vectored(&slices).await?
+        };
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -263,5 +268,6 @@ async fn write_all_vectored(
             }
         }
     }
+    chunks.clear();
     Ok(())
 }

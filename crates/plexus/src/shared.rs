@@ -14,6 +14,7 @@ use std::task::Waker;
 
 use plexus_proto::node::{Event, ExchangeError};
 use plexus_proto::{Endpoint, JobId, LinkId, NodeCore, NodeId};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -82,9 +83,10 @@ impl Shared {
 
     /// Runs `f` on the state, then delivers the core's events.
     pub fn op<R>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut wakers: Vec<Waker> = Vec::new();
-        let mut notifies: Vec<Arc<Notify>> = Vec::new();
-        let mut dials: Vec<NodeId> = Vec::new();
+        // Inline storage: most operations wake a task or two, and allocate nothing here.
+        let mut wakers: SmallVec<[Waker; 4]> = SmallVec::new();
+        let mut notifies: SmallVec<[Arc<Notify>; 4]> = SmallVec::new();
+        let mut dials: SmallVec<[NodeId; 2]> = SmallVec::new();
         let result = {
             let mut st = self.lock();
             let result = f(&mut st);
@@ -119,12 +121,12 @@ impl Shared {
                     Event::Admitted { job } => {
                         let w = st.admissions.entry(job).or_default();
                         w.outcome = Some(Ok(()));
-                        wakers.append(&mut w.wakers);
+                        wakers.extend(w.wakers.drain(..));
                     }
                     Event::AdmissionFailed { job, error } => {
                         let w = st.admissions.entry(job).or_default();
                         w.outcome = Some(Err(error));
-                        wakers.append(&mut w.wakers);
+                        wakers.extend(w.wakers.drain(..));
                     }
                     Event::ConsumerReady { job, slot } => {
                         if let Some(waker) = st.consumers.remove(&(job, slot)) {

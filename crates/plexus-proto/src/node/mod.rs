@@ -35,7 +35,7 @@ mod transmit;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::batch::{batched_len, is_batchable, BatchBuilder, BATCH_BODY_MAX};
+use crate::batch::{batched_len, is_batchable, BATCH_BODY_MAX};
 use crate::jitter::Jitter;
 use crate::map::{Map, Set};
 
@@ -398,23 +398,25 @@ impl NodeCore {
             let (key, item) = p.data.pop()?;
             let item = match item {
                 OutItem::Data(first) if is_batchable(first.len()) => {
-                    let mut batch: Option<BatchBuilder> = None;
+                    let builder = &mut p.batch_builder;
+                    let mut started = false;
                     let mut body = batched_len(first.len());
                     while let Some(OutItem::Data(next)) = p.data.pop_next_of(key, |it| {
                         matches!(it, OutItem::Data(m)
                             if is_batchable(m.len()) && body + batched_len(m.len()) <= batch_limit)
                     }) {
-                        let b = batch.get_or_insert_with(|| {
-                            let mut b = BatchBuilder::with_capacity(batch_limit);
-                            b.push(&first);
-                            b
-                        });
-                        b.push(&next);
-                        body = b.body_len();
+                        if !started {
+                            builder.start(batch_limit);
+                            builder.push(&first);
+                            started = true;
+                        }
+                        builder.push(&next);
+                        body = builder.body_len();
                     }
-                    match batch {
-                        Some(b) => OutItem::Batch(b.finish()),
-                        None => OutItem::Data(first),
+                    if started {
+                        OutItem::Batch(builder.finish())
+                    } else {
+                        OutItem::Data(first)
                     }
                 }
                 other => other,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::batch::MessageBatch;
+use crate::batch::{BatchBuilder, MessageBatch};
 use crate::credit::{CreditPool, SendCredit};
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
@@ -89,6 +89,8 @@ pub(crate) struct Peer {
     pub redial_at: Option<Instant>,
     /// Numbering, retention and acknowledgement of the frames exchanged with the peer.
     pub session: Session,
+    /// Packs small messages for the peer into batches.
+    pub batch_builder: BatchBuilder,
 }
 
 impl Peer {
@@ -104,6 +106,7 @@ impl Peer {
             refusals: 0,
             redial_at: None,
             session: Session::default(),
+            batch_builder: BatchBuilder::default(),
         }
     }
 }

@@ -67,11 +67,12 @@ impl Transmit {
         self.push_payload(body);
     }
 
-    /// Takes the queued chunks, in order, leaving the buffer empty.
-    pub fn take_chunks(&mut self) -> Vec<Bytes> {
+    /// Moves the queued chunks, in order, to the end of `out`, leaving the buffer empty
+    /// (and `out`'s allocation reusable for the next write).
+    pub fn take_chunks(&mut self, out: &mut Vec<Bytes>) {
         self.seal();
         self.len = 0;
-        std::mem::take(&mut self.chunks)
+        out.append(&mut self.chunks);
     }
 
     fn seal(&mut self) {

@@ -1053,7 +1053,8 @@ impl Net {
 
     /// Appends what `transmit` holds to the outgoing pipe of end `e`, auditing it.
     fn write(&mut self, c: usize, e: usize, mut transmit: Transmit) -> bool {
-        let chunks = transmit.take_chunks();
+        let mut chunks = Vec::new();
+        transmit.take_chunks(&mut chunks);
         let mut wrote = false;
         let audited = self.conns[c].audited;
         for chunk in chunks {
