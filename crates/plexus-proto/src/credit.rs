@@ -36,17 +36,23 @@ use std::hash::Hash;
 pub struct SendCredit {
     /// Granted bytes not yet spent on messages.
     available: u64,
+    /// Cost of the message the application could not send for lack of credit (0: none;
+    /// a message's cost is far below `u32::MAX`).
+    blocked: u32,
+    /// Bytes spent since the last request was issued (saturating): the channel's recent
+    /// appetite, which sizes how much it asks for ahead of need (twice that, up to the
+    /// policy's `want`), so a channel that sends once asks for exactly what it sends.
+    spent_since_request: u32,
     /// A `Backlog` was sent and its `Credit` answer has not arrived.
     request_in_flight: bool,
-    /// Size of the message the application could not send for lack of credit (0: none).
-    blocked: u64,
     /// The last speculative request was answered with 0; do not ask ahead again until a
     /// real need arises.
     ahead_refused: bool,
-    /// Bytes spent since the last request was issued: the channel's recent appetite, which
-    /// sizes how much it asks for ahead of need (twice that, up to the policy's `want`), so
-    /// a channel that sends once asks for exactly what it sends.
-    spent_since_request: u64,
+}
+
+/// `len` as a `u32`, saturating (credit amounts of one message or request fit far below).
+fn saturating_u32(len: u64) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// A `Backlog` request the sender should put on the link.
@@ -83,7 +89,7 @@ impl SendCredit {
     pub fn try_spend(&mut self, len: u64, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
         if self.available >= len {
             self.available -= len;
-            self.spent_since_request += len;
+            self.spent_since_request = self.spent_since_request.saturating_add(saturating_u32(len));
             self.blocked = 0;
             let ask_ahead = !self.request_in_flight
                 && !self.ahead_refused
@@ -91,7 +97,7 @@ impl SendCredit {
             let request = ask_ahead.then(|| self.issue(0, policy));
             (true, request)
         } else {
-            self.blocked = len;
+            self.blocked = saturating_u32(len);
             let request = (!self.request_in_flight).then(|| {
                 let need = (len - self.available) as u32;
                 self.issue(need, policy)
@@ -106,7 +112,7 @@ impl SendCredit {
         if self.available >= len {
             return (true, None);
         }
-        self.blocked = len;
+        self.blocked = saturating_u32(len);
         let request = (!self.request_in_flight).then(|| {
             let need = (len - self.available) as u32;
             self.issue(need, policy)
@@ -123,10 +129,11 @@ impl SendCredit {
         if self.blocked == 0 {
             return (false, None);
         }
-        if self.available >= self.blocked {
+        let blocked = u64::from(self.blocked);
+        if self.available >= blocked {
             return (true, None);
         }
-        let need = (self.blocked - self.available) as u32;
+        let need = (blocked - self.available) as u32;
         (false, Some(self.issue(need, policy)))
     }
 
@@ -139,7 +146,7 @@ impl SendCredit {
         self.spent_since_request = 0;
         CreditRequest {
             need,
-            want: appetite.min(u64::from(policy.want)) as u32,
+            want: appetite.min(policy.want),
         }
     }
 }
@@ -147,8 +154,8 @@ impl SendCredit {
 /// One pending request at the pool.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
-    need: u64,
-    want: u64,
+    need: u32,
+    want: u32,
 }
 
 /// Why the pool refused a request outright (the link must close: the peer broke protocol).
@@ -227,23 +234,16 @@ impl<K: Copy + Eq + Hash> CreditPool<K> {
 
     /// Records a `Backlog` from `key`. Call [`CreditPool::poll_grants`] afterwards.
     pub fn request(&mut self, key: K, need: u32, want: u32) -> Result<(), CreditError> {
-        let need = u64::from(need);
-        if need > self.reserve {
+        if u64::from(need) > self.reserve {
             return Err(CreditError::NeedTooLarge {
-                need,
+                need: u64::from(need),
                 reserve: self.reserve,
             });
         }
         if self.pending.contains_key(&key) {
             return Err(CreditError::DuplicateRequest);
         }
-        self.pending.insert(
-            key,
-            Pending {
-                need,
-                want: u64::from(want),
-            },
-        );
+        self.pending.insert(key, Pending { need, want });
         self.queue.push_back(key);
         Ok(())
     }
@@ -271,6 +271,7 @@ impl<K: Copy + Eq + Hash> CreditPool<K> {
                 self.queue.pop_front();
                 continue;
             };
+            let (need, want) = (u64::from(need), u64::from(want));
             let free = self.capacity - self.outstanding;
             if need > free {
                 break;

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::state::{Consumer, InChannel, InKey, LocalKey};
+use super::state::{Consumer, InChannel, InKey, LocalKey, Parked};
 use super::{Event, ExchangeError, NodeCore};
 use crate::batch::MessageBatch;
 use crate::credit::{message_cost, CreditPool};
@@ -287,10 +287,11 @@ impl NodeCore {
             producer: Endpoint::new(peer, producer),
             granted: 0,
             received: 0,
-            attached: false,
-            parked_request: None,
-            parked_at: self.now,
-            parked_finish: None,
+            parked: Some(Box::new(Parked {
+                since: self.now,
+                request: None,
+                finish: None,
+            })),
         };
         if self.job_failure(job).is_some() {
             // The job is over here: its channels are refused, and the producer learns why.
@@ -344,7 +345,8 @@ impl NodeCore {
             return;
         };
         let welcome = c.expected.contains(&producer) && c.attached_from.insert(producer);
-        if let Some(outcome) = ch.parked_finish.take() {
+        let parked = ch.parked.take();
+        if let Some(outcome) = parked.as_ref().and_then(|p| p.finish.clone()) {
             // It ended while parked, so it never held data: only its outcome is left.
             self.in_channels.remove(&in_key);
             if welcome {
@@ -361,9 +363,8 @@ impl NodeCore {
             self.refuse(in_key, CancelCode::UnknownConsumer);
             return;
         }
-        ch.attached = true;
         c.channels.insert(in_key);
-        if let Some((need, want)) = ch.parked_request.take() {
+        if let Some((need, want)) = parked.and_then(|p| p.request) {
             // A need above the reserve cannot be honoured: refuse the channel.
             if c.pool.request(in_key, need, want).is_err() {
                 c.channels.remove(&in_key);
@@ -433,8 +434,8 @@ impl NodeCore {
         let Some(ch) = self.in_channel(in_key, "backlog")? else {
             return Ok(());
         };
-        if !ch.attached {
-            if ch.parked_request.replace((need, want)).is_some() {
+        if let Some(parked) = &mut ch.parked {
+            if parked.request.replace((need, want)).is_some() {
                 return Err("second credit request before an answer".into());
             }
             return Ok(());
@@ -474,8 +475,8 @@ impl NodeCore {
                 producer: ch.producer,
             }),
         };
-        if !ch.attached {
-            ch.parked_finish = Some(outcome.map(Box::new));
+        if let Some(parked) = &mut ch.parked {
+            parked.finish = Some(outcome.map(Box::new));
             return Ok(());
         }
         let unused = ch.granted - ch.received;

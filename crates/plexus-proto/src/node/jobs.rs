@@ -261,7 +261,7 @@ impl NodeCore {
             let still_parked = self
                 .in_channels
                 .get(&in_key)
-                .is_some_and(|ch| !ch.attached && ch.parked_at == since);
+                .is_some_and(|ch| ch.parked.as_ref().is_some_and(|p| p.since == since));
             if still_parked {
                 if let Some(ch) = self.in_channels.get(&in_key) {
                     self.remember_expired(ch.consumer, ch.producer);

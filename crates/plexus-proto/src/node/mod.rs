@@ -152,7 +152,6 @@ pub struct NodeCore {
     next_link: u64,
     producers: Map<LocalKey, Producer>,
     out_channels: Map<OutKey, OutChannel>,
-    next_out: OutKey,
     consumers: Map<LocalKey, Consumer>,
     in_channels: Map<InKey, InChannel>,
     /// Incoming channels whose consumer does not exist yet, by that consumer.
@@ -214,7 +213,6 @@ impl NodeCore {
             next_link: 0,
             producers: Map::default(),
             out_channels: Map::default(),
-            next_out: 0,
             consumers: Map::default(),
             in_channels: Map::default(),
             parked: Map::default(),

@@ -8,7 +8,8 @@
 use bytes::Bytes;
 
 use super::state::{
-    ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState, Producer,
+    out_key, ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState,
+    Producer,
 };
 use super::{Event, ExchangeError, NodeCore};
 use crate::credit::{message_cost, SendCredit};
@@ -274,9 +275,7 @@ impl NodeCore {
             .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
         let wire = WireChannel(peer.next_wire);
         peer.next_wire = peer.next_wire.wrapping_add(1);
-        let key = self.next_out;
-        self.next_out += 1;
-        peer.out_by_wire.insert(wire, key);
+        let key = out_key(consumer.node, wire);
         peer.control.push_back(Frame::Open {
             channel: wire,
             job,
@@ -303,12 +302,10 @@ impl NodeCore {
 
     /// A `Credit` from `peer` for our channel `wire`.
     pub(super) fn on_credit(&mut self, peer: NodeId, wire: WireChannel, bytes: u32) {
-        let Some(&key) = self.peers.get(&peer).and_then(|p| p.out_by_wire.get(&wire)) else {
-            return; // the channel already finished; a late grant is harmless
-        };
+        let key = out_key(peer, wire);
         let policy = self.send_policy;
         let Some(ch) = self.out_channels.get_mut(&key) else {
-            return;
+            return; // the channel already finished; a late grant is harmless
         };
         let (ready, request) = ch.credit.on_grant(bytes, policy);
         let (job, slot) = ch.producer;
@@ -335,9 +332,7 @@ impl NodeCore {
     /// A `Cancel` from `peer` for our channel `wire`: drop its queued data and tell the
     /// consumer side we are done with `Abort`, which retires the channel on both sides.
     pub(super) fn on_cancel(&mut self, peer: NodeId, wire: WireChannel, code: CancelCode) {
-        let Some(&key) = self.peers.get(&peer).and_then(|p| p.out_by_wire.get(&wire)) else {
-            return;
-        };
+        let key = out_key(peer, wire);
         let Some(ch) = self.out_channels.get_mut(&key) else {
             return;
         };
@@ -364,9 +359,6 @@ impl NodeCore {
         let Some(ch) = self.out_channels.remove(&key) else {
             return;
         };
-        if let Some(p) = self.peers.get_mut(&ch.consumer.node) {
-            p.out_by_wire.remove(&ch.wire);
-        }
         let outcome = match ch.state {
             OutState::Failed(e) => Some(e),
             OutState::Open | OutState::Finishing => None,

@@ -23,8 +23,16 @@ use super::session::Session;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u64);
 
-/// Key of an outgoing channel in the core's table.
+/// Key of an outgoing channel in the core's table: the consumer's node and our number for
+/// the channel on that peer's session (see [`out_key`]).
 pub(crate) type OutKey = u64;
+
+/// The key of our channel numbered `wire` towards `peer`. Numbers are never reused within
+/// a session, and a peer's channels are all retired before a new session with it starts,
+/// so a key names one channel.
+pub(crate) fn out_key(peer: NodeId, wire: WireChannel) -> OutKey {
+    (u64::from(peer.0) << 32) | u64::from(wire.0)
+}
 /// Key of an incoming channel: the sending peer and its number for the channel.
 pub(crate) type InKey = (NodeId, WireChannel);
 /// A producer or consumer on this node: job and slot.
@@ -76,8 +84,6 @@ pub(crate) struct Peer {
     pub data: Scheduler<OutKey, OutItem>,
     /// Next number for a channel we open towards this peer.
     pub next_wire: u32,
-    /// Our outgoing channels to this peer by their number.
-    pub out_by_wire: Map<WireChannel, OutKey>,
     /// The number the peer's next `Open` must carry: it numbers its channels in order, so
     /// any lower number is a channel that is gone, and any other is a protocol error.
     pub next_in_wire: u32,
@@ -100,7 +106,6 @@ impl Peer {
             control: VecDeque::new(),
             data: Scheduler::new(quantum),
             next_wire: 0,
-            out_by_wire: Map::default(),
             next_in_wire: 0,
             dial_failures: 0,
             refusals: 0,
@@ -187,16 +192,22 @@ pub(crate) struct InChannel {
     pub producer: Endpoint,
     /// Credit granted to the channel so far.
     pub granted: u64,
-    /// Payload bytes received so far.
+    /// Credit its messages used so far.
     pub received: u64,
-    /// Whether the consumer exists and the channel is part of it.
-    pub attached: bool,
-    /// A `Backlog` that arrived while the channel was parked, with its need and want.
-    pub parked_request: Option<(u32, u32)>,
-    /// When the channel was parked (its consumer did not exist yet).
-    pub parked_at: Instant,
-    /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`) while parked.
-    pub parked_finish: Option<Option<Box<ExchangeError>>>,
+    /// While its consumer does not exist yet: what happened meanwhile. `None` once the
+    /// channel is part of its consumer (kept apart, so attached channels stay small).
+    pub parked: Option<Box<Parked>>,
+}
+
+/// What a channel whose consumer does not exist yet went through.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    /// When it was parked.
+    pub since: Instant,
+    /// A `Backlog` that arrived, with its need and want.
+    pub request: Option<(u32, u32)>,
+    /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`).
+    pub finish: Option<Option<Box<ExchangeError>>>,
 }
 
 /// A consumer on this node.
