@@ -29,8 +29,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_BATCH: usize = 512 * 1024;
 /// A link with less than this to send waits scheduler turns for more before it writes...
 const LINGER_BELOW: usize = 32 * 1024;
-/// ...as long as it keeps growing, at most this many turns.
+/// ...at most this many turns.
 const MAX_LINGERS: u32 = 8;
+/// A scheduler turn shorter than this ran nothing else.
+const IDLE_TURN: Duration = Duration::from_micros(10);
 /// I/O vectors per `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 512;
 /// How long a dial may take.
@@ -201,7 +203,7 @@ async fn write_loop(
     let mut transmit = Transmit::new();
     let mut chunks = Vec::new();
     loop {
-        linger_while_growing(&shared, link).await;
+        linger_while_busy(&shared, link).await;
         let open = shared.op(|st| {
             st.core
                 .poll_transmit(link, Instant::now(), &mut transmit, WRITE_BATCH)
@@ -221,20 +223,22 @@ async fn write_loop(
     }
 }
 
-/// While less than [`LINGER_BELOW`] waits to be sent on `link` and it keeps growing, lets
-/// the tasks adding to it run first (a scheduler turn each, no timer; at most
-/// [`MAX_LINGERS`] turns), so many small messages share one write and a channel's small
-/// messages share one frame. Returns at once when nothing is added: an idle link is not
-/// delayed.
-async fn linger_while_growing(shared: &Shared, link: LinkId) {
-    let mut last = 0;
+/// While less than [`LINGER_BELOW`] waits to be sent on `link`, lets the tasks that may
+/// add to it run first (a scheduler turn each, no timer; at most [`MAX_LINGERS`] turns),
+/// so many small messages share one write and a channel's small messages share one frame.
+/// Stops as soon as a turn comes back within [`IDLE_TURN`]: then nothing else was ready to
+/// run, so nothing more is coming soon, and an idle link is not delayed.
+async fn linger_while_busy(shared: &Shared, link: LinkId) {
     for _ in 0..MAX_LINGERS {
         let queued = shared.lock().core.queued_bytes(link);
-        if queued >= LINGER_BELOW || queued <= last {
+        if queued == 0 || queued >= LINGER_BELOW {
             return;
         }
-        last = queued;
+        let turn = Instant::now();
         tokio::task::yield_now().await;
+        if turn.elapsed() < IDLE_TURN {
+            return;
+        }
     }
 }
 
