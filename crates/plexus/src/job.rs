@@ -190,6 +190,22 @@ impl Producer {
             })
     }
 
+    /// Queues messages from the front of `messages` for `consumer` while its channel has
+    /// credit for them, all under one lock; returns how many it took (removed from
+    /// `messages`). With some left, [`Producer::ready`] later returns `consumer`. A failure
+    /// of the channel is returned when it took nothing; otherwise by the next call (the
+    /// message that met it is dropped).
+    pub fn try_send_many(
+        &mut self,
+        consumer: Endpoint,
+        messages: &mut VecDeque<Bytes>,
+    ) -> Result<usize, Error> {
+        let (job, slot) = (self.job, self.slot);
+        Ok(self
+            .shared
+            .op(|st| st.core.try_send_many(job, slot, consumer, messages))?)
+    }
+
     /// Whether a message of `len` bytes to `consumer` would be taken now. If not, credit
     /// is asked for and [`Producer::ready`] later returns `consumer`. Lets a producer
     /// build (or fetch) a message only once it can go.

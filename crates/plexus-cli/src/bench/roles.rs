@@ -8,11 +8,11 @@
 //! reads nothing before the release; every non-stalled consumer announces exactly once
 //! that it is done (even when it failed), so stalled consumers are always released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use plexus::{Endpoint, ExchangeError, TrySend};
+use plexus::{Endpoint, ExchangeError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -122,9 +122,13 @@ pub struct Moved {
     pub messages: u64,
 }
 
-/// Messages up to this size are built before their credit is known (and kept, one per
-/// consumer, when refused): one call into the library instead of two.
+/// Messages up to this size are built before their credit is known, a run of up to
+/// [`RUN`] per consumer at a time, and handed over with one library call per run (what is
+/// refused is kept for the consumer's next turn); larger ones one at a time, each only
+/// once its credit is there.
 const BUILD_AHEAD_BELOW: usize = 4096;
+/// Small messages built ahead and offered at once to one consumer.
+const RUN: usize = 16;
 
 /// Sends the producer's whole plan to every consumer of `job`, serving whichever consumers
 /// have credit and waiting only when none has. Does not close the producer. On error
@@ -143,8 +147,10 @@ pub async fn produce(
     let mut moved = Moved::default();
     let fail = |moved: Moved, error: EndpointError| Err((moved, error));
     let context = || format!("job {} producer {me}", Shape::job_id(job).0);
+    // Per consumer: the next message to queue, and the next to build.
     let mut next_seq = vec![0u32; consumers.len()];
-    let mut held: Vec<Option<bytes::Bytes>> = vec![None; consumers.len()];
+    let mut next_built = vec![0u32; consumers.len()];
+    let mut held: Vec<VecDeque<bytes::Bytes>> = vec![VecDeque::new(); consumers.len()];
     let index: HashMap<Endpoint, usize> =
         consumers.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     // Consumers worth trying now; the others wait for their credit.
@@ -160,41 +166,42 @@ pub async fn produce(
             }
             continue;
         }
-        // One message to each runnable consumer per round, so they progress evenly.
+        // One run (or one large message) to each runnable consumer per round, so they
+        // progress evenly.
         for &i in &runnable {
             let consumer = consumers[i];
             let len = plan.message_len(next_seq[i]) as usize;
-            // A small message is built at once and kept if refused (one per consumer);
-            // a large one only once its credit is there.
-            let message = match held[i].take() {
-                Some(message) => message,
-                None if len <= BUILD_AHEAD_BELOW => {
-                    factory.message(&plan, my_id, shape.consumer_id(consumer), next_seq[i])
-                }
-                None => match tx.has_credit(consumer, len) {
+            let build = |seq| factory.message(&plan, my_id, shape.consumer_id(consumer), seq);
+            if len > BUILD_AHEAD_BELOW && held[i].is_empty() {
+                match tx.has_credit(consumer, len) {
                     Ok(true) => {
-                        factory.message(&plan, my_id, shape.consumer_id(consumer), next_seq[i])
+                        held[i].push_back(build(next_built[i]));
+                        next_built[i] += 1;
                     }
                     Ok(false) => continue,
                     Err(e) => return fail(moved, EndpointError::plexus(context(), &e)),
-                },
-            };
-            match tx.try_send(consumer, message) {
-                Ok(()) => {
-                    moved.bytes += len as u64;
-                    moved.messages += 1;
-                    next_seq[i] += 1;
-                    if next_seq[i] == messages {
-                        unfinished -= 1;
-                    } else {
-                        next_round.push(i);
-                    }
-                }
-                Err(TrySend::NoCredit(message)) => held[i] = Some(message),
-                Err(TrySend::Failed(e)) => {
-                    return fail(moved, EndpointError::plexus(context(), &e))
                 }
             }
+            while len <= BUILD_AHEAD_BELOW && held[i].len() < RUN && next_built[i] < messages {
+                held[i].push_back(build(next_built[i]));
+                next_built[i] += 1;
+            }
+            let offered = held[i].len();
+            let taken = match tx.try_send_many(consumer, &mut held[i]) {
+                Ok(taken) => taken,
+                Err(e) => return fail(moved, EndpointError::plexus(context(), &e)),
+            };
+            for seq in next_seq[i]..next_seq[i] + taken as u32 {
+                moved.bytes += u64::from(plan.message_len(seq));
+                moved.messages += 1;
+            }
+            next_seq[i] += taken as u32;
+            if next_seq[i] == messages {
+                unfinished -= 1;
+            } else if taken == offered {
+                next_round.push(i);
+            }
+            // Otherwise it waits for its credit: `ready` returns it.
         }
         std::mem::swap(&mut runnable, &mut next_round);
         next_round.clear();

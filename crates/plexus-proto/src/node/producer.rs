@@ -5,6 +5,8 @@
 //! `End`/`Abort` is queued behind its data; a finished channel's outcome stays recorded in
 //! its producer so a late `send` gets the channel's real fate, not a fresh channel.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use super::state::{
@@ -109,6 +111,34 @@ impl NodeCore {
             }
             Some(payload) => Err(TrySendError::NoCredit(payload)),
         }
+    }
+
+    /// Queues messages from the front of `messages` for `consumer` while its channel has
+    /// credit for them; returns how many it took (removed from `messages`). When it stops
+    /// for lack of credit, a `ProducerReady` event follows as for `try_send`. A failure of
+    /// the channel is returned if it took nothing; otherwise it stops there (the message
+    /// that met the failure is dropped: the channel takes no more) and the next call
+    /// returns the failure.
+    pub fn try_send_many(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumer: Endpoint,
+        messages: &mut VecDeque<Bytes>,
+    ) -> Result<usize, ExchangeError> {
+        let mut taken = 0;
+        while let Some(message) = messages.pop_front() {
+            match self.try_send(job, slot, consumer, message) {
+                Ok(()) => taken += 1,
+                Err(TrySendError::NoCredit(message)) => {
+                    messages.push_front(message);
+                    break;
+                }
+                Err(TrySendError::Failed(e)) if taken == 0 => return Err(e),
+                Err(TrySendError::Failed(_)) => break,
+            }
+        }
+        Ok(taken)
     }
 
     /// Whether a message of `len` bytes to `consumer` would be taken now. When it would
