@@ -34,6 +34,22 @@ const MAX_LINGERS: u32 = 8;
 const MAX_IOVECS: usize = 512;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections the kernel queues for the listener until it accepts them (capped by
+/// `net.core.somaxconn`). Every peer may dial a node at the same moment (a job spanning the
+/// cluster starts); a connection that finds the queue full has its SYN dropped and retries
+/// only after 1 s, 3 s, 7 s...
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Accepts connections until the node stops.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
