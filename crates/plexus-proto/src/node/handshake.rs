@@ -12,8 +12,9 @@
 //!    starts afresh if neither does.
 //!
 //! Invariants: of two connections dialled at once between the same nodes, both sides keep
-//! the one dialled by the lower node id; frames of a session are delivered once, in order,
-//! whatever connections carry them.
+//! the one dialled by the lower node id, unless the lower id's dial was only waiting for its
+//! turn (see `dial`); frames of a session are delivered once, in order, whatever
+//! connections carry them.
 
 use std::time::Instant;
 
@@ -140,17 +141,19 @@ impl NodeCore {
         }
         let dialled = self.links.get(&link).and_then(|l| l.dialled);
         let quantum = self.config.quantum;
-        let peer = self
+        let state = self
             .peers
             .entry(node)
-            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum))
+            .state
+            .clone();
         match dialled {
             Some(expected) if expected != node => Err((
                 GoAwayCode::UnexpectedNode,
                 LinkCause::Protocol(format!("dialled {expected}, but {node} answered")),
             )),
             Some(_) => {
-                if !matches!(peer.state, PeerState::Dialing | PeerState::AwaitingInbound) {
+                if !matches!(state, PeerState::Dialing | PeerState::AwaitingInbound) {
                     // Another connection won meanwhile; this one is surplus.
                     return Err((
                         GoAwayCode::Duplicate,
@@ -161,13 +164,15 @@ impl NodeCore {
                 Ok(())
             }
             None => {
-                let accept = match peer.state {
+                let accept = match state {
                     PeerState::Up(_) => false,
-                    PeerState::Dialing => node < self.config.node,
+                    // A dial of ours that is only waiting for its turn is not on the wire:
+                    // there is no tie to break.
+                    PeerState::Dialing => node < self.config.node || !self.dials.in_flight(node),
                     PeerState::Idle | PeerState::AwaitingInbound | PeerState::Local => true,
                 };
                 if !accept {
-                    let code = if matches!(peer.state, PeerState::Up(_)) {
+                    let code = if matches!(state, PeerState::Up(_)) {
                         GoAwayCode::Duplicate
                     } else {
                         GoAwayCode::SimultaneousDial
@@ -258,10 +263,15 @@ impl NodeCore {
         if let (Some(since), true) = (outage, resumed) {
             self.record_resume(now.saturating_duration_since(since));
         }
+        let mut dialled = None;
         if let Some(l) = self.links.get_mut(&link) {
             l.phase = Phase::Up;
             l.peer = Some(node);
             l.last_rx = now;
+            dialled = l.dialled;
+        }
+        if let Some(peer) = dialled {
+            self.dial_settled(peer);
         }
         // A losing dial of ours may still be in its handshake: it will be refused by the
         // peer or find the peer up when its Hello arrives.

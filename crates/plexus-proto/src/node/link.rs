@@ -5,9 +5,9 @@
 //! Invariants: a connection carries a peer's channel traffic only once the handshake
 //! (see `handshake`) has chosen it (`Phase::Up`, and the peer's state names it); a peer has
 //! at most one such connection. Losing it does not fail anything: the peer is redialled, with
-//! backoff and jitter, and the session resumes. Only a peer unreachable for the grace period,
-//! refusing connections (no process listens), restarted, or breaking the protocol is
-//! declared dead, which fails the jobs that touch it.
+//! backoff and jitter, through the node's dial pacing (see `dial`), and the session resumes.
+//! Only a peer unreachable for the grace period, refusing connections (no process listens),
+//! restarted, or breaking the protocol is declared dead, which fails the jobs that touch it.
 
 use std::time::Instant;
 
@@ -33,8 +33,12 @@ impl NodeCore {
     /// `None` when the connection is no longer wanted (the runtime then drops it).
     pub fn handle_dialed(&mut self, peer: NodeId, now: Instant) -> Option<LinkId> {
         self.now = now;
-        let p = self.peers.get_mut(&peer)?;
-        if !matches!(p.state, PeerState::Dialing | PeerState::AwaitingInbound) {
+        let wanted = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| matches!(p.state, PeerState::Dialing | PeerState::AwaitingInbound));
+        if !wanted {
+            self.dial_settled(peer);
             return None;
         }
         let link = self.new_link(Some(peer), now);
@@ -56,6 +60,7 @@ impl NodeCore {
         now: Instant,
     ) {
         self.now = now;
+        self.dial_settled(peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -151,6 +156,7 @@ impl NodeCore {
         if let Some(peer) = carried {
             self.link_lost(peer, cause);
         } else if let (Some(peer), Phase::Handshake) = (l.dialled, l.phase) {
+            // `handle_dial_failed` also gives the dial's slot to the next peer.
             let now = self.now;
             self.handle_dial_failed(peer, DialFailure::Other, &cause.to_string(), now);
         }
@@ -252,6 +258,7 @@ impl NodeCore {
             self.close_link(id, GoAwayCode::Timeout, cause);
         }
         let mut dead = Vec::new();
+        let mut redial = Vec::new();
         let defer = self.config.dial_defer;
         let grace = self.config.grace_period;
         for (&peer, p) in &mut self.peers {
@@ -271,9 +278,7 @@ impl NodeCore {
                         p.redial_at = Some(now + defer);
                     }
                     if p.redial_at.is_some_and(|at| at <= now) {
-                        p.redial_at = None;
-                        p.state = PeerState::Dialing;
-                        self.events.push_back(Event::Dial { peer });
+                        redial.push(peer);
                     }
                 }
                 PeerState::Local | PeerState::Idle => {}
@@ -281,6 +286,9 @@ impl NodeCore {
         }
         for id in to_wake {
             self.wake_link(id);
+        }
+        for peer in redial {
+            self.request_dial(peer);
         }
         for peer in dead {
             let cause = LinkCause::Unreachable(format!("no link for {grace:?}"));
@@ -331,12 +339,10 @@ impl NodeCore {
         }
         let now = self.now;
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.state = PeerState::Dialing;
             p.dial_failures = 0;
             p.refusals = 0;
-            p.redial_at = None;
             p.session.down_since = Some(now);
-            self.events.push_back(Event::Dial { peer });
+            self.request_dial(peer);
         }
     }
 
@@ -350,6 +356,7 @@ impl NodeCore {
             return;
         }
         let was_up = l.phase == Phase::Up;
+        let was_handshake = l.phase == Phase::Handshake;
         l.phase = Phase::Closing;
         l.control.clear();
         l.control.push_back(Frame::GoAway { code });
@@ -372,6 +379,9 @@ impl NodeCore {
                 let Some(peer) = dialled else {
                     return;
                 };
+                if was_handshake {
+                    self.dial_settled(peer);
+                }
                 match cause {
                     LinkCause::GoAway(GoAwayCode::SimultaneousDial) => {
                         // The peer's own dial wins; wait for it (and dial again if it

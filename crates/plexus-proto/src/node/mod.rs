@@ -23,6 +23,7 @@
 
 mod budget;
 mod consumer;
+mod dial;
 pub mod error;
 mod handshake;
 mod jobs;
@@ -60,7 +61,8 @@ use state::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Open a connection to `peer` and report it with `handle_dialed` or
-    /// `handle_dial_failed`.
+    /// `handle_dial_failed`. Every dial must be reported: until then it holds one of the
+    /// node's `Config::max_dials_in_flight` slots.
     Dial {
         /// The node to dial.
         peer: NodeId,
@@ -114,6 +116,8 @@ pub enum Event {
 pub struct Stats {
     /// Connections carrying traffic.
     pub links_up: usize,
+    /// Dials under way: connecting, or connected and in their handshake.
+    pub dials_in_flight: usize,
     /// Outgoing channels.
     pub out_channels: usize,
     /// Incoming channels (attached or parked).
@@ -148,6 +152,8 @@ pub struct NodeCore {
     peers: Map<NodeId, Peer>,
     links: Map<LinkId, Link>,
     next_link: u64,
+    /// Dials in flight and peers waiting for one.
+    dials: dial::Dials,
     producers: Map<LocalKey, Producer>,
     out_channels: Map<OutKey, OutChannel>,
     next_out: OutKey,
@@ -210,6 +216,7 @@ impl NodeCore {
             peers,
             links: Map::default(),
             next_link: 0,
+            dials: dial::Dials::default(),
             producers: Map::default(),
             out_channels: Map::default(),
             next_out: 0,
@@ -291,6 +298,7 @@ impl NodeCore {
                 .values()
                 .filter(|p| matches!(p.state, PeerState::Up(_)))
                 .count(),
+            dials_in_flight: self.dials.in_flight_count(),
             out_channels: self.out_channels.len(),
             in_channels: self.in_channels.len(),
             parked_channels: self.parked_count,
@@ -351,10 +359,7 @@ impl NodeCore {
                 p.state = PeerState::AwaitingInbound;
                 p.redial_at = None;
             }
-            PeerState::Idle => {
-                p.state = PeerState::Dialing;
-                self.events.push_back(Event::Dial { peer });
-            }
+            PeerState::Idle => self.request_dial(peer),
             PeerState::Dialing | PeerState::AwaitingInbound => {}
         }
     }
