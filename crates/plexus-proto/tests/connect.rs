@@ -1,10 +1,136 @@
-//! Connections under load: dials paced per node, one dial per peer at a time, and inbound
-//! connections while a dial waits its turn.
+//! Connections under load: dials paced per node, one dial per peer at a time, inbound
+//! connections while a dial waits its turn, and handshakes answered after the session
+//! they describe moved on.
 
 mod support;
 
-use plexus_proto::{Bytes, Endpoint, JobId, NodeId};
+use std::time::Duration;
+
+use plexus_proto::frame::GoAwayCode;
+use plexus_proto::{Bytes, Endpoint, ExchangeError, JobId, LinkCause, NodeId};
 use support::{ep, plan, run_to_completion, small, Inbox, Net, Outbox};
+
+/// Whether a close says that a peer broke the protocol.
+fn is_protocol_close(cause: &LinkCause) -> bool {
+    matches!(
+        cause,
+        LinkCause::Protocol(_) | LinkCause::GoAway(GoAwayCode::ProtocolError)
+    )
+}
+
+/// Node 0 loses its link to node 1, which hangs, and redials it; the connection waits in
+/// node 1's accept backlog with node 0's `Hello`, which claims the session node 0 holds.
+/// The grace period runs out before the handshake could (a dial made late in the grace
+/// period outlives it): node 0 declares node 1 dead and forgets the session. A new job
+/// then needs node 1 again, and node 1 thaws. Node 1 reads the old `Hello` and resumes the
+/// session it describes; node 0 must not take that answer for its new session (it would
+/// start afresh while node 1 resumes, and each would see the other break the protocol):
+/// it dials again, both sides agree that the session is lost, the old job fails on both
+/// nodes, and the new job is delivered to a consumer opened after that.
+#[test]
+fn an_answer_to_an_out_of_date_hello_is_not_taken() {
+    let mut net = Net::new(2, |c| {
+        small(c);
+        c.handshake_timeout = Duration::from_secs(30);
+    });
+    let grace = net.node(0).config().grace_period;
+    let old = JobId(1);
+    let (p0, c0, p1, c1) = (ep(0, 0), ep(0, 0), ep(1, 0), ep(1, 0));
+    // Both directions carry frames: each side's Hello claims a count above 0.
+    let mut inboxes = vec![
+        Inbox::open(&mut net, 1, old, 0, &[p0]),
+        Inbox::open(&mut net, 0, old, 0, &[p1]),
+    ];
+    let mut outboxes = vec![
+        Outbox::open(&mut net, 0, old, 0, vec![(c1, plan(old, p0, c1, 4, 512))]),
+        Outbox::open(&mut net, 1, old, 0, vec![(c0, plan(old, p1, c0, 4, 512))]),
+    ];
+    for _ in 0..100 {
+        for o in &mut outboxes {
+            o.close_when_done = false;
+            o.pump(&mut net);
+        }
+        net.drive();
+        for i in &mut inboxes {
+            i.pull(&mut net);
+        }
+        if inboxes.iter().all(|i| i.received() == 4) {
+            break;
+        }
+        net.advance(net.tick());
+    }
+    assert!(inboxes.iter().all(|i| i.received() == 4), "{inboxes:?}");
+
+    net.freeze(1);
+    net.cut(0, 1);
+    net.drive();
+    net.advance(grace + net.tick());
+    inboxes[1].pull(&mut net);
+    assert!(
+        !inboxes[1].errors.is_empty(),
+        "node 0 declared node 1 dead after the grace period"
+    );
+    let dials_while_hung = net.dials.len();
+
+    let new = JobId(2);
+    let (p_new, c_new) = (ep(0, 1), ep(1, 1));
+    let msgs = plan(new, p_new, c_new, 6, 512);
+    let mut new_out = vec![Outbox::open(
+        &mut net,
+        0,
+        new,
+        1,
+        vec![(c_new, msgs.clone())],
+    )];
+    new_out[0].pump(&mut net);
+    net.drive();
+    assert_eq!(
+        net.dials.len(),
+        dials_while_hung,
+        "no second dial while the first is in its handshake: {:?}",
+        net.dials
+    );
+    net.thaw(1);
+    for _ in 0..100 {
+        net.drive();
+        inboxes[0].pull(&mut net);
+        if !inboxes[0].errors.is_empty() {
+            break;
+        }
+        net.advance(net.tick());
+    }
+    for closed in &net.closes {
+        assert!(!is_protocol_close(&closed.cause), "{closed:?}");
+    }
+    assert!(
+        inboxes[0].errors.iter().any(|e| matches!(
+            e,
+            ExchangeError::LinkFailed {
+                peer: NodeId(0),
+                cause: LinkCause::Restarted(_)
+            }
+        )),
+        "node 1 learnt that node 0 lost the session: {:?}",
+        inboxes[0].errors
+    );
+    // A consumer opened once node 1 knows gets the new job's data.
+    let mut new_in = vec![Inbox::open(&mut net, 1, new, 1, &[p_new])];
+    run_to_completion(&mut net, &mut new_out, &mut new_in, 20_000);
+
+    assert_eq!(new_in[0].by_producer.get(&p_new), Some(&msgs));
+    assert!(new_in[0].errors.is_empty(), "{:?}", new_in[0].errors);
+    for closed in &net.closes {
+        assert!(!is_protocol_close(&closed.cause), "{closed:?}");
+    }
+    assert!(
+        net.closes
+            .iter()
+            .any(|c| c.node == NodeId(0) && c.cause == LinkCause::Superseded),
+        "node 0 refused the out-of-date answer: {:?}",
+        net.closes
+    );
+    net.assert_credit_respected();
+}
 
 /// One producer on node 0 sends one message to a consumer on each of `peers` other nodes.
 /// Returns the outbox and its plan.

@@ -11,14 +11,23 @@
 //! 3. drops its session if only it holds one (the peer lost it: jobs touching it fail), and
 //!    starts afresh if neither does.
 //!
+//! A dialler's `Hello` leaves when its connection is made, but the acceptor may read it much
+//! later (a busy or hung machine). If meanwhile the dialler's session with the acceptor moved
+//! on (another connection carried frames, or the dialler dropped the session), the acceptor
+//! settles the session on out-of-date claims: the dialler, seeing its claims changed when the
+//! answer comes, closes the connection (`Superseded`) and dials again; an acceptor told of
+//! fewer frames than the dialler already acknowledged does the same. Neither is an error of
+//! the peer.
+//!
 //! Invariants: of two connections dialled at once between the same nodes, both sides keep
 //! the one dialled by the lower node id, unless the lower id's dial was only waiting for its
-//! turn (see `dial`); frames of a session are delivered once, in order, whatever
-//! connections carry them.
+//! turn (see `dial`); both sides settle a session on the same claims (both resume from the
+//! same counts, or both start afresh); frames of a session are delivered once, in order,
+//! whatever connections carry them.
 
 use std::time::Instant;
 
-use super::state::{LinkId, Peer, PeerState, Phase};
+use super::state::{Claims, LinkId, Peer, PeerState, Phase};
 use super::{LinkCause, NodeCore};
 use crate::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
 use crate::ids::NodeId;
@@ -36,16 +45,25 @@ struct Hello {
 type LinkError = (GoAwayCode, LinkCause);
 
 impl NodeCore {
+    /// What our `Hello` to `peer` says about the session we hold with it, now.
+    pub(super) fn claims_for(&self, peer: NodeId) -> Claims {
+        let session = self.peers.get(&peer).map(|p| &p.session);
+        Claims {
+            peer_incarnation: session.and_then(|s| s.peer_incarnation).unwrap_or(0),
+            received: session.map_or(0, |s| s.rx_count),
+        }
+    }
+
     /// Our `Hello` to `peer`, describing the session we hold with it.
     pub(super) fn hello_for(&self, peer: NodeId) -> Frame {
-        let session = self.peers.get(&peer).map(|p| &p.session);
+        let claims = self.claims_for(peer);
         Frame::Hello {
             version: PROTOCOL_VERSION,
             cluster: self.config.cluster,
             node: self.config.node,
             incarnation: self.config.incarnation,
-            peer_incarnation: session.and_then(|s| s.peer_incarnation).unwrap_or(0),
-            received: session.map_or(0, |s| s.rx_count),
+            peer_incarnation: claims.peer_incarnation,
+            received: claims.received,
         }
     }
 
@@ -139,7 +157,10 @@ impl NodeCore {
                 LinkCause::Protocol("peer claims our own node id".into()),
             ));
         }
-        let dialled = self.links.get(&link).and_then(|l| l.dialled);
+        let (dialled, claims) = self
+            .links
+            .get(&link)
+            .map_or((None, None), |l| (l.dialled, l.claims));
         let quantum = self.config.quantum;
         let state = self
             .peers
@@ -159,6 +180,11 @@ impl NodeCore {
                         GoAwayCode::Duplicate,
                         LinkCause::GoAway(GoAwayCode::Duplicate),
                     ));
+                }
+                if claims != Some(self.claims_for(node)) {
+                    // The peer settled the session on what our Hello said, which no longer
+                    // holds.
+                    return Err((GoAwayCode::Duplicate, LinkCause::Superseded));
                 }
                 self.establish(link, &hello, now)?;
                 Ok(())
@@ -230,6 +256,11 @@ impl NodeCore {
                 .get_mut(&node)
                 .ok_or_else(|| protocol("peer vanished".into()))?;
             let received = if they_hold { hello.received } else { 0 };
+            if received < p.session.acked_by_peer() {
+                // The peer acknowledged more than that on another connection since it
+                // wrote this Hello.
+                return Err((GoAwayCode::Duplicate, LinkCause::Superseded));
+            }
             p.session.resume(received).map_err(protocol)?;
         } else {
             if we_hold {

@@ -43,7 +43,9 @@ impl NodeCore {
         }
         let link = self.new_link(Some(peer), now);
         let hello = self.hello_for(peer);
+        let claims = self.claims_for(peer);
         if let Some(l) = self.links.get_mut(&link) {
+            l.claims = Some(claims);
             l.control.push_back(hello);
         }
         self.wake_link(link);
@@ -305,6 +307,7 @@ impl NodeCore {
             id,
             Link {
                 dialled,
+                claims: None,
                 peer: dialled,
                 phase: Phase::Handshake,
                 control: Default::default(),

@@ -114,11 +114,23 @@ pub(crate) enum Phase {
     Closing,
 }
 
+/// What a `Hello` says about the session with its receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Claims {
+    /// The receiver's incarnation the sender holds a session with, or 0 for none.
+    pub peer_incarnation: u64,
+    /// Channel frames the sender received in that session.
+    pub received: u64,
+}
+
 /// One connection.
 #[derive(Debug)]
 pub(crate) struct Link {
     /// The peer we dialled, or `None` for an accepted connection before its `Hello`.
     pub dialled: Option<NodeId>,
+    /// On a dialled connection, what our `Hello` claimed. The peer settles the session on
+    /// these claims; if ours differ when its answer comes, the answer is out of date.
+    pub claims: Option<Claims>,
     /// The peer, once known.
     pub peer: Option<NodeId>,
     pub phase: Phase,
