@@ -1,6 +1,6 @@
 //! Connections under load: dials paced per node, one dial per peer at a time, inbound
-//! connections while a dial waits its turn, and handshakes answered after the session
-//! they describe moved on.
+//! connections while a dial waits its turn, handshakes answered after the session they
+//! describe moved on, and liveness timers of a node that was itself stalled.
 
 mod support;
 
@@ -225,4 +225,86 @@ fn a_peer_waiting_for_its_dial_is_taken_when_it_dials_first() {
         "no tie-break, no surplus connection: {:?}",
         net.closes
     );
+}
+
+/// Every node stalls (a paused machine, or processes starved of CPU) for three idle
+/// timeouts while the link of nodes 0 and 1 is idle and a dial of node 1 to node 2 is in
+/// its handshake.
+/// When they run again, the first timer comes before the readers catch up: the stall must
+/// not count as silence of the peers, nor against the handshake, so no connection closes.
+#[test]
+fn a_stalled_node_does_not_blame_its_peers() {
+    let mut net = Net::new(3, small);
+    let job = JobId(6);
+    let msgs = plan(job, ep(0, 0), ep(1, 0), 3, 256);
+    let mut outboxes = vec![Outbox::open(
+        &mut net,
+        0,
+        job,
+        0,
+        vec![(ep(1, 0), msgs.clone())],
+    )];
+    let mut inboxes = vec![Inbox::open(&mut net, 1, job, 0, &[ep(0, 0)])];
+    run_to_completion(&mut net, &mut outboxes, &mut inboxes, 1_000);
+    assert_eq!(inboxes[0].by_producer.get(&ep(0, 0)), Some(&msgs));
+
+    net.freeze(2);
+    let late = JobId(7);
+    let mut late_out = vec![Outbox::open(
+        &mut net,
+        1,
+        late,
+        0,
+        vec![(ep(2, 0), plan(late, ep(1, 0), ep(2, 0), 2, 256))],
+    )];
+    late_out[0].pump(&mut net);
+    net.drive();
+    assert_eq!(net.dials.last(), Some(&(NodeId(1), NodeId(2))));
+    for n in [0, 1] {
+        net.freeze(n);
+    }
+    let idle = net.node(0).config().idle_timeout;
+    net.advance(3 * idle);
+    for n in 0..3 {
+        net.thaw(n);
+    }
+    let mut late_in = vec![Inbox::open(&mut net, 2, late, 0, &[ep(1, 0)])];
+    run_to_completion(&mut net, &mut late_out, &mut late_in, 1_000);
+    net.advance(4 * net.tick());
+    assert!(net.closes.is_empty(), "{:?}", net.closes);
+    assert_eq!(net.conns_created(), 2);
+    assert_eq!(net.stats(1).links_up, 2);
+}
+
+/// Nodes 0 and 1 are partitioned for half the grace period, during a job; then both stall
+/// for a whole grace period (and the partition heals meanwhile). Only half the grace
+/// period passed while they ran: when they run again, the failed dials that come in first
+/// must not make the peer dead; they reconnect, resume, and the job completes.
+#[test]
+fn a_stall_does_not_count_against_the_grace_period() {
+    let mut net = Net::new(2, small);
+    let grace = net.node(0).config().grace_period;
+    let job = JobId(8);
+    let (p, c) = (ep(0, 0), ep(1, 0));
+    let msgs = plan(job, p, c, 8, 256);
+    let mut outboxes = vec![Outbox::open(&mut net, 0, job, 0, vec![(c, msgs.clone())])];
+    outboxes[0].close_when_done = false;
+    let mut inboxes = vec![Inbox::open(&mut net, 1, job, 0, &[p])];
+    outboxes[0].pump(&mut net);
+    net.drive();
+    net.partition(0, 1);
+    net.advance(grace / 2);
+    for n in 0..2 {
+        net.freeze(n);
+    }
+    net.advance(grace);
+    net.heal(0, 1);
+    for n in 0..2 {
+        net.thaw(n);
+    }
+    outboxes[0].close_when_done = true;
+    run_to_completion(&mut net, &mut outboxes, &mut inboxes, 10_000);
+    assert_eq!(inboxes[0].by_producer.get(&p), Some(&msgs));
+    assert!(inboxes[0].errors.is_empty(), "{:?}", inboxes[0].errors);
+    assert!(outboxes[0].failed.is_empty(), "{:?}", outboxes[0].failed);
 }

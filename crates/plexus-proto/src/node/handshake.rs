@@ -25,7 +25,7 @@
 //! same counts, or both start afresh); frames of a session are delivered once, in order,
 //! whatever connections carry them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::state::{Claims, LinkId, Peer, PeerState, Phase};
 use super::{LinkCause, NodeCore};
@@ -291,6 +291,7 @@ impl NodeCore {
         p.refusals = 0;
         p.redial_at = None;
         let outage = p.session.down_since.take();
+        p.down_stalled = Duration::ZERO;
         if let (Some(since), true) = (outage, resumed) {
             self.record_resume(now.saturating_duration_since(since));
         }

@@ -8,8 +8,9 @@
 //! backoff and jitter, through the node's dial pacing (see `dial`), and the session resumes.
 //! Only a peer unreachable for the grace period, refusing connections (no process listens),
 //! restarted, or breaking the protocol is declared dead, which fails the jobs that touch it.
+//! Time during which this node itself was stalled counts against no peer and no connection.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -62,6 +63,7 @@ impl NodeCore {
         now: Instant,
     ) {
         self.now = now;
+        self.discount_stall(now);
         self.dial_settled(peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -75,13 +77,16 @@ impl NodeCore {
             DialFailure::Other => 0,
         };
         let down_since = *p.session.down_since.get_or_insert(now);
+        let down = now
+            .saturating_duration_since(down_since)
+            .saturating_sub(p.down_stalled);
         if p.refusals >= self.config.dead_after_refusals {
             let cause = LinkCause::Unreachable(format!(
                 "connection refused {} times in a row: no process listens at its address",
                 p.refusals
             ));
             self.declare_dead(peer, cause);
-        } else if now.saturating_duration_since(down_since) >= self.config.grace_period {
+        } else if down >= self.config.grace_period {
             let cause = LinkCause::Unreachable(format!(
                 "not reachable for {:?}: {error}",
                 self.config.grace_period
@@ -233,6 +238,7 @@ impl NodeCore {
     /// channels whose consumer never appeared.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.discount_stall(now);
         let mut to_close = Vec::new();
         let mut to_wake = Vec::new();
         for (&id, l) in &mut self.links {
@@ -272,7 +278,8 @@ impl NodeCore {
                 }
                 PeerState::Dialing | PeerState::AwaitingInbound => {
                     let down_since = *p.session.down_since.get_or_insert(now);
-                    if now.saturating_duration_since(down_since) >= grace {
+                    let down = now.saturating_duration_since(down_since);
+                    if down.saturating_sub(p.down_stalled) >= grace {
                         dead.push(peer);
                         continue;
                     }
@@ -298,6 +305,30 @@ impl NodeCore {
         }
         self.expire_parked(now);
         self.expire_admissions(now);
+    }
+
+    /// If this node was stalled since liveness was last judged (`handle_timeout` came later
+    /// than its `tick` allows: the process was stopped, starved of CPU, or too busy to run
+    /// its timer), the stall does not count against peers and connections: the bytes they
+    /// sent meanwhile wait unread in the sockets, and a reader that did not run heard
+    /// nothing. Idle and handshake timeouts and the grace period are pushed back by the
+    /// stall (the outage a resume reports is not: it is what the jobs saw).
+    fn discount_stall(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_judged);
+        self.last_judged = now;
+        let stall = gap.saturating_sub(2 * self.tick());
+        if stall.is_zero() {
+            return;
+        }
+        for l in self.links.values_mut() {
+            l.last_rx = (l.last_rx + stall).min(now);
+            l.opened_at = (l.opened_at + stall).min(now);
+        }
+        for p in self.peers.values_mut() {
+            if p.session.down_since.is_some() {
+                p.down_stalled += stall;
+            }
+        }
     }
 
     fn new_link(&mut self, dialled: Option<NodeId>, now: Instant) -> LinkId {
@@ -345,6 +376,7 @@ impl NodeCore {
             p.dial_failures = 0;
             p.refusals = 0;
             p.session.down_since = Some(now);
+            p.down_stalled = Duration::ZERO;
             self.request_dial(peer);
         }
     }

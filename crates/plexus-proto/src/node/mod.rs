@@ -12,7 +12,8 @@
 //! - Outputs: after any input, drain [`NodeCore::poll_event`] until `None` and act on each
 //!   event; when a link has a `Transmit` event (or its writer is idle), call
 //!   [`NodeCore::poll_transmit`] and write what it returns; call `handle_timeout` at least
-//!   every [`NodeCore::tick`], and at [`NodeCore::poll_timeout`] (re-read it whenever
+//!   every [`NodeCore::tick`] (a longer gap is taken for a stall of this node, which does
+//!   not count against its peers), and at [`NodeCore::poll_timeout`] (re-read it whenever
 //!   [`NodeCore::take_timer_changed`] says so).
 //!
 //! # Invariants
@@ -178,6 +179,10 @@ pub struct NodeCore {
     pumping: bool,
     /// The latest time any `handle_*` call passed in.
     now: Instant,
+    /// When liveness was last judged (`handle_timeout`, or a dial failure): a longer gap
+    /// than the runtime promises between timer calls (see `tick`) means this node itself
+    /// was stalled.
+    last_judged: Instant,
     /// Jitter for redial backoff.
     rng: Jitter,
     /// How long each resumed link was down, oldest first (the most recent `MAX_RESUMES`).
@@ -233,6 +238,7 @@ impl NodeCore {
             recv_queued_bytes: 0,
             pumping: false,
             now,
+            last_judged: now,
             rng: Jitter::new(config_seed),
             resumes: VecDeque::new(),
             timer_changed: false,

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::map::{Map, Set};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -82,6 +82,9 @@ pub(crate) struct Peer {
     pub refusals: u32,
     /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
     pub redial_at: Option<Instant>,
+    /// How long this node itself was stalled since the session went down (see
+    /// `session.down_since`): that time does not count against the grace period.
+    pub down_stalled: Duration,
     /// Numbering, retention and acknowledgement of the frames exchanged with the peer.
     pub session: Session,
 }
@@ -98,6 +101,7 @@ impl Peer {
             dial_failures: 0,
             refusals: 0,
             redial_at: None,
+            down_stalled: Duration::ZERO,
             session: Session::default(),
         }
     }
