@@ -42,6 +42,7 @@ fn small_all_to_all_verifies_with_one_link_per_peer() {
         "messages_per_s",
         "messages_total",
         "rss_peak_bytes",
+        "rss_peak_bytes_per_process",
         "credit_pool_bytes",
         "healthy_throughput_bytes_per_s",
         "stalled_buffered_bytes_max",

@@ -46,6 +46,13 @@ fn spawn_runs_one_process_per_node_and_verifies() {
     let links = r["links_per_node_max"].as_u64().expect("links");
     assert!((1..=2).contains(&links), "links per node {links}");
     assert!(r["rss_peak_bytes"].as_u64().expect("rss") > 0);
+    let per_process = r["rss_peak_bytes_per_process"]
+        .as_array()
+        .expect("per process");
+    assert_eq!(per_process.len(), 3);
+    assert!(per_process
+        .iter()
+        .all(|rss| rss.as_u64().is_some_and(|b| b > 0)));
     for field in [
         "killed_node",
         "failure_detect_ms_max",

@@ -53,6 +53,11 @@ pub struct Config {
     pub dial_backoff: Duration,
     /// Longest delay between two redials.
     pub dial_backoff_max: Duration,
+    /// Most dials in flight at once (connecting, or connected and in their handshake);
+    /// further peers wait their turn, in order (see `node::dial`). Bounds the half-open
+    /// connections and handshakes a node adds to the network's queues when it must reach
+    /// many peers at once. At least 1.
+    pub max_dials_in_flight: usize,
     /// Channels opened by peers for consumers that do not exist yet, held (without data)
     /// until the consumer appears. Beyond this, new ones are refused.
     pub max_parked_channels: usize,
@@ -97,6 +102,9 @@ pub enum ConfigError {
     /// Messages must fit a frame.
     #[error("max_message of {0} bytes is out of range (1 ..= 256 MiB)")]
     MessageSize(u32),
+    /// A node that may not dial cannot reach its peers.
+    #[error("max_dials_in_flight must be at least 1")]
+    NoDials,
 }
 
 impl Config {
@@ -122,6 +130,7 @@ impl Config {
             dial_defer: Duration::from_secs(1),
             dial_backoff: Duration::from_millis(20),
             dial_backoff_max: Duration::from_secs(1),
+            max_dials_in_flight: 32,
             max_parked_channels: 1 << 20,
             park_timeout: Duration::from_secs(30),
             memory_budget: None,
@@ -144,6 +153,9 @@ impl Config {
                     pool: self.credit_pool,
                 });
             }
+        }
+        if self.max_dials_in_flight == 0 {
+            return Err(ConfigError::NoDials);
         }
         if self.max_message == 0 || self.max_message > 256 << 20 {
             return Err(ConfigError::MessageSize(self.max_message));

@@ -30,7 +30,8 @@ pub enum GoAwayCode {
     /// Both sides dialled at once and this connection lost the tie-break; the winner
     /// (the connection dialled by the lower node id) carries the traffic.
     SimultaneousDial,
-    /// A link to this peer already exists.
+    /// A link to this peer already exists, or carried the session while this connection
+    /// was in its handshake (its `Hello` is out of date).
     Duplicate,
     /// The node is shutting down.
     Shutdown,

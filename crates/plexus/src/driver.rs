@@ -35,20 +35,57 @@ const MAX_LINGERS: u32 = 8;
 const IDLE_TURN: Duration = Duration::from_micros(10);
 /// I/O vectors per `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 512;
-/// How long a dial may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections the kernel queues for the listener until it accepts them (capped by
+/// `net.core.somaxconn`). Every peer may dial a node at the same moment (a job spanning the
+/// cluster starts); a connection that finds the queue full has its SYN dropped and retries
+/// only after 1 s, 3 s, 7 s...
+const LISTEN_BACKLOG: u32 = 4096;
+/// Pause after a failed accept; doubled after each further failure, up to
+/// [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between two accept attempts.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-/// Accepts connections until the node stops.
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts connections until the node stops. When accepting fails (out of file
+/// descriptors, typically), connections wait in the backlog: the first failure of a run is
+/// logged as a warning, the pause between attempts grows, and the end of the run is
+/// logged with its count.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut failures: u32 = 0;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                if failures > 0 {
+                    tracing::warn!(node = shared.node.0, failures, "accepting again");
+                    failures = 0;
+                }
                 let link = shared.op(|st| st.core.handle_accepted(Instant::now()));
                 start_link(&shared, link, stream);
             }
             Err(e) => {
-                tracing::warn!(node = shared.node.0, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        node = shared.node.0,
+                        error = %e,
+                        "accept failed: connections wait in the backlog until it works again"
+                    );
+                } else {
+                    tracing::debug!(node = shared.node.0, error = %e, failures, "accept failed");
+                }
+                let pause = ACCEPT_PAUSE * (1u32 << (failures - 1).min(7));
+                tokio::time::sleep(pause.min(ACCEPT_PAUSE_MAX)).await;
             }
         }
     }
@@ -111,6 +148,8 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
     shared.track(task.abort_handle());
 }
 
+/// Connects to `peer`, within the core's handshake timeout (connecting is the first part
+/// of a handshake; a SYN the peer's full backlog dropped is retried by the kernel meanwhile).
 async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
     let addr = shared.membership.get(peer).ok_or_else(|| {
         std::io::Error::new(
@@ -118,6 +157,18 @@ async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
             format!("no address for {peer}"),
         )
     })?;
+    let socket = local_socket(shared, addr).inspect_err(|e| {
+        // Not the peer's fault: this machine is out of descriptors or ports.
+        tracing::warn!(node = shared.node.0, peer = peer.0, error = %e, "cannot open a socket to dial");
+    })?;
+    let timeout = shared.lock().core.config().handshake_timeout;
+    tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// A socket to connect to `addr` from, bound to the node's address when the families match.
+fn local_socket(shared: &Shared, addr: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -125,9 +176,7 @@ async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
     if shared.local_ip.is_ipv4() == addr.is_ipv4() {
         socket.bind(SocketAddr::new(shared.local_ip, 0))?;
     }
-    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    Ok(socket)
 }
 
 /// Runs a reader and a writer for `link` over `stream` (dialled or accepted).

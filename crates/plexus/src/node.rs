@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use plexus_proto::node::{ConsumerCredit, Stats};
 use plexus_proto::{Config, JobId, NodeCore, NodeId};
-use tokio::net::TcpListener;
 
 use crate::error::Error;
 use crate::job::Job;
@@ -56,13 +55,11 @@ impl NodeBuilder {
         config.incarnation = fresh_incarnation();
         let node = config.node;
         let core = NodeCore::new(config, Instant::now())?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| Error::Io {
-                node: node.0,
-                what: "binding the listener",
-                source,
-            })?;
+        let listener = crate::driver::listen(listen).map_err(|source| Error::Io {
+            node: node.0,
+            what: "binding the listener",
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Io {
             node: node.0,
             what: "reading the listener address",

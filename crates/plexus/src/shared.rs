@@ -46,6 +46,8 @@ pub(crate) struct State {
     /// Wakes the timer task when the core set an earlier deadline.
     pub timer: Arc<Notify>,
     pub tasks: Vec<AbortHandle>,
+    /// Length of `tasks` after finished tasks were last dropped from it.
+    pub tasks_kept: usize,
 }
 
 /// One node's shared runtime state.
@@ -70,6 +72,7 @@ impl Shared {
                 link_writers: HashMap::new(),
                 timer: Arc::new(Notify::new()),
                 tasks: Vec::new(),
+                tasks_kept: 0,
             }),
             membership,
             local_ip,
@@ -149,10 +152,15 @@ impl Shared {
         result
     }
 
-    /// Remembers a task so that shutting the node down stops it.
+    /// Remembers a task so that shutting the node down stops it. Finished tasks are
+    /// dropped from the list once it has doubled since the last time, so a node with
+    /// thousands of links does not scan them all for every new task.
     pub fn track(&self, handle: AbortHandle) {
         let mut st = self.lock();
-        st.tasks.retain(|t| !t.is_finished());
+        if st.tasks.len() >= (2 * st.tasks_kept).max(64) {
+            st.tasks.retain(|t| !t.is_finished());
+            st.tasks_kept = st.tasks.len();
+        }
         st.tasks.push(handle);
     }
 }

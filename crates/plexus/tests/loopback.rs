@@ -209,3 +209,21 @@ async fn a_node_that_goes_away_fails_its_channels_instead_of_hanging() {
     .await
     .expect("bounded");
 }
+
+/// While a node's accept loop cannot run (its runtime's only thread is busy), a burst of
+/// more connections than a default listen backlog holds (128) waits in its backlog instead
+/// of having SYNs dropped, which the kernel would retry only after 1 s, 3 s, 7 s...
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_connections_waits_in_the_backlog() {
+    const BURST: usize = 300;
+    let nodes = start_nodes(91, 1, |_| {}).await;
+    let addr = nodes[0].local_addr();
+    let streams: Vec<std::net::TcpStream> = (0..BURST)
+        .map(|i| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                .unwrap_or_else(|e| panic!("connection {i} of {BURST}: {e}"))
+        })
+        .collect();
+    drop(streams);
+    nodes[0].shutdown();
+}

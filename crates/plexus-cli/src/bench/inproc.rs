@@ -117,6 +117,6 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
         node.shutdown();
     }
     drop(tasks);
-    record.rss_peak_bytes = memory::peak_rss_bytes().unwrap_or(0);
+    record.rss_peak_bytes_per_process = vec![memory::peak_rss_bytes()];
     Ok(verdict::judge(shape, record))
 }

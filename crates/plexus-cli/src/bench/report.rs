@@ -63,7 +63,12 @@ pub struct Report {
     /// Peak resident memory (`VmHWM`) of the bench process, or with `--spawn` the largest
     /// peak of the node processes.
     pub rss_peak_bytes: u64,
-    /// OS processes that ran nodes: 1, or with `--spawn` one per node.
+    /// Peak resident memory of each process that ran nodes, in process order (with
+    /// `--spawn`, process i runs the i-th group of `--nodes-per-process` nodes); `null` for
+    /// a process that did not report it (the killed one).
+    pub rss_peak_bytes_per_process: Vec<Option<u64>>,
+    /// OS processes that ran nodes: 1, or with `--spawn` one per group of
+    /// `--nodes-per-process` nodes.
     pub processes: usize,
     /// Jobs whose every endpoint finished without error and whose every consumer verified.
     pub jobs_completed: u32,
@@ -227,7 +232,20 @@ impl Report {
                 ms(self.resume_ms_p99)
             );
         }
-        println!("  peak RSS {}", format_bytes(self.rss_peak_bytes));
+        let reported: Vec<u64> = self
+            .rss_peak_bytes_per_process
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        match (reported.iter().min(), reported.len()) {
+            (Some(&least), n) if n > 1 => println!(
+                "  peak RSS per process: {} to {} ({n} processes)",
+                format_bytes(least),
+                format_bytes(self.rss_peak_bytes)
+            ),
+            _ => println!("  peak RSS {}", format_bytes(self.rss_peak_bytes)),
+        }
         if !self.baselines.is_empty() {
             self.print_baselines();
         }

@@ -12,6 +12,7 @@
 //! node process derive the same jobs, topologies and stalled consumers from the same shape.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use plexus::{Config, Endpoint, JobId, NodeId, Topology};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use super::workload::{ChannelVerifier, Plan};
 const CROWDED_NODES: u32 = 64;
 
 /// How long a job may wait for admission to a node's memory budget.
-const ADMISSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+const ADMISSION_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Cluster id every bench node uses.
 const CLUSTER_ID: u64 = 0x706c_6578_7573_0001;
@@ -200,11 +201,17 @@ impl Shape {
         if self.spec.nodes > CROWDED_NODES {
             // This many nodes share one machine's two cores: a node can go seconds without
             // being scheduled while thousands of handshakes and millions of channels are set
-            // up, so the liveness timers get room a real cluster would not need.
-            config.idle_timeout = std::time::Duration::from_secs(15);
-            config.handshake_timeout = std::time::Duration::from_secs(30);
-            config.grace_period = std::time::Duration::from_secs(60);
-            config.dial_defer = std::time::Duration::from_secs(5);
+            // up, so the liveness timers get room a real cluster would not need, growing
+            // with the nodes beyond 128 (at 512, a node process's tasks wait up to ~12 s for
+            // a core).
+            let crowding = (self.spec.nodes / 128).max(1);
+            config.idle_timeout = Duration::from_secs(15) * crowding;
+            // Idle links are pinged as often relative to the idle timeout as by default:
+            // at every 500 ms, the pings of 130 k idle links alone would take both cores.
+            config.ping_interval = config.idle_timeout / 4;
+            config.handshake_timeout = Duration::from_secs(30) * crowding;
+            config.grace_period = Duration::from_secs(60) * crowding;
+            config.dial_defer = Duration::from_secs(5);
         }
         if let Some(budget) = self.spec.memory_budget {
             config.memory_budget = Some(budget);
@@ -385,6 +392,34 @@ mod tests {
         assert_eq!(config.memory_budget, Some(1 << 20));
         assert_eq!(config.send_buffer, 1 << 18);
         config.validate().expect("the node configuration is valid");
+    }
+
+    #[test]
+    fn liveness_timers_relax_with_crowding() {
+        let default = Config::new(NodeId(0), CLUSTER_ID);
+        let timers = |nodes| {
+            let c = Shape::new(spec(nodes, None, 1))
+                .expect("valid")
+                .node_config(0);
+            (
+                c.idle_timeout,
+                c.ping_interval,
+                c.handshake_timeout,
+                c.grace_period,
+            )
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(
+            timers(64),
+            (
+                default.idle_timeout,
+                default.ping_interval,
+                default.handshake_timeout,
+                default.grace_period
+            )
+        );
+        assert_eq!(timers(128), (secs(15), secs(15) / 4, secs(30), secs(60)));
+        assert_eq!(timers(512), (secs(60), secs(15), secs(120), secs(240)));
     }
 
     #[test]

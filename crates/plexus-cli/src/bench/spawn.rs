@@ -289,6 +289,7 @@ async fn coordinate(
 
     let mut record = RunRecord {
         processes: distinct_pids,
+        rss_peak_bytes_per_process: vec![None; processes],
         ..RunRecord::default()
     };
     let mut state = vec![NodeState::Running; processes];
@@ -474,7 +475,9 @@ async fn collect_byes(
                 peak_buffered_bytes,
                 admission_wait_us,
             }) => {
-                record.rss_peak_bytes = record.rss_peak_bytes.max(rss_peak_bytes);
+                if let Some(rss) = record.rss_peak_bytes_per_process.get_mut(i) {
+                    *rss = Some(rss_peak_bytes);
+                }
                 record.peak_buffered_bytes = record.peak_buffered_bytes.max(peak_buffered_bytes);
                 record.admission_wait = record
                     .admission_wait

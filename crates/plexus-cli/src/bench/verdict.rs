@@ -45,8 +45,9 @@ pub struct RunRecord {
     pub link_kills: u64,
     /// OS processes that ran nodes.
     pub processes: usize,
-    /// Peak resident memory (the largest over the node processes).
-    pub rss_peak_bytes: u64,
+    /// Peak resident memory of each process that ran nodes, in process order; `None` for
+    /// one that did not report it (it was killed, or the OS does not tell).
+    pub rss_peak_bytes_per_process: Vec<Option<u64>>,
     /// Every link resume of every node: how long the link was down.
     pub resume_times: Vec<Duration>,
     /// The kill, if one happened.
@@ -240,7 +241,14 @@ fn build_report(
         healthy_elapsed_s: healthy_elapsed,
         stalled_buffered_bytes_max: stalled_peak,
         credit_pool_bytes: shape.credit_pool(),
-        rss_peak_bytes: run.rss_peak_bytes,
+        rss_peak_bytes: run
+            .rss_peak_bytes_per_process
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(0),
+        rss_peak_bytes_per_process: run.rss_peak_bytes_per_process,
         processes: run.processes,
         jobs_completed,
         jobs_failed: u32::try_from(failed_job_ids.len()).unwrap_or(u32::MAX),

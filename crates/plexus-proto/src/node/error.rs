@@ -32,6 +32,9 @@ pub enum LinkCause {
     Silent,
     /// The handshake did not complete in time.
     HandshakeTimeout,
+    /// Another connection carried the session while this one was in its handshake, so
+    /// what its `Hello` said about the session is out of date; a fresh connection is needed.
+    Superseded,
     /// The peer restarted (or dropped our session): what was in flight with it is lost.
     Restarted(String),
     /// Another node of the job declared the peer dead.
@@ -51,6 +54,9 @@ impl fmt::Display for LinkCause {
             LinkCause::GoAway(code) => write!(f, "peer closed the link: {code:?}"),
             LinkCause::Silent => write!(f, "peer silent past the idle timeout"),
             LinkCause::HandshakeTimeout => write!(f, "handshake timed out"),
+            LinkCause::Superseded => {
+                write!(f, "handshake superseded: the session moved on meanwhile")
+            }
             LinkCause::Restarted(e) => write!(f, "peer restarted: {e}"),
             LinkCause::ReportedDead { by } => write!(f, "declared dead by {by}"),
             LinkCause::Io(e) => write!(f, "connection lost: {e}"),

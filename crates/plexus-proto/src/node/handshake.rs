@@ -11,13 +11,23 @@
 //! 3. drops its session if only it holds one (the peer lost it: jobs touching it fail), and
 //!    starts afresh if neither does.
 //!
+//! A dialler's `Hello` leaves when its connection is made, but the acceptor may read it much
+//! later (a busy or hung machine). If meanwhile the dialler's session with the acceptor moved
+//! on (another connection carried frames, or the dialler dropped the session), the acceptor
+//! settles the session on out-of-date claims: the dialler, seeing its claims changed when the
+//! answer comes, closes the connection (`Superseded`) and dials again; an acceptor told of
+//! fewer frames than the dialler already acknowledged does the same. Neither is an error of
+//! the peer.
+//!
 //! Invariants: of two connections dialled at once between the same nodes, both sides keep
-//! the one dialled by the lower node id; frames of a session are delivered once, in order,
+//! the one dialled by the lower node id, unless the lower id's dial was only waiting for its
+//! turn (see `dial`); both sides settle a session on the same claims (both resume from the
+//! same counts, or both start afresh); frames of a session are delivered once, in order,
 //! whatever connections carry them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::state::{LinkId, Peer, PeerState, Phase};
+use super::state::{Claims, LinkId, Peer, PeerState, Phase};
 use super::{session, LinkCause, NodeCore};
 use crate::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
 use crate::ids::NodeId;
@@ -35,16 +45,25 @@ struct Hello {
 type LinkError = (GoAwayCode, LinkCause);
 
 impl NodeCore {
+    /// What our `Hello` to `peer` says about the session we hold with it, now.
+    pub(super) fn claims_for(&self, peer: NodeId) -> Claims {
+        let session = self.peers.get(&peer).map(|p| &p.session);
+        Claims {
+            peer_incarnation: session.and_then(|s| s.peer_incarnation).unwrap_or(0),
+            received: session.map_or(0, |s| s.rx_count),
+        }
+    }
+
     /// Our `Hello` to `peer`, describing the session we hold with it.
     pub(super) fn hello_for(&self, peer: NodeId) -> Frame {
-        let session = self.peers.get(&peer).map(|p| &p.session);
+        let claims = self.claims_for(peer);
         Frame::Hello {
             version: PROTOCOL_VERSION,
             cluster: self.config.cluster,
             node: self.config.node,
             incarnation: self.config.incarnation,
-            peer_incarnation: session.and_then(|s| s.peer_incarnation).unwrap_or(0),
-            received: session.map_or(0, |s| s.rx_count),
+            peer_incarnation: claims.peer_incarnation,
+            received: claims.received,
         }
     }
 
@@ -134,36 +153,48 @@ impl NodeCore {
                 LinkCause::Protocol("peer claims our own node id".into()),
             ));
         }
-        let dialled = self.links.get(&link).and_then(|l| l.dialled);
+        let (dialled, claims) = self
+            .links
+            .get(&link)
+            .map_or((None, None), |l| (l.dialled, l.claims));
         let quantum = self.config.quantum;
-        let peer = self
+        let state = self
             .peers
             .entry(node)
-            .or_insert_with(|| Peer::new(PeerState::Idle, quantum));
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum))
+            .state
+            .clone();
         match dialled {
             Some(expected) if expected != node => Err((
                 GoAwayCode::UnexpectedNode,
                 LinkCause::Protocol(format!("dialled {expected}, but {node} answered")),
             )),
             Some(_) => {
-                if !matches!(peer.state, PeerState::Dialing | PeerState::AwaitingInbound) {
+                if !matches!(state, PeerState::Dialing | PeerState::AwaitingInbound) {
                     // Another connection won meanwhile; this one is surplus.
                     return Err((
                         GoAwayCode::Duplicate,
                         LinkCause::GoAway(GoAwayCode::Duplicate),
                     ));
                 }
+                if claims != Some(self.claims_for(node)) {
+                    // The peer settled the session on what our Hello said, which no longer
+                    // holds.
+                    return Err((GoAwayCode::Duplicate, LinkCause::Superseded));
+                }
                 self.establish(link, &hello, now)?;
                 Ok(())
             }
             None => {
-                let accept = match peer.state {
+                let accept = match state {
                     PeerState::Up(_) => false,
-                    PeerState::Dialing => node < self.config.node,
+                    // A dial of ours that is only waiting for its turn is not on the wire:
+                    // there is no tie to break.
+                    PeerState::Dialing => node < self.config.node || !self.dials.in_flight(node),
                     PeerState::Idle | PeerState::AwaitingInbound | PeerState::Local => true,
                 };
                 if !accept {
-                    let code = if matches!(peer.state, PeerState::Up(_)) {
+                    let code = if matches!(state, PeerState::Up(_)) {
                         GoAwayCode::Duplicate
                     } else {
                         GoAwayCode::SimultaneousDial
@@ -221,6 +252,11 @@ impl NodeCore {
                 .get_mut(&node)
                 .ok_or_else(|| protocol("peer vanished".into()))?;
             let received = if they_hold { hello.received } else { 0 };
+            if received < p.session.acked_by_peer() {
+                // The peer acknowledged more than that on another connection since it
+                // wrote this Hello.
+                return Err((GoAwayCode::Duplicate, LinkCause::Superseded));
+            }
             p.session.resume(received).map_err(protocol)?;
         } else {
             if we_hold {
@@ -251,13 +287,19 @@ impl NodeCore {
         p.refusals = 0;
         p.redial_at = None;
         let outage = p.session.down_since.take();
+        p.down_stalled = Duration::ZERO;
         if let (Some(since), true) = (outage, resumed) {
             self.record_resume(now.saturating_duration_since(since));
         }
+        let mut dialled = None;
         if let Some(l) = self.links.get_mut(&link) {
             l.phase = Phase::Up;
             l.peer = Some(node);
             l.last_rx = now;
+            dialled = l.dialled;
+        }
+        if let Some(peer) = dialled {
+            self.dial_settled(peer);
         }
         // A losing dial of ours may still be in its handshake: it will be refused by the
         // peer or find the peer up when its Hello arrives.

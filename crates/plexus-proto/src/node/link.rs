@@ -5,11 +5,12 @@
 //! Invariants: a connection carries a peer's channel traffic only once the handshake
 //! (see `handshake`) has chosen it (`Phase::Up`, and the peer's state names it); a peer has
 //! at most one such connection. Losing it does not fail anything: the peer is redialled, with
-//! backoff and jitter, and the session resumes. Only a peer unreachable for the grace period,
-//! refusing connections (no process listens), restarted, or breaking the protocol is
-//! declared dead, which fails the jobs that touch it.
+//! backoff and jitter, through the node's dial pacing (see `dial`), and the session resumes.
+//! Only a peer unreachable for the grace period, refusing connections (no process listens),
+//! restarted, or breaking the protocol is declared dead, which fails the jobs that touch it.
+//! Time during which this node itself was stalled counts against no peer and no connection.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -33,13 +34,19 @@ impl NodeCore {
     /// `None` when the connection is no longer wanted (the runtime then drops it).
     pub fn handle_dialed(&mut self, peer: NodeId, now: Instant) -> Option<LinkId> {
         self.now = now;
-        let p = self.peers.get_mut(&peer)?;
-        if !matches!(p.state, PeerState::Dialing | PeerState::AwaitingInbound) {
+        let wanted = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| matches!(p.state, PeerState::Dialing | PeerState::AwaitingInbound));
+        if !wanted {
+            self.dial_settled(peer);
             return None;
         }
         let link = self.new_link(Some(peer), now);
         let hello = self.hello_for(peer);
+        let claims = self.claims_for(peer);
         if let Some(l) = self.links.get_mut(&link) {
+            l.claims = Some(claims);
             l.control.push_back(hello);
         }
         self.wake_link(link);
@@ -56,6 +63,8 @@ impl NodeCore {
         now: Instant,
     ) {
         self.now = now;
+        self.discount_stall(now);
+        self.dial_settled(peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -68,13 +77,16 @@ impl NodeCore {
             DialFailure::Other => 0,
         };
         let down_since = *p.session.down_since.get_or_insert(now);
+        let down = now
+            .saturating_duration_since(down_since)
+            .saturating_sub(p.down_stalled);
         if p.refusals >= self.config.dead_after_refusals {
             let cause = LinkCause::Unreachable(format!(
                 "connection refused {} times in a row: no process listens at its address",
                 p.refusals
             ));
             self.declare_dead(peer, cause);
-        } else if now.saturating_duration_since(down_since) >= self.config.grace_period {
+        } else if down >= self.config.grace_period {
             let cause = LinkCause::Unreachable(format!(
                 "not reachable for {:?}: {error}",
                 self.config.grace_period
@@ -151,6 +163,7 @@ impl NodeCore {
         if let Some(peer) = carried {
             self.link_lost(peer, cause);
         } else if let (Some(peer), Phase::Handshake) = (l.dialled, l.phase) {
+            // `handle_dial_failed` also gives the dial's slot to the next peer.
             let now = self.now;
             self.handle_dial_failed(peer, DialFailure::Other, &cause.to_string(), now);
         }
@@ -243,6 +256,7 @@ impl NodeCore {
     /// channels whose consumer never appeared.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.discount_stall(now);
         let mut to_close = Vec::new();
         let mut to_wake = Vec::new();
         for (&id, l) in &mut self.links {
@@ -270,6 +284,7 @@ impl NodeCore {
             self.close_link(id, GoAwayCode::Timeout, cause);
         }
         let mut dead = Vec::new();
+        let mut redial = Vec::new();
         let defer = self.config.dial_defer;
         let grace = self.config.grace_period;
         for (&peer, p) in &mut self.peers {
@@ -281,7 +296,8 @@ impl NodeCore {
                 }
                 PeerState::Dialing | PeerState::AwaitingInbound => {
                     let down_since = *p.session.down_since.get_or_insert(now);
-                    if now.saturating_duration_since(down_since) >= grace {
+                    let down = now.saturating_duration_since(down_since);
+                    if down.saturating_sub(p.down_stalled) >= grace {
                         dead.push(peer);
                         continue;
                     }
@@ -289,9 +305,7 @@ impl NodeCore {
                         p.redial_at = Some(now + defer);
                     }
                     if p.redial_at.is_some_and(|at| at <= now) {
-                        p.redial_at = None;
-                        p.state = PeerState::Dialing;
-                        self.events.push_back(Event::Dial { peer });
+                        redial.push(peer);
                     }
                 }
                 PeerState::Local | PeerState::Idle => {}
@@ -299,6 +313,9 @@ impl NodeCore {
         }
         for id in to_wake {
             self.wake_link(id);
+        }
+        for peer in redial {
+            self.request_dial(peer);
         }
         for peer in dead {
             let cause = LinkCause::Unreachable(format!("no link for {grace:?}"));
@@ -308,6 +325,30 @@ impl NodeCore {
         self.expire_admissions(now);
     }
 
+    /// If this node was stalled since liveness was last judged (`handle_timeout` came later
+    /// than its `tick` allows: the process was stopped, starved of CPU, or too busy to run
+    /// its timer), the stall does not count against peers and connections: the bytes they
+    /// sent meanwhile wait unread in the sockets, and a reader that did not run heard
+    /// nothing. Idle and handshake timeouts and the grace period are pushed back by the
+    /// stall (the outage a resume reports is not: it is what the jobs saw).
+    fn discount_stall(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_judged);
+        self.last_judged = now;
+        let stall = gap.saturating_sub(2 * self.tick());
+        if stall.is_zero() {
+            return;
+        }
+        for l in self.links.values_mut() {
+            l.last_rx = (l.last_rx + stall).min(now);
+            l.opened_at = (l.opened_at + stall).min(now);
+        }
+        for p in self.peers.values_mut() {
+            if p.session.down_since.is_some() {
+                p.down_stalled += stall;
+            }
+        }
+    }
+
     fn new_link(&mut self, dialled: Option<NodeId>, now: Instant) -> LinkId {
         let id = LinkId(self.next_link);
         self.next_link += 1;
@@ -315,6 +356,7 @@ impl NodeCore {
             id,
             Link {
                 dialled,
+                claims: None,
                 peer: dialled,
                 phase: Phase::Handshake,
                 control: Default::default(),
@@ -349,12 +391,11 @@ impl NodeCore {
         }
         let now = self.now;
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.state = PeerState::Dialing;
             p.dial_failures = 0;
             p.refusals = 0;
-            p.redial_at = None;
             p.session.down_since = Some(now);
-            self.events.push_back(Event::Dial { peer });
+            p.down_stalled = Duration::ZERO;
+            self.request_dial(peer);
         }
     }
 
@@ -368,6 +409,7 @@ impl NodeCore {
             return;
         }
         let was_up = l.phase == Phase::Up;
+        let was_handshake = l.phase == Phase::Handshake;
         l.phase = Phase::Closing;
         l.control.clear();
         l.control.push_back(Frame::GoAway { code });
@@ -390,6 +432,9 @@ impl NodeCore {
                 let Some(peer) = dialled else {
                     return;
                 };
+                if was_handshake {
+                    self.dial_settled(peer);
+                }
                 match cause {
                     LinkCause::GoAway(GoAwayCode::SimultaneousDial) => {
                         // The peer's own dial wins; wait for it (and dial again if it

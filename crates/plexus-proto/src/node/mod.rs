@@ -12,7 +12,8 @@
 //! - Outputs: after any input, drain [`NodeCore::poll_event`] until `None` and act on each
 //!   event; when a link has a `Transmit` event (or its writer is idle), call
 //!   [`NodeCore::poll_transmit`] and write what it returns; call `handle_timeout` at least
-//!   every [`NodeCore::tick`], and at [`NodeCore::poll_timeout`] (re-read it whenever
+//!   every [`NodeCore::tick`] (a longer gap is taken for a stall of this node, which does
+//!   not count against its peers), and at [`NodeCore::poll_timeout`] (re-read it whenever
 //!   [`NodeCore::take_timer_changed`] says so).
 //!
 //! # Invariants
@@ -23,6 +24,7 @@
 
 mod budget;
 mod consumer;
+mod dial;
 pub mod error;
 mod handshake;
 mod jobs;
@@ -62,7 +64,8 @@ use state::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Open a connection to `peer` and report it with `handle_dialed` or
-    /// `handle_dial_failed`.
+    /// `handle_dial_failed`. Every dial must be reported: until then it holds one of the
+    /// node's `Config::max_dials_in_flight` slots.
     Dial {
         /// The node to dial.
         peer: NodeId,
@@ -116,6 +119,8 @@ pub enum Event {
 pub struct Stats {
     /// Connections carrying traffic.
     pub links_up: usize,
+    /// Dials under way: connecting, or connected and in their handshake.
+    pub dials_in_flight: usize,
     /// Outgoing channels.
     pub out_channels: usize,
     /// Incoming channels (attached or parked).
@@ -150,6 +155,8 @@ pub struct NodeCore {
     peers: Map<NodeId, Peer>,
     links: Map<LinkId, Link>,
     next_link: u64,
+    /// Dials in flight and peers waiting for one.
+    dials: dial::Dials,
     producers: Map<LocalKey, Producer>,
     out_channels: Map<OutKey, OutChannel>,
     consumers: Map<LocalKey, Consumer>,
@@ -173,6 +180,10 @@ pub struct NodeCore {
     pumping: bool,
     /// The latest time any `handle_*` call passed in.
     now: Instant,
+    /// When liveness was last judged (`handle_timeout`, or a dial failure): a longer gap
+    /// than the runtime promises between timer calls (see `tick`) means this node itself
+    /// was stalled.
+    last_judged: Instant,
     /// Jitter for redial backoff.
     rng: Jitter,
     /// How long each resumed link was down, oldest first (the most recent `MAX_RESUMES`).
@@ -211,6 +222,7 @@ impl NodeCore {
             peers,
             links: Map::default(),
             next_link: 0,
+            dials: dial::Dials::default(),
             producers: Map::default(),
             out_channels: Map::default(),
             consumers: Map::default(),
@@ -226,6 +238,7 @@ impl NodeCore {
             recv_queued_bytes: 0,
             pumping: false,
             now,
+            last_judged: now,
             rng: Jitter::new(config_seed),
             resumes: VecDeque::new(),
             timer_changed: false,
@@ -291,6 +304,7 @@ impl NodeCore {
                 .values()
                 .filter(|p| matches!(p.state, PeerState::Up(_)))
                 .count(),
+            dials_in_flight: self.dials.in_flight_count(),
             out_channels: self.out_channels.len(),
             in_channels: self.in_channels.len(),
             parked_channels: self.parked_count,
@@ -348,15 +362,11 @@ impl NodeCore {
                 // too, and the lower id dials: wait a moment for its connection rather
                 // than open a second one.
                 let peer_will_dial = peer < self.config.node && self.expects_data_from(peer);
-                let Some(p) = self.peers.get_mut(&peer) else {
-                    return;
-                };
-                if peer_will_dial {
+                if !peer_will_dial {
+                    self.request_dial(peer);
+                } else if let Some(p) = self.peers.get_mut(&peer) {
                     p.state = PeerState::AwaitingInbound;
                     p.redial_at = None;
-                } else {
-                    p.state = PeerState::Dialing;
-                    self.events.push_back(Event::Dial { peer });
                 }
             }
             PeerState::Dialing | PeerState::AwaitingInbound => {}

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::map::{Map, Set};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -93,6 +93,9 @@ pub(crate) struct Peer {
     pub refusals: u32,
     /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
     pub redial_at: Option<Instant>,
+    /// How long this node itself was stalled since the session went down (see
+    /// `session.down_since`): that time does not count against the grace period.
+    pub down_stalled: Duration,
     /// Numbering, retention and acknowledgement of the frames exchanged with the peer.
     pub session: Session,
     /// Packs small messages for the peer into batches.
@@ -110,6 +113,7 @@ impl Peer {
             dial_failures: 0,
             refusals: 0,
             redial_at: None,
+            down_stalled: Duration::ZERO,
             session: Session::default(),
             batch_builder: BatchBuilder::default(),
         }
@@ -127,11 +131,23 @@ pub(crate) enum Phase {
     Closing,
 }
 
+/// What a `Hello` says about the session with its receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Claims {
+    /// The receiver's incarnation the sender holds a session with, or 0 for none.
+    pub peer_incarnation: u64,
+    /// Channel frames the sender received in that session.
+    pub received: u64,
+}
+
 /// One connection.
 #[derive(Debug)]
 pub(crate) struct Link {
     /// The peer we dialled, or `None` for an accepted connection before its `Hello`.
     pub dialled: Option<NodeId>,
+    /// On a dialled connection, what our `Hello` claimed. The peer settles the session on
+    /// these claims; if ours differ when its answer comes, the answer is out of date.
+    pub claims: Option<Claims>,
     /// The peer, once known.
     pub peer: Option<NodeId>,
     pub phase: Phase,
