@@ -6,12 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Messages are allocated by producers and freed by whichever thread sends or reads them
-/// last; mimalloc frees across threads without taking a lock, where glibc's allocator
-/// contends on its arenas.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// plexus: data exchange for distributed jobs, one link per node pair.
 #[derive(Debug, Parser)]
 #[command(name = "plexus", version, about)]
