@@ -282,7 +282,7 @@ impl Drop for Producer {
 
 /// Credit worth of messages a consumer takes from the core per lock (whole arrivals, so a
 /// little more, or one large message).
-const RECV_BATCH_COST: u64 = 64 * 1024;
+const RECV_BATCH_COST: u64 = 256 * 1024;
 
 /// A consumer endpoint: a stream of `(producer, message)`.
 #[derive(Debug)]
