@@ -269,6 +269,16 @@ impl Decoder {
     }
 }
 
+/// The rest of a frame's body: copied into its own allocation when small (see
+/// [`COPY_OUT_BELOW`]), shared with the receive buffer otherwise.
+fn take_payload(body: &mut BytesMut) -> Bytes {
+    if body.len() < COPY_OUT_BELOW {
+        Bytes::copy_from_slice(body)
+    } else {
+        std::mem::take(body).freeze()
+    }
+}
+
 fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
     let len = body.len();
     let exact = |want: usize| {
@@ -329,26 +339,19 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
                 return Err(DecodeError::BadLength { kind, len: len + 1 });
             }
             let channel = WireChannel(body.get_u32_le());
-            let payload = if body.len() < COPY_OUT_BELOW {
-                Bytes::copy_from_slice(body)
-            } else {
-                std::mem::take(body).freeze()
-            };
-            Frame::Data { channel, payload }
+            Frame::Data {
+                channel,
+                payload: take_payload(body),
+            }
         }
         KIND_BATCH => {
             if len < 4 {
                 return Err(DecodeError::BadLength { kind, len: len + 1 });
             }
             let channel = WireChannel(body.get_u32_le());
-            let body = if body.len() < COPY_OUT_BELOW {
-                Bytes::copy_from_slice(body)
-            } else {
-                std::mem::take(body).freeze()
-            };
             Frame::Batch {
                 channel,
-                messages: MessageBatch::parse(body)?,
+                messages: MessageBatch::parse(take_payload(body))?,
             }
         }
         KIND_BACKLOG => {

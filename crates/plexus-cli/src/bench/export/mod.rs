@@ -126,19 +126,27 @@ pub fn throughput(
         }
     }
 
+    let markdown = with_context(&files, &notes, |ctx| {
+        markdown::throughput(report, bytes_per_producer, ctx)
+    });
+    write(dir, "report.md", &markdown)
+}
+
+/// Renders report.md with the context of this run: its command line and machine, and the
+/// files and notes written beside it.
+fn with_context(
+    files: &[(&'static str, String)],
+    notes: &[String],
+    render: impl FnOnce(&Context) -> String,
+) -> String {
     let machine = Machine::probe();
     let command = command_line(std::env::args_os());
-    let ctx = Context {
+    render(&Context {
         command: &command,
         machine: &machine,
-        files: &files,
-        notes: &notes,
-    };
-    write(
-        dir,
-        "report.md",
-        &markdown::throughput(report, bytes_per_producer, &ctx),
-    )
+        files,
+        notes,
+    })
 }
 
 /// Writes the report of a `--latency` run to `dir`.
@@ -160,15 +168,8 @@ pub fn latency(dir: &Path, report: &LatencyReport) -> Result<(), String> {
         ),
     ];
     let notes = ["A latency run moves too little to chart goodput or delivered bytes: only latency.svg is drawn.".to_string()];
-    let machine = Machine::probe();
-    let command = command_line(std::env::args_os());
-    let ctx = Context {
-        command: &command,
-        machine: &machine,
-        files: &files,
-        notes: &notes,
-    };
-    write(dir, "report.md", &markdown::latency(report, &ctx))
+    let markdown = with_context(&files, &notes, |ctx| markdown::latency(report, ctx));
+    write(dir, "report.md", &markdown)
 }
 
 fn percentiles(system: &str, f: &super::latency::Figures) -> Percentiles {
