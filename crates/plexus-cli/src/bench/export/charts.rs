@@ -14,6 +14,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::super::timeline::Point;
 
+/// One line of the delivered chart: which consumers, how many, its colour, its figure.
+type Line = (&'static str, u64, RGBColor, fn(&Point) -> u64);
+
 /// Size of every chart, in pixels.
 const SIZE: (u32, u32) = (1000, 560);
 
@@ -290,29 +293,20 @@ pub fn delivered(d: &Delivery) -> Result<String, String> {
                 PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
             }
         };
-        chart
-            .draw_series(LineSeries::new(
-                line(|p| p.healthy),
-                HEALTHY.stroke_width(3),
-            ))
-            .map_err(err)?
-            .label(format!(
-                "healthy consumers ({}, summed)",
-                d.healthy_consumers
-            ))
-            .legend(legend(HEALTHY));
-        if d.stalled_consumers > 0 {
+        let kinds: [Line; 2] = [
+            ("healthy", d.healthy_consumers, HEALTHY, |p| p.healthy),
+            ("stalled", d.stalled_consumers, STALLED, |p| p.stalled),
+        ];
+        for (i, (kind, consumers, colour, pick)) in kinds.into_iter().enumerate() {
+            // The healthy line is always drawn; the stalled one when there are any.
+            if i > 0 && consumers == 0 {
+                continue;
+            }
             chart
-                .draw_series(LineSeries::new(
-                    line(|p| p.stalled),
-                    STALLED.stroke_width(3),
-                ))
+                .draw_series(LineSeries::new(line(pick), colour.stroke_width(3)))
                 .map_err(err)?
-                .label(format!(
-                    "stalled consumers ({}, summed)",
-                    d.stalled_consumers
-                ))
-                .legend(legend(STALLED));
+                .label(format!("{kind} consumers ({consumers}, summed)"))
+                .legend(legend(colour));
         }
         if let Some(at) = d.released_ms.filter(|_| d.stalled_consumers > 0) {
             let grey = RGBColor(120, 120, 120);
