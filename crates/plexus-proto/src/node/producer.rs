@@ -72,6 +72,20 @@ impl NodeCore {
         consumer: Endpoint,
         payload: Bytes,
     ) -> Result<(), TrySendError> {
+        self.queue_message(job, slot, consumer, payload)?;
+        self.note_buffered();
+        Ok(())
+    }
+
+    /// `try_send` without updating the peak of buffered bytes, which only grows while
+    /// messages are queued: a caller queuing many notes it once, after them.
+    fn queue_message(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumer: Endpoint,
+        payload: Bytes,
+    ) -> Result<(), TrySendError> {
         let cost = message_cost(payload.len());
         let key = match self.sendable_channel(job, slot, consumer, payload.len()) {
             Ok(Some(key)) => key,
@@ -105,10 +119,7 @@ impl NodeCore {
         }
         self.wake_peer(peer);
         match refused {
-            None => {
-                self.note_buffered();
-                Ok(())
-            }
+            None => Ok(()),
             Some(payload) => Err(TrySendError::NoCredit(payload)),
         }
     }
@@ -128,7 +139,7 @@ impl NodeCore {
     ) -> Result<usize, ExchangeError> {
         let mut taken = 0;
         while let Some(message) = messages.pop_front() {
-            match self.try_send(job, slot, consumer, message) {
+            match self.queue_message(job, slot, consumer, message) {
                 Ok(()) => taken += 1,
                 Err(TrySendError::NoCredit(message)) => {
                     messages.push_front(message);
@@ -137,6 +148,9 @@ impl NodeCore {
                 Err(TrySendError::Failed(e)) if taken == 0 => return Err(e),
                 Err(TrySendError::Failed(_)) => break,
             }
+        }
+        if taken > 0 {
+            self.note_buffered();
         }
         Ok(taken)
     }
