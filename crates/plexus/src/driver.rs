@@ -252,7 +252,7 @@ async fn write_loop(
     let mut transmit = Transmit::new();
     let mut chunks = Vec::new();
     loop {
-        linger_while_busy(&shared, link).await;
+        linger_while_others_run(&shared, link).await;
         let open = shared.op(|st| {
             st.core
                 .poll_transmit(link, Instant::now(), &mut transmit, WRITE_BATCH)
@@ -277,7 +277,7 @@ async fn write_loop(
 /// so many small messages share one write and a channel's small messages share one frame.
 /// Stops as soon as a turn comes back within [`IDLE_TURN`]: then nothing else was ready to
 /// run, so nothing more is coming soon, and an idle link is not delayed.
-async fn linger_while_busy(shared: &Shared, link: LinkId) {
+async fn linger_while_others_run(shared: &Shared, link: LinkId) {
     for _ in 0..MAX_LINGERS {
         let queued = shared.lock().core.queued_bytes(link);
         if queued == 0 || queued >= LINGER_BELOW {
