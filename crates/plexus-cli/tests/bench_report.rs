@@ -128,9 +128,8 @@ fn assert_delivered(csv: &str, healthy_total: u64, stalled_total: u64) {
     assert_eq!(last.2, stalled_total, "stalled consumers' final bytes");
 }
 
-/// The small shape with one stalled consumer: 3 nodes × (1 producer + 2 consumers), one
-/// job, 2 MiB per producer.
-const STALLED_SHAPE: [&str; 12] = [
+/// The small shape: 3 nodes × (1 producer + 2 consumers), one job, 2 MiB per producer.
+const SMALL_SHAPE: [&str; 10] = [
     "--nodes",
     "3",
     "--producers",
@@ -141,18 +140,23 @@ const STALLED_SHAPE: [&str; 12] = [
     "1",
     "--bytes-per-producer",
     "2MiB",
-    "--stall-consumers",
-    "1",
 ];
 
-/// What each consumer of [`STALLED_SHAPE`] receives: 2 MiB spread over 6 consumers, from
+/// [`SMALL_SHAPE`] with one stalled consumer.
+fn stalled_shape() -> Vec<&'static str> {
+    let mut args = SMALL_SHAPE.to_vec();
+    args.extend(["--stall-consumers", "1"]);
+    args
+}
+
+/// What each consumer of [`SMALL_SHAPE`] receives: 2 MiB spread over 6 consumers, from
 /// each of the 3 producers.
 const BYTES_PER_CONSUMER: u64 = 3 * (2 * 1024 * 1024 / 6);
 
 #[test]
 fn the_report_dir_holds_the_run_in_markdown_json_and_charts() {
     let dir = TempDir::new("stalled");
-    let mut args = STALLED_SHAPE.to_vec();
+    let mut args = stalled_shape();
     args.extend(["--first-ip", "127.0.81.1"]);
     let (line, r) = bench_with_report(&args, &dir);
 
@@ -218,25 +222,9 @@ fn the_report_dir_holds_the_run_in_markdown_json_and_charts() {
 #[test]
 fn the_goodput_chart_and_tables_show_every_baseline_that_ran() {
     let dir = TempDir::new("baseline");
-    let (_, r) = bench_with_report(
-        &[
-            "--nodes",
-            "3",
-            "--producers",
-            "1",
-            "--consumers",
-            "2",
-            "--jobs",
-            "1",
-            "--bytes-per-producer",
-            "2MiB",
-            "--baseline",
-            "raw-tcp",
-            "--first-ip",
-            "127.0.82.1",
-        ],
-        &dir,
-    );
+    let mut args = SMALL_SHAPE.to_vec();
+    args.extend(["--baseline", "raw-tcp", "--first-ip", "127.0.82.1"]);
+    let (_, r) = bench_with_report(&args, &dir);
     assert_svg(
         "goodput.svg",
         &dir.read("goodput.svg"),
@@ -265,7 +253,7 @@ fn the_goodput_chart_and_tables_show_every_baseline_that_ran() {
 #[test]
 fn spawned_nodes_report_delivered_bytes_for_the_timeline() {
     let dir = TempDir::new("spawn");
-    let mut args = STALLED_SHAPE.to_vec();
+    let mut args = stalled_shape();
     args.extend(["--spawn", "--first-ip", "127.0.83.1"]);
     let (_, r) = bench_with_report(&args, &dir);
     assert_eq!(r["processes"], 3);
