@@ -174,6 +174,17 @@ fn zmq_needs_the_feature() {
     assert!(stderr.contains("--features zmq"), "{stderr}");
 }
 
+#[cfg(not(feature = "rabbitmq"))]
+#[test]
+fn rabbitmq_needs_the_feature() {
+    let out = bench_command(&["--baseline", "rabbitmq"])
+        .output()
+        .expect("run plexus");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--features rabbitmq"), "{stderr}");
+}
+
 #[cfg(feature = "zmq")]
 #[test]
 fn zmq_carries_the_same_workload_verified() {

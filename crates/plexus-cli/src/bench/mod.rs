@@ -12,7 +12,7 @@
 //! run is judged by what every endpoint reported ([`verdict`]).
 //!
 //! With `--baseline`, the same workload then runs over other systems in this process
-//! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ) and the report compares
+//! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ, RabbitMQ) and the report compares
 //! them; `--latency RATE` measures one-way latency at a fixed rate instead ([`latency`]),
 //! for plexus and raw TCP. Both run on [`transport`]'s harness. `--report DIR` also writes
 //! the run to DIR, in Markdown, JSON and SVG charts ([`export`]), among them the bytes
@@ -20,7 +20,7 @@
 //!
 //! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
 //! needs `ss`, baselines and latency run in one process without failures or stalls, zmq
-//! needs the `zmq` feature); both modes share the roles, the hosting of endpoints and the
+//! and rabbitmq need their features, the broker's URL is on loopback); both modes share the roles, the hosting of endpoints and the
 //! judging, so they report the same fields with the same meaning.
 
 mod baseline;
@@ -113,9 +113,14 @@ pub struct BenchArgs {
     pub chaos_link_kill_ms: Option<u64>,
     /// After the plexus run, run the same workload over these systems too, in this
     /// process, and compare: raw-tcp (one connection per node pair), naive-tcp (one per
-    /// channel), zmq (needs the `zmq` feature). Comma-separated.
+    /// channel), zmq (needs the `zmq` feature), rabbitmq (a broker at --amqp-url; needs
+    /// the `rabbitmq` feature). Comma-separated.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub baseline: Vec<baseline::System>,
+    /// The RabbitMQ broker of `--baseline rabbitmq` (on loopback only; see
+    /// scripts/rabbitmq.sh).
+    #[arg(long, default_value = baseline::amqp_url::DEFAULT)]
+    pub amqp_url: String,
     /// Measure one-way latency instead: 128-byte messages at this many messages per second
     /// in all, for --latency-secs (with --baseline raw-tcp, over raw TCP too);
     /// --message-size and --bytes-per-producer do not apply.
@@ -198,7 +203,7 @@ impl BenchArgs {
             if self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
                 return Err("--baseline compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
             }
-            baseline::check(&self.baseline)?;
+            baseline::check(&self.baseline, &self.amqp_url)?;
         }
         if let Some(rate) = self.latency {
             if rate == 0 {

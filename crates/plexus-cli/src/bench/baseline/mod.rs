@@ -8,7 +8,10 @@
 //!   skipped, with a note, when its connections would not fit under the process's
 //!   descriptor limit ([`fds`]);
 //! - `zmq` (`zmq`, only with the cargo feature `zmq`): ZeroMQ used the ordinary way, a
-//!   PULL socket per consumer and a PUSH socket per channel.
+//!   PULL socket per consumer and a PUSH socket per channel;
+//! - `rabbitmq` (`rabbitmq`, only with the cargo feature `rabbitmq`): a RabbitMQ broker on
+//!   loopback (`--amqp-url`, checked by [`amqp_url`]), a connection per node, a queue per
+//!   consumer; skipped, with a note, when no broker answers.
 //!
 //! Each system runs on a fresh runtime with every node on its own loopback address, its
 //! links counted from the OS socket table like plexus's, and is judged by the same
@@ -20,9 +23,12 @@
 //! prefixed with its name); `ratio_vs_<system>` and `msgs_ratio_vs_<system>` are plexus's
 //! figure divided by the system's, and `null` unless both ran and verified.
 
+pub mod amqp_url;
 pub mod fds;
 mod naive_tcp;
 mod outbox;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 pub mod raw_tcp;
 mod roles;
 #[cfg(feature = "zmq")]
@@ -55,6 +61,8 @@ pub enum System {
     NaiveTcp,
     /// ZeroMQ PUSH/PULL sockets (needs the `zmq` feature).
     Zmq,
+    /// A RabbitMQ broker at `--amqp-url` (needs the `rabbitmq` feature).
+    Rabbitmq,
 }
 
 impl System {
@@ -64,6 +72,7 @@ impl System {
             System::RawTcp => "raw-tcp",
             System::NaiveTcp => "naive-tcp",
             System::Zmq => "zmq",
+            System::Rabbitmq => "rabbitmq",
         }
     }
 
@@ -73,12 +82,14 @@ impl System {
             System::RawTcp => "raw_tcp",
             System::NaiveTcp => "naive_tcp",
             System::Zmq => "zmq",
+            System::Rabbitmq => "rabbitmq",
         }
     }
 }
 
-/// Checks that this build can run every system in `systems`.
-pub fn check(systems: &[System]) -> Result<(), String> {
+/// Checks that this build can run every system in `systems`, and that the broker at
+/// `amqp_url` is one the `rabbitmq` system may use.
+pub fn check(systems: &[System], amqp_url: &str) -> Result<(), String> {
     if systems.contains(&System::Zmq) && !cfg!(feature = "zmq") {
         return Err(
             "--baseline zmq: this plexus was built without ZeroMQ; build it with \
@@ -86,13 +97,24 @@ pub fn check(systems: &[System]) -> Result<(), String> {
                 .into(),
         );
     }
+    if systems.contains(&System::Rabbitmq) {
+        if !cfg!(feature = "rabbitmq") {
+            return Err(
+                "--baseline rabbitmq: this plexus was built without the AMQP client; build it \
+                 with `cargo build --release -p plexus-cli --features rabbitmq` (the broker: \
+                 scripts/rabbitmq.sh start)"
+                    .into(),
+            );
+        }
+        amqp_url::check(amqp_url)?;
+    }
     Ok(())
 }
 
 /// How the workload went over one system.
 #[derive(Clone, Debug, Serialize)]
 pub struct BaselineResult {
-    /// The system (`raw-tcp`, `naive-tcp`, `zmq`).
+    /// The system (`raw-tcp`, `naive-tcp`, `zmq`, `rabbitmq`).
     pub system: &'static str,
     /// The system did not run (see `note`).
     pub skipped: bool,
@@ -115,7 +137,7 @@ pub struct BaselineResult {
     pub messages_per_s: Option<f64>,
     /// Most established TCP connections any node's address held, from /proc/net/tcp.
     pub links_per_node_max: usize,
-    /// TCP connections the system opened between endpoints or nodes.
+    /// TCP connections the system opened between endpoints or nodes (or to the broker).
     pub connections: u64,
 }
 
@@ -163,6 +185,9 @@ fn how_it_connects(system: System) -> &'static str {
         System::RawTcp => "one connection per node pair, made before the clock starts",
         System::NaiveTcp => "one connection per channel, made after the clock starts",
         System::Zmq => "a PUSH socket per channel to each consumer's PULL socket",
+        System::Rabbitmq => {
+            "one broker connection per node, a channel per endpoint, a queue per consumer"
+        }
     }
 }
 
@@ -217,6 +242,12 @@ fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
         System::Zmq => zmq::run(shape, args.json, timeout),
         #[cfg(not(feature = "zmq"))]
         System::Zmq => BaselineResult::skipped(system, "built without the zmq feature".into()),
+        #[cfg(feature = "rabbitmq")]
+        System::Rabbitmq => rabbitmq::run(shape, &args.amqp_url, args.json, timeout),
+        #[cfg(not(feature = "rabbitmq"))]
+        System::Rabbitmq => {
+            BaselineResult::skipped(system, "built without the rabbitmq feature".into())
+        }
     }
 }
 
