@@ -203,6 +203,7 @@ impl Pair {
                 .take_arrivals(JOB, c.slot, u64::MAX, &mut self.arrivals)
                 > 0
             {}
+            self.receiver.finished_reading(JOB, c.slot);
         }
         for (_, arrival) in self.arrivals.drain(..) {
             match arrival {

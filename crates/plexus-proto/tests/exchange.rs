@@ -305,6 +305,13 @@ fn small_messages_travel_in_batches() {
         }
         let mut arrivals = std::collections::VecDeque::new();
         while net.node_mut(1).take_arrivals(job, 1, 4096, &mut arrivals) > 0 {}
+        let taken: u64 = arrivals.iter().map(|(_, a)| a.cost()).sum();
+        let outstanding = net.consumer_credit(1, job, 1).unwrap().outstanding;
+        assert!(
+            outstanding >= taken,
+            "taken messages keep their credit until read: {outstanding} < {taken}"
+        );
+        net.node_mut(1).finished_reading(job, 1);
         for (from, arrival) in arrivals {
             assert_eq!(from, p);
             match arrival {

@@ -350,13 +350,17 @@ impl Consumer {
         }
     }
 
-    /// Takes about [`RECV_BATCH_COST`] of messages from the core under one lock (their
-    /// credit goes back to the pool at once); with none there, the failure or end that
-    /// comes next, or registers for a wake-up.
+    /// Returns the credit of the messages handed out since the last fill (all of them: it
+    /// fills only when empty), then takes about [`RECV_BATCH_COST`] of messages from the
+    /// core under one lock; with none there, the failure or end that comes next, or
+    /// registers for a wake-up. So the messages buffered here count against the
+    /// consumer's pool until the application has them.
     fn fill(&mut self, cx: &mut Context<'_>) {
         let key = (self.job, self.slot);
         let (arrivals, error, finished) = (&mut self.arrivals, &mut self.error, &mut self.finished);
         self.shared.op(|st| {
+            // Everything taken before was handed out: its credit goes back now.
+            st.core.finished_reading(key.0, key.1);
             if st
                 .core
                 .take_arrivals(key.0, key.1, RECV_BATCH_COST, arrivals)

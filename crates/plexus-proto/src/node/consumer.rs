@@ -81,6 +81,7 @@ impl NodeCore {
                 self.config.max_grant,
             ),
             queue: Default::default(),
+            taken: 0,
             remaining: expected.clone(),
             expected,
             errors: Default::default(),
@@ -152,9 +153,11 @@ impl NodeCore {
     }
 
     /// Moves what consumer `slot` of `job` received into `out`, whole arrivals in order,
-    /// until their credit reaches `max_cost` (at least one arrival when there is any), and
-    /// returns their credit to the pool at once. Returns how many arrivals it moved; with
-    /// none, [`NodeCore::poll_recv`] tells what comes next (an error, the end, or nothing).
+    /// until their credit reaches `max_cost` (at least one arrival when there is any).
+    /// Their credit stays taken until [`NodeCore::finished_reading`] says the application
+    /// read them, so what sits between the core and the application stays within the
+    /// consumer's pool. Returns how many arrivals it moved; with none,
+    /// [`NodeCore::poll_recv`] tells what comes next (an error, the end, or nothing).
     pub fn take_arrivals(
         &mut self,
         job: JobId,
@@ -162,8 +165,7 @@ impl NodeCore {
         max_cost: u64,
         out: &mut VecDeque<(Endpoint, Arrival)>,
     ) -> usize {
-        let key = (job, slot);
-        let Some(c) = self.consumers.get_mut(&key) else {
+        let Some(c) = self.consumers.get_mut(&(job, slot)) else {
             return 0;
         };
         let mut cost = 0;
@@ -176,10 +178,22 @@ impl NodeCore {
             moved += 1;
             out.push_back((from, arrival));
         }
-        if moved > 0 {
-            self.release_read(key, cost);
-        }
+        c.taken += cost;
         moved
+    }
+
+    /// The application of consumer `slot` of `job` read every message it took with
+    /// [`NodeCore::take_arrivals`]: their credit goes back to the pool, and on to channels
+    /// waiting for it.
+    pub fn finished_reading(&mut self, job: JobId, slot: u32) {
+        let key = (job, slot);
+        let taken = self
+            .consumers
+            .get_mut(&key)
+            .map_or(0, |c| std::mem::take(&mut c.taken));
+        if taken > 0 {
+            self.release_read(key, taken);
+        }
     }
 
     /// The application read messages of consumer `key` that cost `cost`: their credit goes
@@ -203,7 +217,7 @@ impl NodeCore {
         self.closed_consumers.insert(key);
         self.granted_outstanding -= c.pool.outstanding();
         let queued: u64 = c.queue.iter().map(|(_, a)| a.cost()).sum();
-        self.recv_queued_bytes -= queued;
+        self.recv_queued_bytes -= queued + c.taken;
         for in_key in c.channels {
             // The record goes now: frames still on their way for it are recognised as
             // belonging to a retired channel and dropped.

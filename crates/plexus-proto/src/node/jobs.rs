@@ -204,7 +204,9 @@ impl NodeCore {
             return;
         };
         let channels: Vec<InKey> = c.channels.drain().collect();
-        let queued: u64 = c.queue.drain(..).map(|(_, a)| a.cost()).sum();
+        // What it queued or took will not be read: its credit goes back now.
+        let queued: u64 =
+            c.queue.drain(..).map(|(_, a)| a.cost()).sum::<u64>() + std::mem::take(&mut c.taken);
         c.pool.release(queued);
         self.granted_outstanding -= queued;
         self.recv_queued_bytes -= queued;

@@ -230,8 +230,10 @@ pub(crate) struct Parked {
 #[derive(Debug)]
 pub(crate) struct Consumer {
     pub pool: CreditPool<InKey>,
-    /// Messages received and not yet read, in arrival order.
+    /// Messages received and not yet taken, in arrival order.
     pub queue: VecDeque<(Endpoint, Arrival)>,
+    /// Credit of the messages the application took in bulk and has not finished reading.
+    pub taken: u64,
     /// The job's producers.
     pub expected: Set<Endpoint>,
     /// Producers whose channel has not ended yet.
