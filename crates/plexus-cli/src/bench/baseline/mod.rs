@@ -15,7 +15,7 @@
 //!
 //! Each system runs on a fresh runtime with every node on its own loopback address, its
 //! links counted from the OS socket table like plexus's, and is judged by the same
-//! [`verdict`](super::verdict) as plexus.
+//! [`verdict`] as plexus.
 //!
 //! Invariants: a system runs at most once per bench run, in the order asked; a skipped
 //! system is reported with its reason and no figures, and counts neither for nor against
