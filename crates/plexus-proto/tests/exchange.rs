@@ -27,6 +27,26 @@ use support::{
 // Isolation
 // ---------------------------------------------------------------------------------------
 
+/// Producer 0/0 of `job` feeding consumers 1/0 and 1/1, `n` messages each, message `seq`
+/// being `size(seq)` bytes: opens both consumers and the producer's outbox, and returns the
+/// outbox, the two consumers and the plan of messages for a consumer.
+fn fan_out_to_two(
+    net: &mut Net,
+    job: JobId,
+    n: u32,
+    size: fn(u32) -> usize,
+) -> (Outbox, [Endpoint; 2], impl Fn(Endpoint) -> Vec<Bytes>) {
+    let p = ep(0, 0);
+    let (c0, c1) = (ep(1, 0), ep(1, 1));
+    let plan_for = move |c: Endpoint| -> Vec<Bytes> {
+        (0..n).map(|s| message(job, p, c, s, size(s))).collect()
+    };
+    net.open_consumer(1, job, 0, &[p]);
+    net.open_consumer(1, job, 1, &[p]);
+    let out = Outbox::open(net, 0, job, 0, vec![(c0, plan_for(c0)), (c1, plan_for(c1))]);
+    (out, [c0, c1], plan_for)
+}
+
 /// One producer, two consumers on the other node; consumer 1 stops reading. Consumer 0
 /// still gets everything; consumer 1's channel stalls with at most its pool of bytes held
 /// anywhere, and resumes, complete and in order, once it reads.
@@ -36,19 +56,8 @@ fn stalled_consumer_does_not_hold_up_its_sibling() {
     let mut net = Net::new(2, small);
     let job = JobId(1);
     let p = ep(0, 0);
-    let (c0, c1) = (ep(1, 0), ep(1, 1));
-    let size = |seq: u32| (seq as usize * 37) % 1024 + 1;
-    let plan_for =
-        |c: Endpoint| -> Vec<Bytes> { (0..N).map(|s| message(job, p, c, s, size(s))).collect() };
-    net.open_consumer(1, job, 0, &[p]);
-    net.open_consumer(1, job, 1, &[p]);
-    let mut out = Outbox::open(
-        &mut net,
-        0,
-        job,
-        0,
-        vec![(c0, plan_for(c0)), (c1, plan_for(c1))],
-    );
+    let (mut out, [c0, c1], plan_for) =
+        fan_out_to_two(&mut net, job, N, |seq| (seq as usize * 37) % 1024 + 1);
     out.close_when_done = false;
     let mut in0 = Inbox::attach(1, job, 0);
     let capacity = net.consumer_credit(1, job, 1).unwrap().capacity;
@@ -280,19 +289,8 @@ fn small_messages_travel_in_batches() {
     let mut net = Net::new(2, roomy);
     let job = JobId(3);
     let p = ep(0, 0);
-    let (c0, c1) = (ep(1, 0), ep(1, 1));
-    let size = |seq: u32| (seq as usize * 13) % 200;
-    let plan_for =
-        |c: Endpoint| -> Vec<Bytes> { (0..N).map(|s| message(job, p, c, s, size(s))).collect() };
-    net.open_consumer(1, job, 0, &[p]);
-    net.open_consumer(1, job, 1, &[p]);
-    let mut out = Outbox::open(
-        &mut net,
-        0,
-        job,
-        0,
-        vec![(c0, plan_for(c0)), (c1, plan_for(c1))],
-    );
+    let (mut out, [c0, c1], plan_for) =
+        fan_out_to_two(&mut net, job, N, |seq| (seq as usize * 13) % 200);
     let mut one_by_one = Vec::new();
     let mut in_bulk = Vec::new();
     let mut finished = false;
