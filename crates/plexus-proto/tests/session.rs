@@ -556,6 +556,13 @@ fn dead_node_fails_exactly_the_jobs_spanning_it() {
         failed_at - killed_at
     );
     assert_job_failed_everywhere("job A", &mut net, &out_a, &mut in_a, dead);
+    let mut deaths = net.deaths.clone();
+    deaths.sort();
+    assert_eq!(
+        deaths,
+        vec![(0, NodeId(2), vec![ja]), (1, NodeId(2), vec![ja])],
+        "each survivor declared node 2 dead once, failing job A only"
+    );
     let from_2: Vec<_> = net.dials.iter().filter(|d| d.0 == NodeId(2)).collect();
     assert_eq!(from_2.len(), dials_from_2, "the dead node does nothing");
     let dials_to_2 = |net: &Net| net.dials.iter().filter(|d| d.1 == NodeId(2)).count();

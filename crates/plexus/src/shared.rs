@@ -131,6 +131,19 @@ impl Shared {
                         w.outcome = Some(Err(error));
                         wakers.extend(w.wakers.drain(..));
                     }
+                    Event::PeerDead {
+                        peer,
+                        cause,
+                        jobs_failed,
+                    } => {
+                        tracing::warn!(
+                            node = self.node.0,
+                            peer = peer.0,
+                            %cause,
+                            jobs_failed = ?jobs_failed,
+                            "peer declared dead"
+                        );
+                    }
                     Event::ConsumerReady { job, slot } => {
                         if let Some(waker) = st.consumers.remove(&(job, slot)) {
                             wakers.push(waker);

@@ -75,13 +75,18 @@ impl NodeCore {
     /// Declares `peer` dead with `cause`: every job spanning it fails here, and the session
     /// with it is forgotten, so a later job starts afresh with a new link.
     pub(super) fn declare_dead(&mut self, peer: NodeId, cause: LinkCause) {
-        let error = ExchangeError::LinkFailed { peer, cause };
         let doomed: Vec<JobId> = self
             .jobs
             .iter()
             .filter(|(_, j)| j.failed.is_none() && j.nodes.contains(&peer))
             .map(|(id, _)| *id)
             .collect();
+        self.events.push_back(Event::PeerDead {
+            peer,
+            cause: cause.clone(),
+            jobs_failed: doomed.clone(),
+        });
+        let error = ExchangeError::LinkFailed { peer, cause };
         let me = self.config.node;
         for job in doomed {
             // The other nodes of the job may not notice the death themselves (they may

@@ -105,6 +105,16 @@ pub enum Event {
         /// Why.
         error: ExchangeError,
     },
+    /// `peer` was declared dead (unreachable past the grace period, refusing
+    /// connections, restarted, or breaking the protocol): the jobs spanning it failed here.
+    PeerDead {
+        /// The node.
+        peer: NodeId,
+        /// Why.
+        cause: LinkCause,
+        /// The jobs that failed on this node because of it.
+        jobs_failed: Vec<JobId>,
+    },
     /// A consumer has something to read (a message, an error, or the end).
     ConsumerReady {
         /// Its job.

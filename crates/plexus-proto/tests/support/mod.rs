@@ -246,6 +246,9 @@ pub struct Net {
     pub closes: Vec<Closed>,
     /// Every `Dial` event seen, as (dialler, target).
     pub dials: Vec<(NodeId, NodeId)>,
+    /// Every `PeerDead` event seen, as (node, the peer it declared dead, the jobs that
+    /// failed there), in order.
+    pub deaths: Vec<(usize, NodeId, Vec<JobId>)>,
     /// Hung nodes: no events, timers, reads or writes until thawed.
     frozen: Vec<bool>,
     /// Killed nodes: their core is never called again; dials to them are refused.
@@ -324,6 +327,7 @@ impl Net {
             ends_by_link: HashMap::new(),
             closes: Vec::new(),
             dials: Vec::new(),
+            deaths: Vec::new(),
             frozen: vec![false; n],
             down: vec![false; n],
             generation: vec![0; n],
@@ -914,6 +918,9 @@ impl Net {
             Event::ConsumerReady { job, slot } => {
                 self.consumer_ready[i].insert((job, slot));
             }
+            Event::PeerDead {
+                peer, jobs_failed, ..
+            } => self.deaths.push((i, peer, jobs_failed)),
             Event::Admitted { job } => self.admissions[i].push((job, None)),
             Event::AdmissionFailed { job, error } => self.admissions[i].push((job, Some(error))),
         }
