@@ -153,6 +153,20 @@ pub fn goodput(bars: &[Bar]) -> Result<String, String> {
     })
 }
 
+/// The legend of a line chart, in its upper left corner.
+fn draw_legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// One bar per system on `area`, with `values` (in the unit `y_desc` names).
 fn bar_panel(
     area: &DrawingArea<SVGBackend, Shift>,
@@ -323,14 +337,7 @@ pub fn delivered(d: &Delivery) -> Result<String, String> {
                     PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)
+        draw_legend(&mut chart)
     })
 }
 
@@ -411,14 +418,7 @@ pub fn latency(systems: &[Percentiles]) -> Result<String, String> {
                 }))
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)
+        draw_legend(&mut chart)
     })
 }
 
