@@ -10,6 +10,7 @@ mod support;
 
 use std::time::Duration;
 
+use plexus_proto::batch::{BatchBuilder, BATCH_BODY_MAX};
 use plexus_proto::credit::MESSAGE_OVERHEAD;
 use plexus_proto::frame::{CancelCode, Frame, GoAwayCode, PROTOCOL_VERSION};
 use plexus_proto::node::Arrival;
@@ -1199,6 +1200,44 @@ fn hostile_frames_after_the_handshake_close_the_link() {
             },
         );
     });
+    hostile("a batch one message past a grant", true, |net, raw| {
+        net.raw_send_frame(raw, &open_to_victim());
+        net.raw_send_frame(
+            raw,
+            &Frame::Backlog {
+                channel: WireChannel(0),
+                need: 100,
+                want: 0,
+            },
+        );
+        net.drive();
+        // Two messages of 34 bytes cost the 100 bytes of credit with their overhead; one
+        // more is beyond it.
+        let batch = |n: usize| {
+            let mut b = BatchBuilder::default();
+            b.start(BATCH_BODY_MAX);
+            for _ in 0..n {
+                b.push(&[5; 34]);
+            }
+            Frame::Batch {
+                channel: WireChannel(0),
+                messages: b.finish(),
+            }
+        };
+        let credit = Frame::Credit {
+            channel: WireChannel(0),
+            bytes: 100,
+        };
+        assert!(
+            net.raw_frames(raw).contains(&credit),
+            "{:?}",
+            net.raw_frames(raw)
+        );
+        net.raw_send_frame(raw, &batch(2));
+        net.drive();
+        assert!(net.raw_is_open(raw), "a batch within credit is accepted");
+        net.raw_send_frame(raw, &batch(1));
+    });
     hostile("need beyond the largest message", true, |net, raw| {
         net.raw_send_frame(raw, &open_to_victim());
         net.raw_send_frame(
@@ -1243,6 +1282,17 @@ fn hostile_frame() -> impl Strategy<Value = Frame> {
         (ch.clone(), 0usize..1500).prop_map(|(channel, n)| Frame::Data {
             channel,
             payload: Bytes::from(vec![0xAB; n]),
+        }),
+        (ch.clone(), proptest::collection::vec(0usize..300, 1..8)).prop_map(|(channel, sizes)| {
+            let mut b = BatchBuilder::default();
+            b.start(BATCH_BODY_MAX);
+            for n in sizes {
+                b.push(&vec![0xCD; n]);
+            }
+            Frame::Batch {
+                channel,
+                messages: b.finish(),
+            }
         }),
         (ch.clone(), 0u32..1500, 0u32..5000).prop_map(|(channel, need, want)| {
             Frame::Backlog {
