@@ -69,7 +69,9 @@ impl NodeCore {
                 role: "consumer",
             });
         }
-        let expected: crate::map::Set<Endpoint> = producers.into_iter().collect();
+        let mut expected: Vec<Endpoint> = producers.into_iter().collect();
+        expected.sort_unstable();
+        expected.dedup();
         self.register_job(job, expected.iter().map(|p| p.node));
         if let Some(error) = self.job_failure(job) {
             return Err(error);
@@ -82,7 +84,7 @@ impl NodeCore {
             ),
             queue: Default::default(),
             taken: 0,
-            remaining: expected.clone(),
+            remaining: expected.iter().copied().collect(),
             expected,
             errors: Default::default(),
             channels: Default::default(),
@@ -358,7 +360,8 @@ impl NodeCore {
         let Some(c) = self.consumers.get_mut(&local) else {
             return;
         };
-        let welcome = c.expected.contains(&producer) && c.attached_from.insert(producer);
+        let welcome =
+            c.expected.binary_search(&producer).is_ok() && c.attached_from.insert(producer);
         let parked = ch.parked.take();
         if let Some(outcome) = parked.as_ref().and_then(|p| p.finish.clone()) {
             // It ended while parked, so it never held data: only its outcome is left.

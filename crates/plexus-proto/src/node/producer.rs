@@ -46,17 +46,17 @@ impl NodeCore {
                 role: "producer",
             });
         }
-        let consumers: Vec<Endpoint> = consumers.into_iter().collect();
+        let mut consumers: Vec<Endpoint> = consumers.into_iter().collect();
+        consumers.sort_unstable();
+        consumers.dedup();
         self.register_job(job, consumers.iter().map(|c| c.node));
         if let Some(error) = self.job_failure(job) {
             return Err(error);
         }
-        let allowed = consumers.iter().copied().collect();
         self.producers.insert(
             (job, slot),
             Producer {
                 consumers,
-                allowed,
                 channels: Default::default(),
                 closed: false,
             },
@@ -305,7 +305,7 @@ impl NodeCore {
         if p.closed {
             return Err(ExchangeError::Closed);
         }
-        if !p.allowed.contains(&consumer) {
+        if p.consumers.binary_search(&consumer).is_err() {
             return Err(ExchangeError::NotInJob {
                 job,
                 endpoint: consumer,

@@ -173,9 +173,9 @@ pub(crate) enum ChannelSlot {
 /// A producer on this node.
 #[derive(Debug)]
 pub(crate) struct Producer {
-    /// The consumers of the job: the only destinations allowed.
+    /// The consumers of the job, sorted (a set without a hash table's slack): the only
+    /// destinations allowed.
     pub consumers: Vec<Endpoint>,
-    pub allowed: Set<Endpoint>,
     pub channels: Map<Endpoint, ChannelSlot>,
     pub closed: bool,
 }
@@ -234,8 +234,8 @@ pub(crate) struct Consumer {
     pub queue: VecDeque<(Endpoint, Arrival)>,
     /// Credit of the messages the application took in bulk and has not finished reading.
     pub taken: u64,
-    /// The job's producers.
-    pub expected: Set<Endpoint>,
+    /// The job's producers, sorted (a set without a hash table's slack).
+    pub expected: Vec<Endpoint>,
     /// Producers whose channel has not ended yet.
     pub remaining: Set<Endpoint>,
     /// Errors to report once the messages already received have been read.
