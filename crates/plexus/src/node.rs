@@ -132,7 +132,11 @@ impl Node {
     /// Stops the node's tasks and closes its sockets. Endpoints still open see their
     /// links fail.
     pub fn shutdown(&self) {
-        let tasks = std::mem::take(&mut self.shared.lock().tasks);
+        let tasks = {
+            let mut st = self.shared.lock();
+            st.stopped = true;
+            std::mem::take(&mut st.tasks)
+        };
         for task in tasks {
             task.abort();
         }
@@ -149,4 +153,38 @@ fn fresh_incarnation() -> u64 {
     hasher.write_u128(nanos);
     hasher.write_u32(std::process::id());
     hasher.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::NodeId;
+
+    /// A dial or a link that completes while the node shuts down starts its tasks after
+    /// the node stopped them all: they are stopped as they are tracked, so nothing of the
+    /// node keeps answering its peers.
+    #[tokio::test]
+    async fn a_task_tracked_after_shutdown_is_stopped() {
+        let node = Node::builder()
+            .config(Config::new(NodeId(0), 7))
+            .listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 35, 1)), 0))
+            .membership(Membership::new())
+            .start()
+            .await
+            .expect("node starts");
+        let before = tokio::spawn(std::future::pending::<()>());
+        node.shared.track(before.abort_handle());
+        node.shutdown();
+        let after = tokio::spawn(std::future::pending::<()>());
+        node.shared.track(after.abort_handle());
+        for task in [before, after] {
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+            assert!(
+                matches!(outcome, Ok(Err(ref e)) if e.is_cancelled()),
+                "{outcome:?}"
+            );
+        }
+    }
 }

@@ -48,6 +48,9 @@ pub(crate) struct State {
     pub tasks: Vec<AbortHandle>,
     /// Length of `tasks` after finished tasks were last dropped from it.
     pub tasks_kept: usize,
+    /// The node was shut down: a task started since (a dial or a link that completed
+    /// meanwhile) is stopped as soon as it is tracked.
+    pub stopped: bool,
 }
 
 /// One node's shared runtime state.
@@ -73,6 +76,7 @@ impl Shared {
                 timer: Arc::new(Notify::new()),
                 tasks: Vec::new(),
                 tasks_kept: 0,
+                stopped: false,
             }),
             membership,
             local_ip,
@@ -165,11 +169,18 @@ impl Shared {
         result
     }
 
-    /// Remembers a task so that shutting the node down stops it. Finished tasks are
-    /// dropped from the list once it has doubled since the last time, so a node with
-    /// thousands of links does not scan them all for every new task.
+    /// Remembers a task so that shutting the node down stops it, or stops it at once if
+    /// the node was shut down already (a dial or link completing meanwhile must not outlive
+    /// the node). Finished tasks are dropped from the list once it has doubled since the
+    /// last time, so a node with thousands of links does not scan them all for every new
+    /// task.
     pub fn track(&self, handle: AbortHandle) {
         let mut st = self.lock();
+        if st.stopped {
+            drop(st);
+            handle.abort();
+            return;
+        }
         if st.tasks.len() >= (2 * st.tasks_kept).max(64) {
             st.tasks.retain(|t| !t.is_finished());
             st.tasks_kept = st.tasks.len();
