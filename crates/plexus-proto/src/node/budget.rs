@@ -157,12 +157,18 @@ impl NodeCore {
         self.admit_waiting();
     }
 
-    /// Bytes queued to send and kept until acknowledged, all peers.
+    /// Bytes queued to send and kept until acknowledged, all peers (a running total; debug
+    /// builds check it against the sum).
     pub(super) fn send_buffered(&self) -> u64 {
-        self.peers
-            .values()
-            .map(|p| p.data.queued_bytes() as u64 + p.session.retained_bytes())
-            .sum()
+        debug_assert_eq!(
+            self.send_buffered,
+            self.peers
+                .values()
+                .map(super::state::Peer::buffered)
+                .sum::<u64>(),
+            "the running total of send-side bytes drifted"
+        );
+        self.send_buffered
     }
 
     /// Whether the send share of the budget has room for `cost` more bytes.

@@ -121,7 +121,10 @@ impl NodeCore {
                     return Ok(());
                 };
                 if let Frame::Ack { received } = frame {
-                    return p.session.on_ack(received).map_err(protocol);
+                    let before = p.buffered();
+                    let acked = p.session.on_ack(received);
+                    self.send_buffered = self.send_buffered + p.buffered() - before;
+                    return acked.map_err(protocol);
                 }
                 p.session.on_received(now, session::payload_len(&frame));
                 self.handle_frame(peer, frame).map_err(protocol)
@@ -257,7 +260,10 @@ impl NodeCore {
                 // wrote this Hello.
                 return Err((GoAwayCode::Duplicate, LinkCause::Superseded));
             }
-            p.session.resume(received).map_err(protocol)?;
+            let before = p.buffered();
+            let resumed = p.session.resume(received);
+            self.send_buffered = self.send_buffered + p.buffered() - before;
+            resumed.map_err(protocol)?;
         } else {
             if we_hold {
                 self.declare_dead(

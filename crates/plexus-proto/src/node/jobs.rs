@@ -119,6 +119,7 @@ impl NodeCore {
                 PeerState::Up(link) => Some(link),
                 _ => None,
             };
+            self.send_buffered -= p.buffered();
             *p = Peer::new(PeerState::Idle, quantum);
             if let Some(link) = link {
                 // Whatever still carries the old session must not carry a new one.
@@ -182,7 +183,9 @@ impl NodeCore {
                 ch.state = OutState::Failed(Box::new(error.clone()));
                 let node = ch.consumer.node;
                 if let Some(peer) = self.peers.get_mut(&node) {
+                    let before = peer.buffered();
                     peer.data.remove(out);
+                    self.send_buffered = self.send_buffered + peer.buffered() - before;
                 }
             }
             self.retire_out_channel(out);

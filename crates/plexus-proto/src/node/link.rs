@@ -245,7 +245,9 @@ impl NodeCore {
                 return;
             };
             if let Some(p) = self.peers.get_mut(&peer) {
+                let before = p.buffered();
                 p.session.record_sent(frame.clone());
+                self.send_buffered = self.send_buffered + p.buffered() - before;
             }
             push_frame(out, frame);
         }

@@ -202,6 +202,9 @@ pub struct NodeCore {
     budget: budget::Budget,
     /// Credit granted by all consumers here and not yet back.
     granted_outstanding: u64,
+    /// Bytes all peers hold on the send side (see `Peer::buffered`), kept up to date
+    /// wherever a peer's queue or retained frames change.
+    send_buffered: u64,
     /// Highest buffered bytes seen (see `peak_buffered`).
     peak_buffered: u64,
     /// A deadline earlier than the regular tick was set since `take_timer_changed`.
@@ -254,6 +257,7 @@ impl NodeCore {
             timer_changed: false,
             budget: budget::Budget::default(),
             granted_outstanding: 0,
+            send_buffered: 0,
             peak_buffered: 0,
             jobs: Map::default(),
         })
@@ -413,6 +417,7 @@ impl NodeCore {
             if let Some(frame) = p.control.pop_front() {
                 return Some(frame);
             }
+            let before = p.buffered();
             let (key, item) = p.data.pop()?;
             let item = match item {
                 OutItem::Data(first) if is_batchable(first.len()) => {
@@ -439,6 +444,7 @@ impl NodeCore {
                 }
                 other => other,
             };
+            self.send_buffered = self.send_buffered + p.buffered() - before;
             // A channel retired meanwhile yields nothing: try the next item.
             if let Some(frame) = self.item_to_frame(key, item) {
                 return Some(frame);

@@ -112,7 +112,9 @@ impl NodeCore {
                 });
             }
             if spent {
+                let before = p.buffered();
                 p.data.push(key, OutItem::Data(payload));
+                self.send_buffered = self.send_buffered + p.buffered() - before;
             } else {
                 refused = Some(payload);
             }
@@ -272,7 +274,9 @@ impl NodeCore {
                 _ => OutItem::End,
             };
             if let Some(p) = self.peers.get_mut(&consumer.node) {
+                let before = p.buffered();
                 p.data.push(key, item);
+                self.send_buffered = self.send_buffered + p.buffered() - before;
             }
             self.wake_peer(consumer.node);
         }
@@ -387,8 +391,10 @@ impl NodeCore {
         let (job, slot) = ch.producer;
         let consumer = ch.consumer;
         if let Some(p) = self.peers.get_mut(&peer) {
+            let before = p.buffered();
             p.data.remove(key);
             p.data.push(key, OutItem::Abort);
+            self.send_buffered = self.send_buffered + p.buffered() - before;
         }
         self.wake_peer(peer);
         self.events.push_back(Event::ProducerReady {

@@ -103,6 +103,12 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// Bytes this peer holds on the send side: queued to send, and kept until
+    /// acknowledged.
+    pub fn buffered(&self) -> u64 {
+        self.data.queued_bytes() as u64 + self.session.retained_bytes()
+    }
+
     pub fn new(state: PeerState, quantum: usize) -> Self {
         Self {
             state,
