@@ -1136,6 +1136,30 @@ fn hostile_bytes_before_the_handshake_close_the_link() {
     });
 }
 
+/// The hostile peer opens channel 0 to the victim consumer and asks for 100 bytes of
+/// credit, which it gets.
+fn open_with_a_grant_of_100(net: &mut Net, raw: RawConn) {
+    net.raw_send_frame(raw, &open_to_victim());
+    net.raw_send_frame(
+        raw,
+        &Frame::Backlog {
+            channel: WireChannel(0),
+            need: 100,
+            want: 0,
+        },
+    );
+    net.drive();
+    let credit = Frame::Credit {
+        channel: WireChannel(0),
+        bytes: 100,
+    };
+    assert!(
+        net.raw_frames(raw).contains(&credit),
+        "{:?}",
+        net.raw_frames(raw)
+    );
+}
+
 /// Protocol violations by a peer that passed the handshake close its link (and fail only
 /// its channels), including data beyond credit, by one byte past an exact grant.
 #[test]
@@ -1163,25 +1187,7 @@ fn hostile_frames_after_the_handshake_close_the_link() {
         );
     });
     hostile("data one byte past a grant", true, |net, raw| {
-        net.raw_send_frame(raw, &open_to_victim());
-        net.raw_send_frame(
-            raw,
-            &Frame::Backlog {
-                channel: WireChannel(0),
-                need: 100,
-                want: 0,
-            },
-        );
-        net.drive();
-        let credit = Frame::Credit {
-            channel: WireChannel(0),
-            bytes: 100,
-        };
-        assert!(
-            net.raw_frames(raw).contains(&credit),
-            "{:?}",
-            net.raw_frames(raw)
-        );
+        open_with_a_grant_of_100(net, raw);
         net.raw_send_frame(
             raw,
             &Frame::Data {
@@ -1201,16 +1207,7 @@ fn hostile_frames_after_the_handshake_close_the_link() {
         );
     });
     hostile("a batch one message past a grant", true, |net, raw| {
-        net.raw_send_frame(raw, &open_to_victim());
-        net.raw_send_frame(
-            raw,
-            &Frame::Backlog {
-                channel: WireChannel(0),
-                need: 100,
-                want: 0,
-            },
-        );
-        net.drive();
+        open_with_a_grant_of_100(net, raw);
         // Two messages of 34 bytes cost the 100 bytes of credit with their overhead; one
         // more is beyond it.
         let batch = |n: usize| {
@@ -1224,15 +1221,6 @@ fn hostile_frames_after_the_handshake_close_the_link() {
                 messages: b.finish(),
             }
         };
-        let credit = Frame::Credit {
-            channel: WireChannel(0),
-            bytes: 100,
-        };
-        assert!(
-            net.raw_frames(raw).contains(&credit),
-            "{:?}",
-            net.raw_frames(raw)
-        );
         net.raw_send_frame(raw, &batch(2));
         net.drive();
         assert!(net.raw_is_open(raw), "a batch within credit is accepted");
