@@ -121,10 +121,9 @@ impl NodeCore {
                     return Ok(());
                 };
                 if let Frame::Ack { received } = frame {
-                    let before = p.buffered();
-                    let acked = p.session.on_ack(received);
-                    self.send_buffered = self.send_buffered + p.buffered() - before;
-                    return acked.map_err(protocol);
+                    return p
+                        .change_buffered(&mut self.send_buffered, |p| p.session.on_ack(received))
+                        .map_err(protocol);
                 }
                 p.session.on_received(now, session::payload_len(&frame));
                 self.handle_frame(peer, frame).map_err(protocol)
@@ -260,10 +259,8 @@ impl NodeCore {
                 // wrote this Hello.
                 return Err((GoAwayCode::Duplicate, LinkCause::Superseded));
             }
-            let before = p.buffered();
-            let resumed = p.session.resume(received);
-            self.send_buffered = self.send_buffered + p.buffered() - before;
-            resumed.map_err(protocol)?;
+            p.change_buffered(&mut self.send_buffered, |p| p.session.resume(received))
+                .map_err(protocol)?;
         } else {
             if we_hold {
                 self.declare_dead(

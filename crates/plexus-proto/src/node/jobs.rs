@@ -183,9 +183,7 @@ impl NodeCore {
                 ch.state = OutState::Failed(Box::new(error.clone()));
                 let node = ch.consumer.node;
                 if let Some(peer) = self.peers.get_mut(&node) {
-                    let before = peer.buffered();
-                    peer.data.remove(out);
-                    self.send_buffered = self.send_buffered + peer.buffered() - before;
+                    peer.change_buffered(&mut self.send_buffered, |p| p.data.remove(out));
                 }
             }
             self.retire_out_channel(out);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::state::{Link, LinkId, OutItem, PeerState, Phase};
+use super::state::{wire_of, Link, LinkId, OutItem, PeerState, Phase};
 use super::transmit::Transmit;
 use super::{Event, LinkCause, NodeCore};
 use crate::frame::{Frame, GoAwayCode};
@@ -245,9 +245,9 @@ impl NodeCore {
                 return;
             };
             if let Some(p) = self.peers.get_mut(&peer) {
-                let before = p.buffered();
-                p.session.record_sent(frame.clone());
-                self.send_buffered = self.send_buffered + p.buffered() - before;
+                p.change_buffered(&mut self.send_buffered, |p| {
+                    p.session.record_sent(frame.clone());
+                });
             }
             push_frame(out, frame);
         }
@@ -476,7 +476,7 @@ impl NodeCore {
     /// record once its last frame leaves.
     pub(super) fn item_to_frame(&mut self, key: u64, item: OutItem) -> Option<Frame> {
         let ch = self.out_channels.get(&key)?;
-        let channel = ch.wire;
+        let channel = wire_of(key);
         Some(match item {
             OutItem::Data(payload) => Frame::Data { channel, payload },
             OutItem::Batch(messages) => Frame::Batch { channel, messages },

@@ -37,7 +37,7 @@ mod transmit;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::batch::{batched_len, is_batchable, BATCH_BODY_MAX};
+use crate::batch::BATCH_BODY_MAX;
 use crate::jitter::Jitter;
 use crate::map::{Map, Set};
 
@@ -56,8 +56,7 @@ pub use state::LinkId;
 pub use transmit::Transmit;
 
 use state::{
-    Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutItem, OutKey, Peer, PeerState,
-    Producer,
+    Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer,
 };
 
 /// Something the runtime must act on.
@@ -417,34 +416,8 @@ impl NodeCore {
             if let Some(frame) = p.control.pop_front() {
                 return Some(frame);
             }
-            let before = p.buffered();
-            let (key, item) = p.data.pop()?;
-            let item = match item {
-                OutItem::Data(first) if is_batchable(first.len()) => {
-                    let builder = &mut p.batch_builder;
-                    let mut started = false;
-                    let mut body = batched_len(first.len());
-                    while let Some(OutItem::Data(next)) = p.data.pop_next_of(key, |it| {
-                        matches!(it, OutItem::Data(m)
-                            if is_batchable(m.len()) && body + batched_len(m.len()) <= batch_limit)
-                    }) {
-                        if !started {
-                            builder.start(batch_limit);
-                            builder.push(&first);
-                            started = true;
-                        }
-                        builder.push(&next);
-                        body = builder.body_len();
-                    }
-                    if started {
-                        OutItem::Batch(builder.finish())
-                    } else {
-                        OutItem::Data(first)
-                    }
-                }
-                other => other,
-            };
-            self.send_buffered = self.send_buffered + p.buffered() - before;
+            let (key, item) =
+                p.change_buffered(&mut self.send_buffered, |p| p.pop_data(batch_limit))?;
             // A channel retired meanwhile yields nothing: try the next item.
             if let Some(frame) = self.item_to_frame(key, item) {
                 return Some(frame);

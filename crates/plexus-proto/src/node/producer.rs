@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::state::{
-    out_key, ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer, PeerState,
-    Producer,
+    out_key, wire_of, ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer,
+    PeerState, Producer,
 };
 use super::{Event, ExchangeError, NodeCore};
 use crate::credit::{message_cost, SendCredit};
@@ -97,7 +97,7 @@ impl NodeCore {
             return Err(TrySendError::Failed(ExchangeError::Closed));
         };
         let (spent, request) = ch.credit.try_spend(cost, policy);
-        let wire = ch.wire;
+        let wire = wire_of(key);
         if spent {
             ch.sent += cost;
         }
@@ -112,9 +112,9 @@ impl NodeCore {
                 });
             }
             if spent {
-                let before = p.buffered();
-                p.data.push(key, OutItem::Data(payload));
-                self.send_buffered = self.send_buffered + p.buffered() - before;
+                p.change_buffered(&mut self.send_buffered, |p| {
+                    p.data.push(key, OutItem::Data(payload));
+                });
             } else {
                 refused = Some(payload);
             }
@@ -176,7 +176,7 @@ impl NodeCore {
         };
         let (ok, request) = ch.credit.check(message_cost(len), policy);
         if let Some(r) = request {
-            let wire = ch.wire;
+            let wire = wire_of(key);
             self.push_control(
                 consumer.node,
                 Frame::Backlog {
@@ -274,9 +274,7 @@ impl NodeCore {
                 _ => OutItem::End,
             };
             if let Some(p) = self.peers.get_mut(&consumer.node) {
-                let before = p.buffered();
-                p.data.push(key, item);
-                self.send_buffered = self.send_buffered + p.buffered() - before;
+                p.change_buffered(&mut self.send_buffered, |p| p.data.push(key, item));
             }
             self.wake_peer(consumer.node);
         }
@@ -335,7 +333,6 @@ impl NodeCore {
             OutChannel {
                 producer,
                 consumer,
-                wire,
                 credit: SendCredit::default(),
                 sent: 0,
                 state: OutState::Open,
@@ -391,10 +388,10 @@ impl NodeCore {
         let (job, slot) = ch.producer;
         let consumer = ch.consumer;
         if let Some(p) = self.peers.get_mut(&peer) {
-            let before = p.buffered();
-            p.data.remove(key);
-            p.data.push(key, OutItem::Abort);
-            self.send_buffered = self.send_buffered + p.buffered() - before;
+            p.change_buffered(&mut self.send_buffered, |p| {
+                p.data.remove(key);
+                p.data.push(key, OutItem::Abort);
+            });
         }
         self.wake_peer(peer);
         self.events.push_back(Event::ProducerReady {

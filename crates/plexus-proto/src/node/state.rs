@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batch::{BatchBuilder, MessageBatch};
+use crate::batch::{batched_len, is_batchable, BatchBuilder, MessageBatch};
 use crate::credit::{CreditPool, SendCredit};
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
@@ -32,6 +32,11 @@ pub(crate) type OutKey = u64;
 /// so a key names one channel.
 pub(crate) fn out_key(peer: NodeId, wire: WireChannel) -> OutKey {
     (u64::from(peer.0) << 32) | u64::from(wire.0)
+}
+
+/// Our number for the channel of `key` on its peer's session.
+pub(crate) fn wire_of(key: OutKey) -> WireChannel {
+    WireChannel(key as u32)
 }
 /// Key of an incoming channel: the sending peer and its number for the channel.
 pub(crate) type InKey = (NodeId, WireChannel);
@@ -107,6 +112,53 @@ impl Peer {
     /// acknowledged.
     pub fn buffered(&self) -> u64 {
         self.data.queued_bytes() as u64 + self.session.retained_bytes()
+    }
+
+    /// Runs `change` on this peer's queues or retained frames, keeping `total` (what all
+    /// peers hold on the send side) up to date.
+    pub fn change_buffered<R>(
+        &mut self,
+        total: &mut u64,
+        change: impl FnOnce(&mut Peer) -> R,
+    ) -> R {
+        let before = self.buffered();
+        let result = change(self);
+        *total = *total + self.buffered() - before;
+        result
+    }
+
+    /// The next data item for the peer in fair order, and for a remote peer the small
+    /// messages queued right behind a small message on its channel (as far as the
+    /// channel's turn goes), packed with it into one batch of at most `batch_limit` body
+    /// bytes (0: no packing).
+    pub fn pop_data(&mut self, batch_limit: usize) -> Option<(OutKey, OutItem)> {
+        let (key, item) = self.data.pop()?;
+        let OutItem::Data(first) = item else {
+            return Some((key, item));
+        };
+        if !is_batchable(first.len()) {
+            return Some((key, OutItem::Data(first)));
+        }
+        let mut started = false;
+        let mut body = batched_len(first.len());
+        while let Some(OutItem::Data(next)) = self.data.pop_next_of(key, |it| {
+            matches!(it, OutItem::Data(m)
+                if is_batchable(m.len()) && body + batched_len(m.len()) <= batch_limit)
+        }) {
+            if !started {
+                self.batch_builder.start(batch_limit);
+                self.batch_builder.push(&first);
+                started = true;
+            }
+            self.batch_builder.push(&next);
+            body = self.batch_builder.body_len();
+        }
+        let item = if started {
+            OutItem::Batch(self.batch_builder.finish())
+        } else {
+            OutItem::Data(first)
+        };
+        Some((key, item))
     }
 
     pub fn new(state: PeerState, quantum: usize) -> Self {
@@ -195,12 +247,11 @@ pub(crate) enum OutState {
     Failed(Box<ExchangeError>),
 }
 
-/// One outgoing channel.
+/// One outgoing channel (its wire number is part of its key: see [`wire_of`]).
 #[derive(Debug)]
 pub(crate) struct OutChannel {
     pub producer: LocalKey,
     pub consumer: Endpoint,
-    pub wire: WireChannel,
     pub credit: SendCredit,
     /// Payload bytes queued or sent so far.
     pub sent: u64,
