@@ -61,12 +61,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
     )
     .await;
     drop(events_tx);
-    let monitor = Monitor::start(
-        shape.node_ips(),
-        shape.bytes_total(),
-        delivered.clone(),
-        args.json,
-    );
+    let monitor = Monitor::start(shape, &delivered, args.json);
     let chaos = args
         .chaos_link_kill_ms
         .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));

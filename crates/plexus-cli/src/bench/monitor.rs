@@ -16,6 +16,7 @@ use plexus::sockets;
 use tokio::task::JoinHandle;
 
 use super::delivered::Delivered;
+use super::shape::Shape;
 
 /// A running monitor; see the module docs.
 pub struct Monitor {
@@ -26,20 +27,16 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts sampling the connections of `ips` and showing the bytes `delivered` out of
-    /// `total` (unless `hidden`).
-    pub fn start(
-        ips: Vec<Ipv4Addr>,
-        total: u64,
-        delivered: Arc<Delivered>,
-        hidden: bool,
-    ) -> Monitor {
+    /// Starts sampling the connections of the nodes of `shape` and showing the bytes
+    /// `delivered` out of all the shape's bytes (unless `hidden`).
+    pub fn start(shape: &Shape, delivered: &Arc<Delivered>, hidden: bool) -> Monitor {
+        let ips = shape.node_ips();
         let links_max = Arc::new(AtomicUsize::new(0));
-        let progress = progress_bar(total, hidden);
+        let progress = progress_bar(shape.bytes_total(), hidden);
         let task = tokio::spawn(sample_links(
             ips.clone(),
             links_max.clone(),
-            delivered,
+            delivered.clone(),
             progress.clone(),
         ));
         Monitor {

@@ -273,12 +273,7 @@ async fn coordinate(
         .report
         .is_some()
         .then(|| Timeline::start(delivered.clone(), start.into_std()));
-    let monitor = Monitor::start(
-        shape.node_ips(),
-        shape.bytes_total(),
-        delivered.clone(),
-        args.json,
-    );
+    let monitor = Monitor::start(shape, &delivered, args.json);
     let chaos = args
         .chaos_link_kill_ms
         .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));

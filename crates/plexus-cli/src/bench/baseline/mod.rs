@@ -297,12 +297,7 @@ async fn measure<T: Transport>(
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> RunRecord {
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start(
-        shape.node_ips(),
-        shape.bytes_total(),
-        delivered.clone(),
-        json,
-    );
+    let monitor = Monitor::start(shape, &delivered, json);
     let (produce, consume) = roles::throughput(shape, delivered);
     let start = Instant::now();
     let (outcomes, mut errors) =

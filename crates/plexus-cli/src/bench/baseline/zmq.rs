@@ -52,12 +52,7 @@ pub fn run(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
 async fn measure(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
     let deadline = Instant::now() + timeout;
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start(
-        shape.node_ips(),
-        shape.bytes_total(),
-        delivered.clone(),
-        json,
-    );
+    let monitor = Monitor::start(shape, &delivered, json);
     let sample = Arc::new(LinkSample::new(shape));
     let start = Instant::now();
     let (outcomes, errors) = match launch(shape, deadline, &delivered, &sample) {

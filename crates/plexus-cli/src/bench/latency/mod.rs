@@ -225,12 +225,7 @@ async fn measure<T: Transport>(
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> LatencyResult {
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start(
-        shape.node_ips(),
-        shape.bytes_total(),
-        delivered.clone(),
-        json,
-    );
+    let monitor = Monitor::start(shape, &delivered, json);
     let start = Instant::now();
     let timing = match Timing::new(shape.clone(), rate, start + LEAD, delivered) {
         Ok(timing) => Arc::new(timing),
