@@ -12,7 +12,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::batch::{BatchError, MessageBatch};
-use crate::frame::{CancelCode, Frame, GoAwayCode};
+use crate::frame::{CancelCode, Frame, GoAwayCode, RefuseCode};
 use crate::ids::{JobId, NodeId, WireChannel};
 
 /// Bytes before a frame's body: the length field.
@@ -40,6 +40,8 @@ const KIND_ACK: u8 = 12;
 const KIND_CANCEL_JOB: u8 = 13;
 const KIND_JOB_FAILED: u8 = 14;
 const KIND_BATCH: u8 = 15;
+const KIND_RESERVED: u8 = 16;
+const KIND_JOB_REFUSED: u8 = 17;
 
 /// A frame that could not be decoded. Any of these closes the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -82,14 +84,16 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             incarnation,
             peer_incarnation,
             received,
+            max_message,
         } => {
-            put_head(out, KIND_HELLO, 2 + 8 + 4 + 8 + 8 + 8);
+            put_head(out, KIND_HELLO, 2 + 8 + 4 + 8 + 8 + 8 + 4);
             out.put_u16_le(*version);
             out.put_u64_le(*cluster);
             out.put_u32_le(node.0);
             out.put_u64_le(*incarnation);
             out.put_u64_le(*peer_incarnation);
             out.put_u64_le(*received);
+            out.put_u32_le(*max_message);
         }
         Frame::Ack { received } => {
             put_head(out, KIND_ACK, 8);
@@ -103,6 +107,15 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             put_head(out, KIND_JOB_FAILED, 12);
             out.put_u64_le(job.0);
             out.put_u32_le(dead.0);
+        }
+        Frame::Reserved { job } => {
+            put_head(out, KIND_RESERVED, 8);
+            out.put_u64_le(job.0);
+        }
+        Frame::JobRefused { job, reason } => {
+            put_head(out, KIND_JOB_REFUSED, 10);
+            out.put_u64_le(job.0);
+            out.put_u16_le(reason.to_wire());
         }
         Frame::GoAway { code } => {
             put_head(out, KIND_GOAWAY, 2);
@@ -290,7 +303,7 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
     };
     let frame = match kind {
         KIND_HELLO => {
-            exact(38)?;
+            exact(42)?;
             Frame::Hello {
                 version: body.get_u16_le(),
                 cluster: body.get_u64_le(),
@@ -298,6 +311,7 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
                 incarnation: body.get_u64_le(),
                 peer_incarnation: body.get_u64_le(),
                 received: body.get_u64_le(),
+                max_message: body.get_u32_le(),
             }
         }
         KIND_ACK => {
@@ -317,6 +331,19 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
             Frame::JobFailed {
                 job: JobId(body.get_u64_le()),
                 dead: NodeId(body.get_u32_le()),
+            }
+        }
+        KIND_RESERVED => {
+            exact(8)?;
+            Frame::Reserved {
+                job: JobId(body.get_u64_le()),
+            }
+        }
+        KIND_JOB_REFUSED => {
+            exact(10)?;
+            Frame::JobRefused {
+                job: JobId(body.get_u64_le()),
+                reason: RefuseCode::from_wire(body.get_u16_le()),
             }
         }
         KIND_GOAWAY => {

@@ -69,8 +69,11 @@ pub struct Config {
     pub memory_budget: Option<u64>,
     /// The share of `memory_budget` for data queued to send and kept until acknowledged.
     pub send_buffer: u64,
-    /// A job waiting for admission longer than this fails.
+    /// A job waiting for admission longer than this fails, on every node it spans.
     pub admission_timeout: Duration,
+    /// How many ids of finished jobs a node remembers, to drop late frames for them and
+    /// refuse reuse of an id. Bounds what a node keeps of the jobs it has seen.
+    pub finished_jobs_kept: usize,
 }
 
 /// A configuration that cannot work.
@@ -136,6 +139,7 @@ impl Config {
             memory_budget: None,
             send_buffer: 8 << 20,
             admission_timeout: Duration::from_secs(30),
+            finished_jobs_kept: 4096,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::batch::MessageBatch;
 use crate::ids::{JobId, NodeId, WireChannel};
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Why a link is being closed, sent in [`Frame::GoAway`] before the socket is shut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +33,13 @@ pub enum GoAwayCode {
     /// A link to this peer already exists, or carried the session while this connection
     /// was in its handshake (its `Hello` is out of date).
     Duplicate,
-    /// The node is shutting down.
+    /// The node is shutting down: the jobs that span it fail now, with this cause.
     Shutdown,
+    /// The peer's settings that both sides must share (see `Frame::Hello`) differ from ours.
+    ConfigMismatch,
+    /// The link carried nothing for `Config::link_idle_close`; the session is kept and the
+    /// next channel dials again.
+    Idle,
     /// A code this build does not know (kept so decoding never fails on it).
     Unknown(u16),
 }
@@ -52,6 +57,8 @@ impl GoAwayCode {
             GoAwayCode::Shutdown => 7,
             GoAwayCode::SessionMismatch => 8,
             GoAwayCode::Timeout => 9,
+            GoAwayCode::ConfigMismatch => 10,
+            GoAwayCode::Idle => 11,
             GoAwayCode::Unknown(v) => v,
         }
     }
@@ -68,6 +75,8 @@ impl GoAwayCode {
             7 => GoAwayCode::Shutdown,
             8 => GoAwayCode::SessionMismatch,
             9 => GoAwayCode::Timeout,
+            10 => GoAwayCode::ConfigMismatch,
+            11 => GoAwayCode::Idle,
             other => GoAwayCode::Unknown(other),
         }
     }
@@ -112,6 +121,52 @@ impl CancelCode {
     }
 }
 
+/// Why a node could not admit a job, sent in [`Frame::JobRefused`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseCode {
+    /// The job waited for room in the node's memory budget past the admission timeout.
+    AdmissionTimeout,
+    /// The job's consumers on the node need more than its budget can ever hold.
+    OverBudget,
+    /// The node shut down while the job was live there.
+    Shutdown,
+    /// A code this build does not know.
+    Unknown(u16),
+}
+
+impl RefuseCode {
+    /// The wire value of the code.
+    pub fn to_wire(self) -> u16 {
+        match self {
+            RefuseCode::AdmissionTimeout => 1,
+            RefuseCode::OverBudget => 2,
+            RefuseCode::Shutdown => 3,
+            RefuseCode::Unknown(v) => v,
+        }
+    }
+
+    /// The code for a wire value.
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            1 => RefuseCode::AdmissionTimeout,
+            2 => RefuseCode::OverBudget,
+            3 => RefuseCode::Shutdown,
+            other => RefuseCode::Unknown(other),
+        }
+    }
+}
+
+impl std::fmt::Display for RefuseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefuseCode::AdmissionTimeout => write!(f, "it waited for admission past the timeout"),
+            RefuseCode::OverBudget => write!(f, "its consumers there need more than the budget"),
+            RefuseCode::Shutdown => write!(f, "the node shut down"),
+            RefuseCode::Unknown(v) => write!(f, "reason {v}"),
+        }
+    }
+}
+
 /// One frame on a link.
 ///
 /// Channel frames name the channel by the *sender's* [`WireChannel`] number: `Open`, `Data`,
@@ -136,6 +191,9 @@ pub enum Frame {
         /// Channel frames the sender received in that session: the receiver resends its
         /// frames from this number on.
         received: u64,
+        /// The largest message the sender's producers may send and its consumers accept;
+        /// both sides must agree, or the link is refused (`GoAway(ConfigMismatch)`).
+        max_message: u32,
     },
     /// Cumulative acknowledgement: the sender received the first `received` channel frames
     /// of the session.
@@ -155,6 +213,20 @@ pub enum Frame {
         job: JobId,
         /// The node declared dead.
         dead: NodeId,
+    },
+    /// The sender reserved its share of the job's memory budget: the receiver, the next of
+    /// the job's nodes with consumers in ascending node id, may reserve its own now (see
+    /// `node::admission`).
+    Reserved {
+        /// The job.
+        job: JobId,
+    },
+    /// The sender could not admit the job: it fails everywhere.
+    JobRefused {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: RefuseCode,
     },
     /// The link is closing, and why.
     GoAway {
@@ -245,6 +317,8 @@ impl Frame {
             Frame::Ack { .. } => "Ack",
             Frame::CancelJob { .. } => "CancelJob",
             Frame::JobFailed { .. } => "JobFailed",
+            Frame::Reserved { .. } => "Reserved",
+            Frame::JobRefused { .. } => "JobRefused",
             Frame::GoAway { .. } => "GoAway",
             Frame::Open { .. } => "Open",
             Frame::Data { .. } => "Data",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use plexus_proto::node::{Admission, ExchangeError, TrySendError};
-use plexus_proto::{Config, JobId};
+use plexus_proto::{Config, JobId, NodeId};
 use support::{ep, Net};
 
 const POOL: u64 = 64 * 1024;
@@ -29,19 +29,22 @@ fn jobs_are_admitted_in_order_as_room_frees() {
     let mut net = Net::new(2, two_pools);
     // Job 1 has two consumers on node 1: it takes the whole pool budget there.
     let big = JobId(1);
-    assert_eq!(net.node_mut(1).admit_job(big, 2), Ok(Admission::Admitted));
+    assert_eq!(
+        net.node_mut(1).admit_job(big, &[(NodeId(1), 2)]),
+        Ok(Admission::Admitted)
+    );
     // Job 2 needs one pool, job 3 two: both wait, in that order.
     assert_eq!(
-        net.node_mut(1).admit_job(JobId(2), 1),
+        net.node_mut(1).admit_job(JobId(2), &[(NodeId(1), 1)]),
         Ok(Admission::Queued)
     );
     assert_eq!(
-        net.node_mut(1).admit_job(JobId(3), 2),
+        net.node_mut(1).admit_job(JobId(3), &[(NodeId(1), 2)]),
         Ok(Admission::Queued)
     );
     // A job with no consumer here reserves nothing and never waits.
     assert_eq!(
-        net.node_mut(1).admit_job(JobId(4), 0),
+        net.node_mut(1).admit_job(JobId(4), &[(NodeId(1), 0)]),
         Ok(Admission::Admitted)
     );
     let p = ep(0, 0);
@@ -75,11 +78,11 @@ fn jobs_are_admitted_in_order_as_room_frees() {
 fn waiting_past_the_timeout_fails_and_oversized_jobs_are_refused() {
     let mut net = Net::new(1, two_pools);
     assert_eq!(
-        net.node_mut(0).admit_job(JobId(1), 2),
+        net.node_mut(0).admit_job(JobId(1), &[(NodeId(0), 2)]),
         Ok(Admission::Admitted)
     );
     assert_eq!(
-        net.node_mut(0).admit_job(JobId(2), 1),
+        net.node_mut(0).admit_job(JobId(2), &[(NodeId(0), 1)]),
         Ok(Admission::Queued)
     );
     net.advance(Duration::from_secs(4));
@@ -97,7 +100,7 @@ fn waiting_past_the_timeout_fails_and_oversized_jobs_are_refused() {
         "{outcomes:?}"
     );
     assert!(matches!(
-        net.node_mut(0).admit_job(JobId(3), 3),
+        net.node_mut(0).admit_job(JobId(3), &[(NodeId(0), 3)]),
         Err(ExchangeError::OverBudget { need, .. }) if need == 3 * POOL
     ));
 }
@@ -118,8 +121,14 @@ fn the_send_share_bounds_what_producers_queue() {
     });
     let job = JobId(7);
     let (p, c) = (ep(0, 0), ep(1, 0));
-    assert_eq!(net.node_mut(1).admit_job(job, 1), Ok(Admission::Admitted));
-    assert_eq!(net.node_mut(0).admit_job(job, 0), Ok(Admission::Admitted));
+    assert_eq!(
+        net.node_mut(1).admit_job(job, &[(NodeId(1), 1)]),
+        Ok(Admission::Admitted)
+    );
+    assert_eq!(
+        net.node_mut(0).admit_job(job, &[(NodeId(1), 1)]),
+        Ok(Admission::Admitted)
+    );
     net.open_consumer(1, job, 0, &[p]);
     net.open_producer(0, job, 0, &[c]);
     net.drive();

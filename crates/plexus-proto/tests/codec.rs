@@ -9,7 +9,7 @@ use plexus_proto::codec::{
     data_frame_len, encode, encode_data_header, DecodeError, Decoder, COPY_OUT_BELOW,
     DATA_HEADER_LEN, LEN_FIELD,
 };
-use plexus_proto::frame::{CancelCode, Frame, GoAwayCode};
+use plexus_proto::frame::{CancelCode, Frame, GoAwayCode, RefuseCode};
 use plexus_proto::{Bytes, JobId, NodeId, WireChannel};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -22,8 +22,8 @@ const ROOMY: usize = 64 * 1024;
 const SMALL: usize = 1024;
 
 /// Wire kind numbers and the body size after the kind byte of every fixed-size kind.
-const FIXED_KINDS: [(u8, usize); 13] = [
-    (1, 38),  // Hello
+const FIXED_KINDS: [(u8, usize); 15] = [
+    (1, 42),  // Hello
     (2, 2),   // GoAway
     (3, 20),  // Open
     (5, 12),  // Backlog
@@ -36,11 +36,13 @@ const FIXED_KINDS: [(u8, usize); 13] = [
     (12, 8),  // Ack
     (13, 8),  // CancelJob
     (14, 12), // JobFailed
+    (16, 8),  // Reserved
+    (17, 10), // JobRefused
 ];
 const KIND_DATA: u8 = 4;
 const KIND_BATCH: u8 = 15;
 /// Kind numbers this build knows; every other byte is an unknown kind.
-const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=15;
+const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=17;
 
 /// The wire kind of a frame. The match is exhaustive on purpose: a new `Frame` variant
 /// fails to compile here until it is added to this table and to [`frame_with_payload`].
@@ -61,6 +63,8 @@ fn kind_of(frame: &Frame) -> u8 {
         Frame::CancelJob { .. } => 13,
         Frame::JobFailed { .. } => 14,
         Frame::Batch { .. } => KIND_BATCH,
+        Frame::Reserved { .. } => 16,
+        Frame::JobRefused { .. } => 17,
     }
 }
 
@@ -79,8 +83,10 @@ fn goaway_code() -> impl Strategy<Value = GoAwayCode> {
         Just(GoAwayCode::Shutdown),
         Just(GoAwayCode::SessionMismatch),
         Just(GoAwayCode::Timeout),
+        Just(GoAwayCode::ConfigMismatch),
+        Just(GoAwayCode::Idle),
         // Unknown only with values no named code uses, or it would not round trip.
-        prop_oneof![Just(0u16), 10u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
+        prop_oneof![Just(0u16), 12u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
     ]
 }
 
@@ -103,10 +109,13 @@ fn frame_with_payload(max_payload: usize) -> impl Strategy<Value = Frame> {
     prop_oneof![
         (
             (any::<u16>(), any::<u64>(), any::<u32>()),
-            (any::<u64>(), any::<u64>(), any::<u64>())
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())
         )
             .prop_map(
-                |((version, cluster, node), (incarnation, peer_incarnation, received))| {
+                |(
+                    (version, cluster, node),
+                    (incarnation, peer_incarnation, received, max_message),
+                )| {
                     Frame::Hello {
                         version,
                         cluster,
@@ -114,9 +123,15 @@ fn frame_with_payload(max_payload: usize) -> impl Strategy<Value = Frame> {
                         incarnation,
                         peer_incarnation,
                         received,
+                        max_message,
                     }
                 }
             ),
+        any::<u64>().prop_map(|job| Frame::Reserved { job: JobId(job) }),
+        (any::<u64>(), any::<u16>()).prop_map(|(job, reason)| Frame::JobRefused {
+            job: JobId(job),
+            reason: RefuseCode::from_wire(reason),
+        }),
         any::<u64>().prop_map(|received| Frame::Ack { received }),
         any::<u64>().prop_map(|job| Frame::CancelJob { job: JobId(job) }),
         (any::<u64>(), any::<u32>()).prop_map(|(job, dead)| Frame::JobFailed {
@@ -490,7 +505,7 @@ proptest! {
     }
 
     #[test]
-    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 16u8..=255], after in 0usize..64) {
+    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 18u8..=255], after in 0usize..64) {
         let mut buf = raw_frame(1 + after as u32, kind, after);
         prop_assert_eq!(Decoder::new(SMALL).decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -661,7 +676,7 @@ fn batch_needs_whole_messages_below_the_batching_limit() {
 #[test]
 fn unknown_kind_with_kind_byte_only() {
     let dec = Decoder::new(SMALL);
-    for kind in [0u8, 16, 200, 255] {
+    for kind in [0u8, 18, 200, 255] {
         let mut buf = raw_frame(1, kind, 0);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -703,7 +718,7 @@ fn unknown_codes_round_trip_and_known_numbers_map_to_named_codes() {
     let dec = Decoder::new(SMALL);
     for code in [
         GoAwayCode::Unknown(0),
-        GoAwayCode::Unknown(10),
+        GoAwayCode::Unknown(12),
         GoAwayCode::Unknown(u16::MAX),
     ] {
         let frame = Frame::GoAway { code };

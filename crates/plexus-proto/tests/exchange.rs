@@ -982,6 +982,7 @@ fn hello(node: u32) -> Frame {
         incarnation: HOSTILE_INCARNATION,
         peer_incarnation: 0,
         received: 0,
+        max_message: 1024,
     }
 }
 
@@ -1115,6 +1116,7 @@ fn hostile_bytes_before_the_handshake_close_the_link() {
                 incarnation: HOSTILE_INCARNATION,
                 peer_incarnation: 0,
                 received: 0,
+                max_message: 1024,
             },
         );
     });
@@ -1128,6 +1130,7 @@ fn hostile_bytes_before_the_handshake_close_the_link() {
                 incarnation: HOSTILE_INCARNATION,
                 peer_incarnation: 0,
                 received: 0,
+                max_message: 1024,
             },
         );
     });

@@ -973,6 +973,7 @@ fn hostile_hello(peer_incarnation: u64, received: u64) -> Frame {
         incarnation: HOSTILE_INCARNATION,
         peer_incarnation,
         received,
+        max_message: 1024,
     }
 }
 

@@ -20,20 +20,29 @@ use crate::error::Error;
 use crate::shared::Shared;
 use crate::topology::Topology;
 
-/// One job as seen from one node.
-#[derive(Clone, Debug)]
+/// One job as seen from one node. While a handle (or an endpoint) of the job is open, the
+/// node keeps the job's record; once all are gone, the job is over here and its id cannot
+/// be used again on this node.
+#[derive(Debug)]
 pub struct Job {
     shared: Arc<Shared>,
     id: JobId,
     topology: Topology,
+    /// Whether the node took the handle: refused when the job finished here already or
+    /// is live with another topology (then every call returns that error).
+    opened: Result<(), ExchangeError>,
 }
 
 impl Job {
     pub(crate) fn new(shared: Arc<Shared>, id: JobId, topology: Topology) -> Self {
+        let fingerprint = topology.fingerprint();
+        let nodes = topology.nodes();
+        let opened = shared.op(|st| st.core.open_job(id, fingerprint, nodes));
         Self {
             shared,
             id,
             topology,
+            opened,
         }
     }
 
@@ -48,46 +57,40 @@ impl Job {
     }
 
     /// Waits until the job is admitted on this node: with a memory budget, until the
-    /// credit pools of all its consumers here fit (jobs are admitted in arrival order, and
-    /// fail after the admission timeout). Opening an endpoint does this first.
+    /// credit pools of all its consumers here fit, its turn in the cluster-wide order
+    /// having come (see the core's `admission` module: jobs reach the nodes in any order
+    /// without deadlock). Ends with the job's failure if it fails anywhere meanwhile (an
+    /// admission timeout or a refusal on any of its nodes, a cancel, a dead peer). Every
+    /// task waiting for the same job gets the outcome. Opening an endpoint does this first.
     pub async fn admit(&self) -> Result<(), Error> {
-        if self.try_admit()? {
-            return Ok(());
-        }
         let job = self.id;
+        let plan = self.topology.consumers_per_node();
         poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            let wait = st.admissions.entry(job).or_default();
-            match wait.outcome.clone() {
-                Some(outcome) => {
-                    st.admissions.remove(&job);
-                    Poll::Ready(outcome.map_err(Error::from))
-                }
-                None => {
-                    wait.wakers.push(cx.waker().clone());
+            if let Err(e) = &self.opened {
+                return Poll::Ready(Err(e.clone().into()));
+            }
+            self.shared.op(|st| match st.core.admit_job(job, &plan) {
+                Ok(Admission::Admitted) => Poll::Ready(Ok(())),
+                Err(e) => Poll::Ready(Err(e.into())),
+                Ok(Admission::Queued) => {
+                    // Asking again is harmless: the core keeps the job's place.
+                    let waiting = st.admissions.entry(job).or_default();
+                    if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                        waiting.push(cx.waker().clone());
+                    }
                     Poll::Pending
                 }
-            }
+            })
         })
         .await
     }
 
     /// Asks for admission without waiting: `true` if the job is admitted here; `false` if
-    /// it is queued, and [`Job::admit`] waits for its turn. Asking for several jobs in the
-    /// same order on every node keeps their admission order the same everywhere.
+    /// it waits (for its turn or for room), and [`Job::admit`] waits for the outcome.
     pub fn try_admit(&self) -> Result<bool, Error> {
-        let me = self.shared.node;
-        let consumers_here = self
-            .topology
-            .consumers()
-            .iter()
-            .filter(|c| c.node == me)
-            .count() as u32;
-        let nodes = self.topology.nodes();
-        let admission = self.shared.op(|st| {
-            st.core.register_job(self.id, nodes);
-            st.core.admit_job(self.id, consumers_here)
-        })?;
+        self.opened.clone()?;
+        let plan = self.topology.consumers_per_node();
+        let admission = self.shared.op(|st| st.core.admit_job(self.id, &plan))?;
         Ok(admission == Admission::Admitted)
     }
 
@@ -99,11 +102,8 @@ impl Job {
             return Err(self.not_in_topology(slot, "producer"));
         }
         let consumers = self.topology.consumers().iter().copied();
-        let nodes = self.topology.nodes();
-        self.shared.op(|st| {
-            st.core.register_job(self.id, nodes);
-            st.core.open_producer(self.id, slot, consumers)
-        })?;
+        self.shared
+            .op(|st| st.core.open_producer(self.id, slot, consumers))?;
         Ok(Producer {
             shared: self.shared.clone(),
             job: self.id,
@@ -119,11 +119,8 @@ impl Job {
             return Err(self.not_in_topology(slot, "consumer"));
         }
         let producers = self.topology.producers().iter().copied();
-        let nodes = self.topology.nodes();
-        self.shared.op(|st| {
-            st.core.register_job(self.id, nodes);
-            st.core.open_consumer(self.id, slot, producers)
-        })?;
+        self.shared
+            .op(|st| st.core.open_consumer(self.id, slot, producers))?;
         Ok(Consumer {
             shared: self.shared.clone(),
             job: self.id,
@@ -137,11 +134,9 @@ impl Job {
     /// Cancels the job: its endpoints on every node it spans fail with
     /// [`crate::ExchangeError::JobCancelled`], and their buffers are released.
     pub fn cancel(&self) {
-        let nodes = self.topology.nodes();
-        self.shared.op(|st| {
-            st.core.register_job(self.id, nodes);
-            st.core.cancel_job(self.id);
-        });
+        if self.opened.is_ok() {
+            self.shared.op(|st| st.core.cancel_job(self.id));
+        }
     }
 
     fn not_in_topology(&self, slot: u32, role: &'static str) -> Error {
@@ -150,6 +145,21 @@ impl Job {
             node: self.shared.node.0,
             slot,
             role,
+        }
+    }
+}
+
+impl Clone for Job {
+    fn clone(&self) -> Self {
+        Self::new(self.shared.clone(), self.id, self.topology.clone())
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.opened.is_ok() {
+            let job = self.id;
+            self.shared.op(|st| st.core.close_job(job));
         }
     }
 }

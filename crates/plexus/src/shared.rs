@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use plexus_proto::node::{Event, ExchangeError};
+use plexus_proto::node::Event;
 use plexus_proto::{Endpoint, JobId, LinkId, NodeCore, NodeId};
 use smallvec::SmallVec;
 use tokio::sync::Notify;
@@ -28,20 +28,14 @@ pub(crate) struct ProducerWake {
     pub waker: Option<Waker>,
 }
 
-/// A job's wait for admission.
-#[derive(Debug, Default)]
-pub(crate) struct AdmissionWait {
-    pub outcome: Option<Result<(), ExchangeError>>,
-    pub wakers: Vec<Waker>,
-}
-
 #[derive(Debug)]
 pub(crate) struct State {
     pub core: NodeCore,
     pub producers: HashMap<(JobId, u32), ProducerWake>,
     pub consumers: HashMap<(JobId, u32), Waker>,
-    /// Jobs waiting for admission: the outcome once known, and who waits for it.
-    pub admissions: HashMap<JobId, AdmissionWait>,
+    /// Tasks waiting for a job's admission, woken (all of them) when it is decided; each
+    /// then reads the outcome from the core, which keeps it while the job lives.
+    pub admissions: HashMap<JobId, Vec<Waker>>,
     pub link_writers: HashMap<LinkId, Arc<Notify>>,
     /// Wakes the timer task when the core set an earlier deadline.
     pub timer: Arc<Notify>,
@@ -125,15 +119,10 @@ impl Shared {
                             wakers.push(waker);
                         }
                     }
-                    Event::Admitted { job } => {
-                        let w = st.admissions.entry(job).or_default();
-                        w.outcome = Some(Ok(()));
-                        wakers.extend(w.wakers.drain(..));
-                    }
-                    Event::AdmissionFailed { job, error } => {
-                        let w = st.admissions.entry(job).or_default();
-                        w.outcome = Some(Err(error));
-                        wakers.extend(w.wakers.drain(..));
+                    Event::Admitted { job } | Event::AdmissionFailed { job, .. } => {
+                        if let Some(waiting) = st.admissions.remove(&job) {
+                            wakers.extend(waiting);
+                        }
                     }
                     Event::PeerDead {
                         peer,

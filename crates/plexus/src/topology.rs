@@ -54,6 +54,32 @@ impl Topology {
         &self.consumers
     }
 
+    /// How many consumers run on each node with any, by node: what the job's admission
+    /// reserves where.
+    pub fn consumers_per_node(&self) -> Vec<(NodeId, u32)> {
+        let mut counts: Vec<(NodeId, u32)> = Vec::new();
+        // Consumers are sorted, so each node's run is contiguous.
+        for c in self.consumers.iter() {
+            match counts.last_mut() {
+                Some((node, n)) if *node == c.node => *n += 1,
+                _ => counts.push((c.node, 1)),
+            }
+        }
+        counts
+    }
+
+    /// A fingerprint of the endpoint lists, the same in every process: two handles of one
+    /// job must agree on it.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: stable across processes of one build.
+        #[allow(deprecated)]
+        let mut hasher = std::hash::SipHasher::new();
+        self.producers.hash(&mut hasher);
+        self.consumers.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// Every node with an endpoint of the job.
     pub fn nodes(&self) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = self

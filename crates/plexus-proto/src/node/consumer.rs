@@ -59,10 +59,13 @@ impl NodeCore {
         producers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
         let key = (job, slot);
+        if self.job_finished(job) {
+            return Err(ExchangeError::JobFinished { job });
+        }
         if !self.is_admitted(job) {
             return Err(ExchangeError::NotAdmitted { job });
         }
-        if self.consumers.contains_key(&key) || self.closed_consumers.contains(&key) {
+        if self.consumers.contains_key(&key) || self.consumer_closed(key) {
             return Err(ExchangeError::SlotInUse {
                 job,
                 slot,
@@ -216,7 +219,11 @@ impl NodeCore {
         let Some(c) = self.consumers.remove(&key) else {
             return;
         };
-        self.closed_consumers.insert(key);
+        if let Some(state) = self.jobs.get_mut(&job) {
+            if let Err(at) = state.closed_consumers.binary_search(&slot) {
+                state.closed_consumers.insert(at, slot);
+            }
+        }
         self.granted_outstanding -= c.pool.outstanding();
         let queued: u64 = c.queue.iter().map(|(_, a)| a.cost()).sum();
         self.recv_queued_bytes -= queued + c.taken;
@@ -235,50 +242,7 @@ impl NodeCore {
         self.release_job_if_idle(job);
     }
 
-    /// Handles a channel frame that arrived from `peer` (or from this node itself).
-    pub(super) fn handle_frame(&mut self, peer: NodeId, frame: Frame) -> Result<(), String> {
-        match frame {
-            Frame::Open {
-                channel,
-                job,
-                producer,
-                consumer,
-            } => self.on_open(peer, channel, job, producer, consumer),
-            Frame::Data { channel, payload } => {
-                let cost = message_cost(payload.len());
-                self.on_data(peer, channel, cost, Arrival::Message(payload))
-            }
-            Frame::Batch { channel, messages } => {
-                self.on_data(peer, channel, messages.cost(), Arrival::Batch(messages))
-            }
-            Frame::Backlog {
-                channel,
-                need,
-                want,
-            } => self.on_backlog(peer, channel, need, want),
-            Frame::End { channel, sent } => self.on_finish(peer, channel, Some(sent)),
-            Frame::Abort { channel } => self.on_finish(peer, channel, None),
-            Frame::Credit { channel, bytes } => {
-                self.on_credit(peer, channel, bytes);
-                Ok(())
-            }
-            Frame::Cancel { channel, code } => {
-                self.on_cancel(peer, channel, code);
-                Ok(())
-            }
-            Frame::CancelJob { job } => {
-                self.on_cancel_job(peer, job);
-                Ok(())
-            }
-            Frame::JobFailed { job, dead } => {
-                self.on_job_failed(peer, job, dead);
-                Ok(())
-            }
-            other => Err(format!("unexpected {} frame", other.name())),
-        }
-    }
-
-    fn on_open(
+    pub(super) fn on_open(
         &mut self,
         peer: NodeId,
         wire: WireChannel,
@@ -310,12 +274,13 @@ impl NodeCore {
             })),
         };
         if self.job_failure(job).is_some() {
-            // The job is over here: its channels are refused, and the producer learns why.
+            // The job failed here: its channels are refused, and the producer learns why.
             self.refuse(in_key, CancelCode::JobFailed);
         } else if self.consumers.contains_key(&local) {
             self.in_channels.insert(in_key, record);
             self.attach(local, in_key);
-        } else if self.closed_consumers.contains(&local)
+        } else if self.job_finished(job)
+            || self.consumer_closed(local)
             || self.parked_count >= self.config.max_parked_channels
         {
             // Refused without a record: what still arrives for it is dropped as retired.
@@ -327,6 +292,13 @@ impl NodeCore {
             self.parked_count += 1;
         }
         Ok(())
+    }
+
+    /// Whether consumer `key` was open here and is closed.
+    fn consumer_closed(&self, key: LocalKey) -> bool {
+        self.jobs
+            .get(&key.0)
+            .is_some_and(|j| j.closed_consumers.binary_search(&key.1).is_ok())
     }
 
     /// Whether `wire` from `peer` is a channel that was opened and is now gone (ended,
@@ -404,7 +376,7 @@ impl NodeCore {
     }
 
     /// Messages (one `Data` frame or a `Batch`) costing `cost` arrived on a channel.
-    fn on_data(
+    pub(super) fn on_data(
         &mut self,
         peer: NodeId,
         wire: WireChannel,
@@ -440,7 +412,7 @@ impl NodeCore {
         Ok(())
     }
 
-    fn on_backlog(
+    pub(super) fn on_backlog(
         &mut self,
         peer: NodeId,
         wire: WireChannel,
@@ -468,7 +440,7 @@ impl NodeCore {
     }
 
     /// `End` (with the producer's count of bytes sent) or `Abort` (`sent: None`).
-    fn on_finish(
+    pub(super) fn on_finish(
         &mut self,
         peer: NodeId,
         wire: WireChannel,

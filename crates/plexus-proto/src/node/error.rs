@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::frame::{CancelCode, GoAwayCode};
+use crate::frame::{CancelCode, GoAwayCode, RefuseCode};
 use crate::ids::{Endpoint, JobId, NodeId};
 
 /// How far an error reaches.
@@ -139,6 +139,34 @@ pub enum ExchangeError {
         /// What the budget has for pools.
         budget: u64,
     },
+    /// Another node of the job could not admit it, so it failed everywhere.
+    #[error("{job} was refused by {node}: {reason}")]
+    JobRefused {
+        /// The job.
+        job: JobId,
+        /// The node that refused it.
+        node: NodeId,
+        /// Why.
+        reason: RefuseCode,
+    },
+    /// The job is over on this node: its id is not reused.
+    #[error("{job} already finished on this node; job ids are not reused")]
+    JobFinished {
+        /// The job.
+        job: JobId,
+    },
+    /// The job is live on this node with another topology.
+    #[error("{job} is open on this node with another topology")]
+    TopologyMismatch {
+        /// The job.
+        job: JobId,
+    },
+    /// This node shut down.
+    #[error("{node} shut down")]
+    NodeShutdown {
+        /// This node.
+        node: NodeId,
+    },
     /// An endpoint of a job not admitted (yet) on this node.
     #[error("{job} is not admitted on this node yet")]
     NotAdmitted {
@@ -183,6 +211,7 @@ impl ExchangeError {
     pub fn peer(&self) -> Option<NodeId> {
         match self {
             ExchangeError::LinkFailed { peer, .. } => Some(*peer),
+            ExchangeError::JobRefused { node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -192,6 +221,8 @@ impl ExchangeError {
         match self {
             ExchangeError::LinkFailed { .. } => Scope::Link,
             ExchangeError::JobCancelled { .. }
+            | ExchangeError::JobRefused { .. }
+            | ExchangeError::NodeShutdown { .. }
             | ExchangeError::OverBudget { .. }
             | ExchangeError::AdmissionTimeout { .. } => Scope::Job,
             ExchangeError::Cancelled { .. }
@@ -202,6 +233,8 @@ impl ExchangeError {
             | ExchangeError::MessageTooLarge { .. }
             | ExchangeError::Closed
             | ExchangeError::NotAdmitted { .. }
+            | ExchangeError::JobFinished { .. }
+            | ExchangeError::TopologyMismatch { .. }
             | ExchangeError::NoSuchEndpoint { .. } => Scope::Usage,
         }
     }

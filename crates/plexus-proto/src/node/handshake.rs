@@ -40,6 +40,7 @@ struct Hello {
     incarnation: u64,
     peer_incarnation: u64,
     received: u64,
+    max_message: u32,
 }
 
 type LinkError = (GoAwayCode, LinkCause);
@@ -64,6 +65,7 @@ impl NodeCore {
             incarnation: self.config.incarnation,
             peer_incarnation: claims.peer_incarnation,
             received: claims.received,
+            max_message: self.config.max_message,
         }
     }
 
@@ -87,6 +89,7 @@ impl NodeCore {
                     incarnation,
                     peer_incarnation,
                     received,
+                    max_message,
                 },
             ) => self.handle_hello(
                 link,
@@ -97,6 +100,7 @@ impl NodeCore {
                     incarnation,
                     peer_incarnation,
                     received,
+                    max_message,
                 },
                 now,
             ),
@@ -146,6 +150,17 @@ impl NodeCore {
             return Err((
                 GoAwayCode::WrongCluster,
                 LinkCause::Protocol(format!("peer belongs to cluster {:#x}", hello.cluster)),
+            ));
+        }
+        if hello.max_message != self.config.max_message {
+            // A producer there could send messages a consumer here refuses, or the other
+            // way round: refuse the link rather than fail channels later.
+            return Err((
+                GoAwayCode::ConfigMismatch,
+                LinkCause::Protocol(format!(
+                    "peer's max_message is {} bytes, ours is {}",
+                    hello.max_message, self.config.max_message
+                )),
             ));
         }
         let node = hello.node;

@@ -1,37 +1,139 @@
-//! Jobs as the core sees them: which nodes each job spans, and failing a job as a whole:
-//! when a node it spans is declared dead, or when an endpoint cancels it. Also the expiry
-//! of channels parked for consumers that never appear.
+//! Jobs as the core sees them: which nodes each job spans, failing a job as a whole (a node
+//! it spans is declared dead, an endpoint cancels it, a node refuses to admit it), and
+//! retiring a job once it is over here. Also the expiry of channels parked for consumers
+//! that never appear.
 //!
-//! Invariants: a failed job stays failed (its endpoints, and endpoints opened later, get its
-//! error); failing a job releases everything its endpoints held here — queued data, credit,
-//! channel records — and wakes every waiter with the error; jobs that do not span a dead
-//! node are untouched.
+//! A job's record lives while anything of the job is here: application handles
+//! ([`NodeCore::open_job`]), endpoints, channels (parked ones included), or an admission
+//! in progress. When the last of them goes, the record is retired: its reservation goes
+//! back to the budget and only its id stays, in a bounded ring of recently finished jobs,
+//! so that late frames for it are dropped and the id is not reused by mistake. Records a
+//! peer's frame created for a job the application here never named (a cancel or an
+//! admission turn that came first) are kept for `park_timeout`, then dropped unless the
+//! application took them up.
+//!
+//! Invariants: a failed job stays failed while its record lives (its endpoints, and
+//! endpoints opened later, get its error); failing a job releases everything its endpoints
+//! held here — queued data, credit, channel records, its reservation — and wakes every
+//! waiter with the error; jobs that do not span a dead node are untouched, and finished
+//! jobs are never failed again. Memory held per job ends with the job, except its id in the
+//! ring of `Config::finished_jobs_kept` entries.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::admission::JobAdmission;
 use super::state::{ChannelSlot, InKey, LocalKey, OutState, Peer, PeerState};
 use super::{Event, ExchangeError, LinkCause, NodeCore};
-use crate::frame::{CancelCode, Frame};
+use crate::frame::{CancelCode, Frame, RefuseCode};
 use crate::ids::{JobId, NodeId};
 use crate::map::Set;
 
-/// What the core knows of one job.
+/// What the core knows of one live job.
 #[derive(Debug, Default)]
 pub(crate) struct JobState {
     /// Every node with an endpoint of the job.
     pub nodes: Set<NodeId>,
     /// Why the job failed, once it has.
     pub failed: Option<ExchangeError>,
+    /// The application here named the job (a handle or an endpoint): when the record
+    /// retires, the id is remembered as finished.
+    pub known: bool,
+    /// Application handles open on the job here.
+    pub handles: u32,
+    /// A fingerprint of the topology the first handle was opened with.
+    pub topology: Option<u64>,
+    /// Consumer slots that were open and are closed: a late channel for one is refused.
+    pub closed_consumers: Vec<u32>,
+    /// Where the job's admission stands here.
+    pub admission: JobAdmission,
+}
+
+/// The ids of the most recently finished jobs, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct RecentJobs {
+    ids: Set<JobId>,
+    order: VecDeque<JobId>,
+}
+
+impl RecentJobs {
+    /// Remembers `job`, forgetting the oldest beyond `keep`.
+    fn insert(&mut self, job: JobId, keep: usize) {
+        if keep == 0 || !self.ids.insert(job) {
+            return;
+        }
+        self.order.push_back(job);
+        while self.order.len() > keep {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    pub fn contains(&self, job: JobId) -> bool {
+        self.ids.contains(&job)
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
 }
 
 impl NodeCore {
     /// Tells the core which nodes job `job` spans (all nodes of its topology), so that the
-    /// death of any of them fails the job here. Call before opening its endpoints; calling
-    /// again adds nodes.
+    /// death of any of them fails the job here. Calling again adds nodes. Does nothing for
+    /// a job that finished here (opening its endpoints says so).
     pub fn register_job(&mut self, job: JobId, nodes: impl IntoIterator<Item = NodeId>) {
+        if self.finished.contains(job) {
+            return;
+        }
+        let me = self.config.node;
         let state = self.jobs.entry(job).or_default();
+        state.known = true;
         state.nodes.extend(nodes);
-        state.nodes.insert(self.config.node);
+        state.nodes.insert(me);
+    }
+
+    /// The application opens a handle on job `job`, whose topology spans `nodes` and has
+    /// the given fingerprint: the job's record lives at least until
+    /// [`NodeCore::close_job`] is called as often. Fails if the job finished here (ids are
+    /// not reused) or is live with another topology.
+    pub fn open_job(
+        &mut self,
+        job: JobId,
+        topology: u64,
+        nodes: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), ExchangeError> {
+        if self.finished.contains(job) {
+            return Err(ExchangeError::JobFinished { job });
+        }
+        self.register_job(job, nodes);
+        let state = self.job_entry(job);
+        match state.topology {
+            Some(known) if known != topology => {
+                return Err(ExchangeError::TopologyMismatch { job });
+            }
+            _ => state.topology = Some(topology),
+        }
+        state.handles += 1;
+        Ok(())
+    }
+
+    /// The application closes a handle opened by [`NodeCore::open_job`].
+    pub fn close_job(&mut self, job: JobId) {
+        if let Some(state) = self.jobs.get_mut(&job) {
+            state.handles = state.handles.saturating_sub(1);
+        }
+        self.retire_if_over(job);
+    }
+
+    /// The record of `job`, created if missing (then timed out as an orphan unless the
+    /// application names the job).
+    pub(super) fn job_entry(&mut self, job: JobId) -> &mut JobState {
+        if !self.jobs.contains_key(&job) {
+            self.orphans.push_back((self.now, job));
+        }
+        self.jobs.entry(job).or_default()
     }
 
     /// Why `job` failed, if it did.
@@ -39,30 +141,127 @@ impl NodeCore {
         self.jobs.get(&job).and_then(|j| j.failed.clone())
     }
 
+    /// Whether `job` is over here: its id is in the ring of finished jobs.
+    pub(super) fn job_finished(&self, job: JobId) -> bool {
+        self.finished.contains(job)
+    }
+
+    /// Live job records, and the finished ids remembered.
+    pub fn job_counts(&self) -> (usize, usize) {
+        (self.jobs.len(), self.finished.len())
+    }
+
+    /// Retires `job`'s record if nothing of the job is left here: no application handle,
+    /// endpoint, channel or admission in progress. Records of jobs the application never
+    /// named wait for their orphan timeout instead.
+    pub(super) fn retire_if_over(&mut self, job: JobId) {
+        let Some(state) = self.jobs.get(&job) else {
+            return;
+        };
+        if !state.known || state.handles > 0 || state.admission.is_pending() {
+            return;
+        }
+        self.drop_job_if_empty(job, true);
+    }
+
+    /// Drops `job`'s record if it has no endpoint or channel here, remembering its id as
+    /// finished if `finished`.
+    fn drop_job_if_empty(&mut self, job: JobId, finished: bool) {
+        let busy = self.producers.count(job)
+            + self.consumers.count(job)
+            + self.out_channels.count(job)
+            + self.in_channels.count(job);
+        if busy > 0 {
+            return;
+        }
+        self.release_reservation(job);
+        if self.jobs.remove(&job).is_some() && finished {
+            self.finished.insert(job, self.config.finished_jobs_kept);
+        }
+    }
+
+    /// Drops the records peers' frames created for jobs the application here did not name
+    /// within `park_timeout`.
+    pub(super) fn expire_orphans(&mut self, now: Instant) {
+        let timeout = self.config.park_timeout;
+        while let Some(&(since, job)) = self.orphans.front() {
+            if now.saturating_duration_since(since) < timeout {
+                break;
+            }
+            self.orphans.pop_front();
+            let orphan = self
+                .jobs
+                .get(&job)
+                .is_some_and(|j| !j.known && !j.admission.is_pending());
+            if orphan {
+                self.drop_job_if_empty(job, false);
+            }
+        }
+    }
+
     /// Cancels `job` from this node: its endpoints here fail, and every other node it
     /// spans is told to fail its endpoints too.
     pub fn cancel_job(&mut self, job: JobId) {
-        let me = self.config.node;
-        let others: Vec<NodeId> = self
-            .jobs
-            .get(&job)
-            .map(|j| j.nodes.iter().copied().filter(|n| *n != me).collect())
-            .unwrap_or_default();
-        for node in others {
-            self.push_control(node, Frame::CancelJob { job });
+        if self.job_finished(job) {
+            return;
         }
+        let me = self.config.node;
+        self.tell_others(job, &[me], Frame::CancelJob { job });
         self.fail_job(job, ExchangeError::JobCancelled { job, by: me });
+    }
+
+    /// Sends `frame` to every node `job` spans but those in `except`.
+    pub(super) fn tell_others(&mut self, job: JobId, except: &[NodeId], frame: Frame) {
+        let me = self.config.node;
+        let others: Vec<NodeId> = self.jobs.get(&job).map_or_else(Vec::new, |j| {
+            j.nodes
+                .iter()
+                .copied()
+                .filter(|n| *n != me && !except.contains(n))
+                .collect()
+        });
+        for node in others {
+            self.push_control(node, frame.clone());
+        }
+    }
+
+    /// Fails `job` here and on every node it spans: this node refuses it for `reason`.
+    pub(super) fn refuse_job(&mut self, job: JobId, reason: RefuseCode, error: ExchangeError) {
+        self.tell_others(job, &[], Frame::JobRefused { job, reason });
+        self.fail_job(job, error);
     }
 
     /// A `CancelJob` from `peer`.
     pub(super) fn on_cancel_job(&mut self, peer: NodeId, job: JobId) {
-        self.jobs.entry(job).or_default().nodes.insert(peer);
+        if self.job_finished(job) {
+            return;
+        }
+        self.job_entry(job).nodes.insert(peer);
         self.fail_job(job, ExchangeError::JobCancelled { job, by: peer });
+    }
+
+    /// A `JobRefused` from `peer`: it could not admit the job, which fails here too.
+    pub(super) fn on_job_refused(&mut self, peer: NodeId, job: JobId, reason: RefuseCode) {
+        if self.job_finished(job) {
+            return;
+        }
+        self.job_entry(job).nodes.insert(peer);
+        self.fail_job(
+            job,
+            ExchangeError::JobRefused {
+                job,
+                node: peer,
+                reason,
+            },
+        );
     }
 
     /// A `JobFailed` from `peer`: it declared `dead` dead, so the job fails here too.
     pub(super) fn on_job_failed(&mut self, peer: NodeId, job: JobId, dead: NodeId) {
-        let state = self.jobs.entry(job).or_default();
+        if self.job_finished(job) {
+            return;
+        }
+        let state = self.job_entry(job);
         state.nodes.insert(peer);
         state.nodes.insert(dead);
         let error = ExchangeError::LinkFailed {
@@ -72,8 +271,8 @@ impl NodeCore {
         self.fail_job(job, error);
     }
 
-    /// Declares `peer` dead with `cause`: every job spanning it fails here, and the session
-    /// with it is forgotten, so a later job starts afresh with a new link.
+    /// Declares `peer` dead with `cause`: every live job spanning it fails here, and the
+    /// session with it is forgotten, so a later job starts afresh with a new link.
     pub(super) fn declare_dead(&mut self, peer: NodeId, cause: LinkCause) {
         let doomed: Vec<JobId> = self
             .jobs
@@ -87,20 +286,10 @@ impl NodeCore {
             jobs_failed: doomed.clone(),
         });
         let error = ExchangeError::LinkFailed { peer, cause };
-        let me = self.config.node;
         for job in doomed {
             // The other nodes of the job may not notice the death themselves (they may
             // never talk to `peer`): tell them, so every endpoint of the job fails.
-            let others: Vec<NodeId> = self.jobs.get(&job).map_or_else(Vec::new, |j| {
-                j.nodes
-                    .iter()
-                    .copied()
-                    .filter(|n| *n != me && *n != peer)
-                    .collect()
-            });
-            for node in others {
-                self.push_control(node, Frame::JobFailed { job, dead: peer });
-            }
+            self.tell_others(job, &[peer], Frame::JobFailed { job, dead: peer });
             self.fail_job(job, error.clone());
         }
         // Channels of jobs not registered here (parked for consumers not open yet).
@@ -130,29 +319,22 @@ impl NodeCore {
         }
     }
 
-    /// Fails every endpoint of `job` on this node with `error`.
+    /// Fails every endpoint of `job` on this node with `error`, ends its admission here
+    /// (waiters get the error) and releases its reservation.
     pub(super) fn fail_job(&mut self, job: JobId, error: ExchangeError) {
-        let state = self.jobs.entry(job).or_default();
+        if self.job_finished(job) {
+            return;
+        }
+        let state = self.job_entry(job);
         if state.failed.is_some() {
             return;
         }
         state.failed = Some(error.clone());
-        let producers: Vec<LocalKey> = self
-            .producers
-            .keys()
-            .filter(|k| k.0 == job)
-            .copied()
-            .collect();
-        for key in producers {
+        self.abandon_admission(job, &error);
+        for key in self.producers.keys_of(job) {
             self.fail_producer(key, &error);
         }
-        let consumers: Vec<LocalKey> = self
-            .consumers
-            .keys()
-            .filter(|k| k.0 == job)
-            .copied()
-            .collect();
-        for key in consumers {
+        for key in self.consumers.keys_of(job) {
             self.fail_consumer(key, &error);
         }
         let parked: Vec<LocalKey> = self.parked.keys().filter(|k| k.0 == job).copied().collect();
@@ -162,6 +344,8 @@ impl NodeCore {
                 self.in_channels.remove(&in_key);
             }
         }
+        self.release_reservation(job);
+        self.retire_if_over(job);
     }
 
     /// Fails every channel of producer `key`, dropping its queued data.
@@ -228,7 +412,7 @@ impl NodeCore {
     }
 
     /// Forgets incoming channel `in_key`, returning its credit to its consumer's pool.
-    fn drop_in_channel(&mut self, in_key: InKey) {
+    pub(super) fn drop_in_channel(&mut self, in_key: InKey) {
         let Some(ch) = self.in_channels.remove(&in_key) else {
             return;
         };
@@ -242,7 +426,11 @@ impl NodeCore {
             let before = list.len();
             list.retain(|k| *k != in_key);
             self.parked_count -= before - list.len();
+            if list.is_empty() {
+                self.parked.remove(&ch.consumer);
+            }
         }
+        self.retire_if_over(ch.consumer.0);
     }
 
     /// Remembers that `producer`'s channel to the not-yet-open consumer `consumer` expired,
@@ -259,6 +447,8 @@ impl NodeCore {
     }
 
     /// Refuses parked channels whose consumer did not appear within the parking timeout.
+    /// A channel whose job is waiting for admission here is not expired: its consumer
+    /// opens once the job is admitted, and the admission timeout bounds that wait.
     pub(super) fn expire_parked(&mut self, now: Instant) {
         let timeout = self.config.park_timeout;
         while let Some(&(since, in_key)) = self.parked_order.front() {
@@ -266,23 +456,32 @@ impl NodeCore {
                 break;
             }
             self.parked_order.pop_front();
-            let still_parked = self
-                .in_channels
-                .get(&in_key)
-                .is_some_and(|ch| ch.parked.as_ref().is_some_and(|p| p.since == since));
-            if still_parked {
-                if let Some(ch) = self.in_channels.get(&in_key) {
-                    self.remember_expired(ch.consumer, ch.producer);
-                }
-                self.drop_in_channel(in_key);
-                self.push_control(
-                    in_key.0,
-                    Frame::Cancel {
-                        channel: in_key.1,
-                        code: CancelCode::ConsumerNeverAppeared,
-                    },
-                );
+            let Some(ch) = self.in_channels.get_mut(&in_key) else {
+                continue;
+            };
+            let Some(parked) = ch.parked.as_mut().filter(|p| p.since == since) else {
+                continue;
+            };
+            let job = ch.consumer.0;
+            if self
+                .jobs
+                .get(&job)
+                .is_some_and(|j| j.admission.is_pending())
+            {
+                parked.since = now;
+                self.parked_order.push_back((now, in_key));
+                continue;
             }
+            let (consumer, producer) = (ch.consumer, ch.producer);
+            self.remember_expired(consumer, producer);
+            self.drop_in_channel(in_key);
+            self.push_control(
+                in_key.0,
+                Frame::Cancel {
+                    channel: in_key.1,
+                    code: CancelCode::ConsumerNeverAppeared,
+                },
+            );
         }
     }
 }

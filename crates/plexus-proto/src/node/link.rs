@@ -325,6 +325,7 @@ impl NodeCore {
         }
         self.expire_parked(now);
         self.expire_admissions(now);
+        self.expire_orphans(now);
     }
 
     /// If this node was stalled since liveness was last judged (`handle_timeout` came later
@@ -455,7 +456,8 @@ impl NodeCore {
                         | GoAwayCode::WrongCluster
                         | GoAwayCode::UnexpectedNode
                         | GoAwayCode::ProtocolError
-                        | GoAwayCode::SessionMismatch,
+                        | GoAwayCode::SessionMismatch
+                        | GoAwayCode::ConfigMismatch,
                     ) => {
                         // Only while no other connection carries the peer: a surplus dial
                         // that goes wrong says nothing about the link in use.

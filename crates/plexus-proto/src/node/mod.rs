@@ -22,9 +22,11 @@
 //! - Control frames leave before data; `End`/`Abort` leave in order after the channel's data.
 //! - Incoming bytes are always consumed: nothing here waits for a consumer to read.
 
+mod admission;
 mod budget;
 mod consumer;
 mod dial;
+mod dispatch;
 pub mod error;
 mod handshake;
 mod jobs;
@@ -32,6 +34,7 @@ mod link;
 mod producer;
 mod session;
 mod state;
+mod table;
 mod transmit;
 
 use std::collections::VecDeque;
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::BATCH_BODY_MAX;
 use crate::jitter::Jitter;
-use crate::map::{Map, Set};
+use crate::map::Map;
 
 use crate::codec::Decoder;
 use crate::config::{Config, ConfigError};
@@ -47,7 +50,7 @@ use crate::credit::SendPolicy;
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId};
 
-pub use budget::Admission;
+pub use admission::Admission;
 pub use consumer::{Arrival, Recv};
 pub use error::{ExchangeError, LinkCause, Scope};
 pub use link::DialFailure;
@@ -58,6 +61,7 @@ pub use transmit::Transmit;
 use state::{
     Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer,
 };
+use table::JobTable;
 
 /// Something the runtime must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +146,10 @@ pub struct Stats {
     pub recv_queued_bytes: u64,
     /// Payload bytes sent and kept until the peer acknowledges them, all peers.
     pub retained_bytes: u64,
+    /// Jobs with a record here: live, or created by a peer's frame and not yet expired.
+    pub jobs: usize,
+    /// Ids of finished jobs remembered (at most `Config::finished_jobs_kept`).
+    pub finished_jobs: usize,
 }
 
 /// Credit figures of one consumer.
@@ -166,10 +174,10 @@ pub struct NodeCore {
     next_link: u64,
     /// Dials in flight and peers waiting for one.
     dials: dial::Dials,
-    producers: Map<LocalKey, Producer>,
-    out_channels: Map<OutKey, OutChannel>,
-    consumers: Map<LocalKey, Consumer>,
-    in_channels: Map<InKey, InChannel>,
+    producers: JobTable<LocalKey, Producer>,
+    out_channels: JobTable<OutKey, OutChannel>,
+    consumers: JobTable<LocalKey, Consumer>,
+    in_channels: JobTable<InKey, InChannel>,
     /// Incoming channels whose consumer does not exist yet, by that consumer.
     parked: Map<LocalKey, Vec<InKey>>,
     parked_count: usize,
@@ -180,8 +188,6 @@ pub struct NodeCore {
     expired: Map<LocalKey, Vec<Endpoint>>,
     /// The same, oldest first, to bound how many are remembered.
     expired_order: VecDeque<(LocalKey, Endpoint)>,
-    /// Consumers that were dropped: late channels for them are refused at once.
-    closed_consumers: Set<LocalKey>,
     grant_scratch: Vec<(InKey, u32)>,
     events: VecDeque<Event>,
     recv_queued_bytes: u64,
@@ -197,8 +203,10 @@ pub struct NodeCore {
     rng: Jitter,
     /// How long each resumed link was down, oldest first (the most recent `MAX_RESUMES`).
     resumes: VecDeque<Duration>,
-    /// The memory budget and admission queue.
-    budget: budget::Budget,
+    /// Admission to the memory budget: the queue and what admitted jobs reserved.
+    admission: admission::AdmissionQueue,
+    /// Producers refused for lack of send buffer.
+    send_waiters: budget::SendWaiters,
     /// Credit granted by all consumers here and not yet back.
     granted_outstanding: u64,
     /// Bytes all peers hold on the send side (see `Peer::buffered`), kept up to date
@@ -208,8 +216,15 @@ pub struct NodeCore {
     peak_buffered: u64,
     /// A deadline earlier than the regular tick was set since `take_timer_changed`.
     timer_changed: bool,
-    /// The jobs this node has endpoints of: which nodes they span, and whether they failed.
-    jobs: Map<crate::ids::JobId, jobs::JobState>,
+    /// The live jobs: which nodes they span, whether they failed, their admission. The
+    /// tables above count their rows per job; a job's record retires when its rows, its
+    /// application handles and its admission wait are all gone (see `jobs`).
+    jobs: Map<JobId, jobs::JobState>,
+    /// Ids of recently finished jobs, to drop their late frames and refuse reuse.
+    finished: jobs::RecentJobs,
+    /// Job records created by peers' frames, oldest first, to drop those the application
+    /// never names (entries of jobs named or gone meanwhile are skipped).
+    orphans: VecDeque<(Instant, JobId)>,
 }
 
 /// How many link resume durations the core remembers.
@@ -235,16 +250,15 @@ impl NodeCore {
             links: Map::default(),
             next_link: 0,
             dials: dial::Dials::default(),
-            producers: Map::default(),
-            out_channels: Map::default(),
-            consumers: Map::default(),
-            in_channels: Map::default(),
+            producers: JobTable::new(|key, _| key.0),
+            out_channels: JobTable::new(|_, ch: &OutChannel| ch.producer.0),
+            consumers: JobTable::new(|key, _| key.0),
+            in_channels: JobTable::new(|_, ch: &InChannel| ch.consumer.0),
             parked: Map::default(),
             parked_count: 0,
             parked_order: VecDeque::new(),
             expired: Map::default(),
             expired_order: VecDeque::new(),
-            closed_consumers: Set::default(),
             grant_scratch: Vec::new(),
             events: VecDeque::new(),
             recv_queued_bytes: 0,
@@ -254,11 +268,14 @@ impl NodeCore {
             rng: Jitter::new(config_seed),
             resumes: VecDeque::new(),
             timer_changed: false,
-            budget: budget::Budget::default(),
+            admission: admission::AdmissionQueue::default(),
+            send_waiters: budget::SendWaiters::default(),
             granted_outstanding: 0,
             send_buffered: 0,
             peak_buffered: 0,
             jobs: Map::default(),
+            finished: jobs::RecentJobs::default(),
+            orphans: VecDeque::new(),
         })
     }
 
@@ -332,6 +349,8 @@ impl NodeCore {
                 .values()
                 .map(|p| p.session.retained_bytes())
                 .sum(),
+            jobs: self.jobs.len(),
+            finished_jobs: self.finished.len(),
         }
     }
 
@@ -346,14 +365,15 @@ impl NodeCore {
 
     /// Queues a control frame for `peer` and wakes whatever carries it.
     fn push_control(&mut self, peer: NodeId, frame: Frame) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.control.push_back(frame);
-        }
+        let quantum = self.config.quantum;
+        self.peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(PeerState::Idle, quantum))
+            .control
+            .push_back(frame);
         self.wake_peer(peer);
     }
 
-    /// Makes sure the queues of `peer` will be sent: hands local frames over at once,
-    /// signals the carrying link, or asks for a dial.
     /// Makes sure a link to `peer` exists or is being made, even with nothing to send.
     fn ensure_peer(&mut self, peer: NodeId) {
         let quantum = self.config.quantum;

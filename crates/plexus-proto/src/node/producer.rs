@@ -36,6 +36,9 @@ impl NodeCore {
         slot: u32,
         consumers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
+        if self.job_finished(job) {
+            return Err(ExchangeError::JobFinished { job });
+        }
         if !self.is_admitted(job) {
             return Err(ExchangeError::NotAdmitted { job });
         }
@@ -217,15 +220,6 @@ impl NodeCore {
             return Ok(None);
         }
         Ok(Some(key))
-    }
-
-    /// Remembers to wake `consumer`'s channel of producer `(job, slot)` once the send
-    /// buffer has room.
-    fn wait_for_send_room(&mut self, job: JobId, slot: u32, consumer: Endpoint) {
-        let waiter = (job, slot, consumer);
-        if !self.budget.send_waiters.contains(&waiter) {
-            self.budget.send_waiters.push(waiter);
-        }
     }
 
     /// Closes the producer: every channel to the job's consumers ends after its data.
@@ -413,5 +407,6 @@ impl NodeCore {
         if let Some(p) = self.producers.get_mut(&ch.producer) {
             p.channels.insert(ch.consumer, ChannelSlot::Done(outcome));
         }
+        self.retire_if_over(ch.producer.0);
     }
 }

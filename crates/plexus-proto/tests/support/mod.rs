@@ -353,6 +353,11 @@ impl Net {
         }
     }
 
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
