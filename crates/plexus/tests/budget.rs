@@ -105,3 +105,106 @@ async fn a_job_that_waits_too_long_fails_and_one_that_never_fits_is_refused() {
     .await
     .expect("bounded");
 }
+
+/// Runs job `id` on both nodes: one producer and one consumer on each, every producer
+/// sending `per_channel` messages to every consumer. Returns the tasks, which end with
+/// the job's outcome on each endpoint.
+fn run_two_node_job(
+    nodes: &[Node],
+    id: JobId,
+    per_channel: u32,
+) -> Vec<tokio::task::JoinHandle<Result<(), plexus::Error>>> {
+    let ids = [NodeId(0), NodeId(1)];
+    let topology = Topology::all_to_all(&ids, 1, 1);
+    let mut tasks = Vec::new();
+    for node in nodes {
+        let job = node.job(id, topology.clone());
+        let me = Endpoint::new(node.id(), 0);
+        let consumers: Vec<Endpoint> = topology.consumers().to_vec();
+        let producers = topology.producers().len();
+        // Producer and consumer open concurrently: both wait for the same admission.
+        let rx_job = job.clone();
+        tasks.push(tokio::spawn(async move {
+            let got = drain(rx_job.consumer(0).await?).await?;
+            assert_eq!(got.len(), producers, "{got:?}");
+            assert!(got.values().all(|&n| n == per_channel), "{got:?}");
+            Ok(())
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut tx = job.producer(0).await?;
+            for seq in 0..per_channel {
+                for &c in &consumers {
+                    tx.send(c, message(me, seq, 2000)).await?;
+                }
+            }
+            tx.close().await
+        }));
+    }
+    tasks
+}
+
+/// Two jobs span the same two nodes; each node's budget holds the pools of one job at a
+/// time; job A reaches node 0 first and job B reaches node 1 first, as when two
+/// coordinators' start messages cross. Both complete, one after the other, and no
+/// admission timeout is involved (it is far longer than the test's bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_arrivals_on_two_nodes_both_complete() {
+    tokio::time::timeout(BOUND, async {
+        let nodes = start_nodes(73, 2, |c| {
+            one_pool_budget(c);
+            c.admission_timeout = Duration::from_secs(600);
+        })
+        .await;
+        let topology = Topology::all_to_all(&[NodeId(0), NodeId(1)], 1, 1);
+        let (a, b) = (JobId(1), JobId(2));
+        // The crossing: A asks on node 0 and B on node 1 before either asks elsewhere.
+        let a0 = nodes[0].job(a, topology.clone());
+        let b1 = nodes[1].job(b, topology.clone());
+        assert!(a0.try_admit().expect("A asks on node 0"));
+        let _ = b1.try_admit().expect("B asks on node 1");
+        let mut tasks = run_two_node_job(&nodes, a, 50);
+        tasks.extend(run_two_node_job(&nodes, b, 50));
+        for task in tasks {
+            task.await.unwrap().expect("both jobs complete");
+        }
+        drop((a0, b1));
+        let waited = nodes.iter().map(Node::longest_admission_wait).max().unwrap();
+        assert!(waited > Duration::ZERO, "the budget was not binding");
+        assert!(waited < Duration::from_secs(30), "waited {waited:?}");
+    })
+    .await
+    .expect("bounded: no admission deadlock");
+}
+
+/// A job that times out waiting for admission on node 1 fails on node 0 as well, where
+/// it was admitted: node 0's endpoints get an error naming node 1 instead of waiting for
+/// producers that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_timeout_on_one_node_fails_the_job_on_every_node() {
+    tokio::time::timeout(BOUND, async {
+        let nodes = start_nodes(74, 2, |c| {
+            one_pool_budget(c);
+            c.admission_timeout = Duration::from_millis(500);
+        })
+        .await;
+        // Node 1's budget is taken by a job that stays open.
+        let me = Endpoint::new(NodeId(1), 1);
+        let holder = nodes[1].job(JobId(1), Topology::new([me], [me]));
+        let _held = holder.consumer(1).await.expect("the holder fits");
+        let tasks = run_two_node_job(&nodes, JobId(2), 10);
+        let mut refused_by_1 = 0;
+        for task in tasks {
+            let err = task.await.unwrap().expect_err("the job cannot run");
+            match err.exchange() {
+                Some(ExchangeError::AdmissionTimeout { .. }) => {}
+                Some(ExchangeError::JobRefused { node, .. }) if *node == NodeId(1) => {
+                    refused_by_1 += 1;
+                }
+                _ => panic!("unexpected error: {err}"),
+            }
+        }
+        assert!(refused_by_1 > 0, "node 0's endpoints never learnt of the refusal");
+    })
+    .await
+    .expect("bounded: every endpoint got the outcome");
+}
