@@ -74,6 +74,10 @@ pub struct Config {
     /// How many ids of finished jobs a node remembers, to drop late frames for them and
     /// refuse reuse of an id. Bounds what a node keeps of the jobs it has seen.
     pub finished_jobs_kept: usize,
+    /// A link that carried no channel frame for this long, with nothing in flight and no
+    /// live job spanning its peer, is closed; the next channel to the peer dials again and
+    /// resumes the session. `None`: links stay open.
+    pub link_idle_close: Option<Duration>,
 }
 
 /// A configuration that cannot work.
@@ -140,6 +144,7 @@ impl Config {
             send_buffer: 8 << 20,
             admission_timeout: Duration::from_secs(30),
             finished_jobs_kept: 4096,
+            link_idle_close: Some(Duration::from_secs(60)),
         }
     }
 

@@ -21,7 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
-use crate::shared::Shared;
+use crate::shared::{LinkWriter, Shared};
 
 /// Bytes a reader asks the socket for at least, per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -33,6 +33,9 @@ const LINGER_BELOW: usize = 32 * 1024;
 const MAX_LINGERS: u32 = 8;
 /// A scheduler turn shorter than this ran nothing else.
 const IDLE_TURN: Duration = Duration::from_micros(10);
+/// How long a writer blocked in a write (its peer stopped reading) keeps trying once the
+/// link is closing.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// I/O vectors per `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 512;
 /// Connections the kernel queues for the listener until it accepts them (capped by
@@ -120,7 +123,7 @@ pub(crate) async fn timer_loop(shared: Arc<Shared>) {
 
 /// Dials `peer` in the background and reports the outcome to the core.
 pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
-    let task = tokio::spawn({
+    let task = shared.runtime.spawn({
         let shared = shared.clone();
         async move {
             match dial(&shared, peer).await {
@@ -184,19 +187,28 @@ fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
-    let notify = Arc::new(Notify::new());
+    let writer_handle = LinkWriter {
+        wake: Arc::new(Notify::new()),
+        closing: tokio::sync::watch::Sender::new(false),
+    };
+    let closing = writer_handle.closing.subscribe();
+    let notify = writer_handle.wake.clone();
     let decoder = {
         let mut st = shared.lock();
-        st.link_writers.insert(link, notify.clone());
+        st.link_writers.insert(link, writer_handle);
         Decoder::new(st.core.config().max_frame_body())
     };
     let (rd, wr) = stream.into_split();
-    let reader = tokio::spawn(read_loop(shared.clone(), link, rd, decoder));
-    let writer = tokio::spawn(write_loop(shared.clone(), link, wr, notify));
+    let reader = shared
+        .runtime
+        .spawn(read_loop(shared.clone(), link, rd, decoder));
+    let writer = shared
+        .runtime
+        .spawn(write_loop(shared.clone(), link, wr, notify, closing));
     let (reader_abort, writer_abort) = (reader.abort_handle(), writer.abort_handle());
     shared.track(reader_abort.clone());
     shared.track(writer_abort.clone());
-    let supervisor = tokio::spawn({
+    let supervisor = shared.runtime.spawn({
         let shared = shared.clone();
         async move {
             let cause = tokio::select! {
@@ -248,6 +260,7 @@ async fn write_loop(
     link: LinkId,
     mut wr: OwnedWriteHalf,
     notify: Arc<Notify>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> LinkCause {
     let mut transmit = Transmit::new();
     let mut chunks = Vec::new();
@@ -266,8 +279,20 @@ async fn write_loop(
             continue;
         }
         transmit.take_chunks(&mut chunks);
-        if let Err(e) = write_all_vectored(&mut wr, &mut chunks).await {
-            return LinkCause::Io(e.to_string());
+        let gave_up = async {
+            // Only once the link closes: then the rest may never drain.
+            let _ = closing.wait_for(|closed| *closed).await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        };
+        tokio::select! {
+            written = write_all_vectored(&mut wr, &mut chunks) => {
+                if let Err(e) = written {
+                    return LinkCause::Io(e.to_string());
+                }
+            }
+            () = gave_up => {
+                return LinkCause::Io("the link closed while its peer was not reading".into());
+            }
         }
     }
 }

@@ -272,11 +272,37 @@ impl Producer {
         .await
     }
 
-    /// Closes every channel of the producer after the data already queued.
+    /// Closes every channel of the producer after the data already queued. Returns once
+    /// the ends are queued; [`Producer::finish`] also waits for their delivery.
     pub async fn close(self) -> Result<(), Error> {
         let (job, slot) = (self.job, self.slot);
         self.shared.op(|st| st.core.close_producer(job, slot))?;
         Ok(())
+    }
+
+    /// Closes every channel of the producer, then waits until every consumer's node has
+    /// acknowledged everything sent to it (its data and the end of the stream: it sits
+    /// in that consumer's queue, and no link failure can lose it any more). Fails with the
+    /// error of any channel that failed or was cancelled, or of the job. Bounded: a
+    /// consumer's node that stops answering is declared dead within the grace period,
+    /// which fails the job.
+    pub async fn finish(self) -> Result<(), Error> {
+        let key = (self.job, self.slot);
+        self.shared.op(|st| st.core.close_producer(key.0, key.1))?;
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            match st.core.producer_delivered(key.0, key.1) {
+                Ok(true) => Poll::Ready(Ok(())),
+                Err(e) => Poll::Ready(Err(e.into())),
+                Ok(false) => {
+                    let wake = st.producers.entry(key).or_default();
+                    wake.ready.clear();
+                    wake.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Invariant: a node holds at most one link per peer; links are dialled lazily when a
 //! channel first needs the peer (see the protocol core for the tie-break of simultaneous
-//! dials). Dropping the [`Node`] handle does not stop it; [`Node::shutdown`] does.
+//! dials). [`Node::shutdown`] stops it cleanly, telling its peers; dropping the last
+//! [`Node`] handle does the same without waiting for it. Job and endpoint handles do not
+//! keep a node running: once it stops, they report [`crate::ExchangeError::NodeShutdown`].
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -66,19 +68,72 @@ impl NodeBuilder {
             source,
         })?;
         membership.insert(node, local_addr);
-        let shared = Shared::new(core, membership, local_addr.ip());
+        let runtime = tokio::runtime::Handle::current();
+        let shared = Shared::new(core, membership, local_addr.ip(), runtime);
         let accept = tokio::spawn(crate::driver::accept_loop(shared.clone(), listener));
         shared.track(accept.abort_handle());
         let timer = tokio::spawn(crate::driver::timer_loop(shared.clone()));
         shared.track(timer.abort_handle());
-        Ok(Node { shared, local_addr })
+        Ok(Node {
+            _owner: Arc::new(Owner {
+                shared: shared.clone(),
+            }),
+            shared,
+            local_addr,
+        })
     }
 }
 
-/// A handle to a running node. Cheap to clone.
+/// How long a shutdown waits for links to send their last frames.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+
+/// Stops the node when the last [`Node`] handle goes.
+#[derive(Debug)]
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let shared = self.shared.clone();
+        if shared.lock().stopped {
+            return;
+        }
+        shared.op(|st| st.core.begin_shutdown());
+        // Give the links a moment to send their GoAway, then stop everything.
+        self.shared.runtime.spawn(async move {
+            linger_until_links_closed(&shared).await;
+            stop_tasks(&shared);
+        });
+    }
+}
+
+/// Waits (at most [`SHUTDOWN_LINGER`]) until every link's writer has finished.
+async fn linger_until_links_closed(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_LINGER;
+    while !shared.lock().link_writers.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Stops every task of the node, and any it starts later.
+fn stop_tasks(shared: &Shared) {
+    let tasks = {
+        let mut st = shared.lock();
+        st.stopped = true;
+        std::mem::take(&mut st.tasks)
+    };
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// A handle to a running node. Cheap to clone; the node stops when the last clone goes.
 #[derive(Clone, Debug)]
 pub struct Node {
     shared: Arc<Shared>,
+    /// Held for its `Drop`: the last handle to go stops the node.
+    _owner: Arc<Owner>,
     local_addr: SocketAddr,
 }
 
@@ -129,17 +184,20 @@ impl Node {
         self.shared.lock().core.resume_times()
     }
 
-    /// Stops the node's tasks and closes its sockets. Endpoints still open see their
-    /// links fail.
-    pub fn shutdown(&self) {
-        let tasks = {
-            let mut st = self.shared.lock();
-            st.stopped = true;
-            std::mem::take(&mut st.tasks)
-        };
-        for task in tasks {
-            task.abort();
-        }
+    /// Shuts the node down cleanly: every link sends `GoAway(Shutdown)`, so peers fail
+    /// the jobs that span this node at once, with that cause; the jobs live here fail
+    /// with [`crate::ExchangeError::NodeShutdown`]; then, once the links have closed (or
+    /// after a second at most), the node's tasks stop and its sockets close.
+    pub async fn shutdown(&self) {
+        self.shared.op(|st| st.core.begin_shutdown());
+        linger_until_links_closed(&self.shared).await;
+        stop_tasks(&self.shared);
+    }
+
+    /// Stops the node at once, without telling its peers (they notice as for a crash).
+    pub fn abort(&self) {
+        self.shared.op(|st| st.core.begin_shutdown());
+        stop_tasks(&self.shared);
     }
 }
 
@@ -176,7 +234,7 @@ mod tests {
             .expect("node starts");
         let before = tokio::spawn(std::future::pending::<()>());
         node.shared.track(before.abort_handle());
-        node.shutdown();
+        node.shutdown().await;
         let after = tokio::spawn(std::future::pending::<()>());
         node.shared.track(after.abort_handle());
         for task in [before, after] {

@@ -28,6 +28,16 @@ pub(crate) struct ProducerWake {
     pub waker: Option<Waker>,
 }
 
+/// How the runtime reaches a link's writer task.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkWriter {
+    /// Wakes it when the core has bytes for the link.
+    pub wake: Arc<Notify>,
+    /// Set when the core closes the link: a writer blocked in a socket write (its peer
+    /// stopped reading) gives up after a short grace instead of waiting forever.
+    pub closing: tokio::sync::watch::Sender<bool>,
+}
+
 #[derive(Debug)]
 pub(crate) struct State {
     pub core: NodeCore,
@@ -36,7 +46,8 @@ pub(crate) struct State {
     /// Tasks waiting for a job's admission, woken (all of them) when it is decided; each
     /// then reads the outcome from the core, which keeps it while the job lives.
     pub admissions: HashMap<JobId, Vec<Waker>>,
-    pub link_writers: HashMap<LinkId, Arc<Notify>>,
+    /// The writer task of each link: how to wake it, and how to tell it the link closes.
+    pub link_writers: HashMap<LinkId, LinkWriter>,
     /// Wakes the timer task when the core set an earlier deadline.
     pub timer: Arc<Notify>,
     pub tasks: Vec<AbortHandle>,
@@ -55,10 +66,18 @@ pub(crate) struct Shared {
     /// The address outgoing connections are bound to, so the OS attributes them to us.
     pub local_ip: IpAddr,
     pub node: NodeId,
+    /// The runtime the node was started on: its tasks are spawned there, so calls from
+    /// threads outside the runtime (a `try_send` that needs a dial, a drop) work too.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
-    pub fn new(core: NodeCore, membership: Membership, local_ip: IpAddr) -> Arc<Self> {
+    pub fn new(
+        core: NodeCore,
+        membership: Membership,
+        local_ip: IpAddr,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
         let node = core.node();
         Arc::new(Self {
             state: Mutex::new(State {
@@ -75,6 +94,7 @@ impl Shared {
             membership,
             local_ip,
             node,
+            runtime,
         })
     }
 
@@ -98,14 +118,15 @@ impl Shared {
                 match event {
                     Event::Dial { peer } => dials.push(peer),
                     Event::Transmit { link } => {
-                        if let Some(n) = st.link_writers.get(&link) {
-                            notifies.push(n.clone());
+                        if let Some(w) = st.link_writers.get(&link) {
+                            notifies.push(w.wake.clone());
                         }
                     }
                     Event::Close { link, cause } => {
                         tracing::info!(node = self.node.0, link = link.0, %cause, "closing link");
-                        if let Some(n) = st.link_writers.get(&link) {
-                            notifies.push(n.clone());
+                        if let Some(w) = st.link_writers.get(&link) {
+                            w.closing.send_replace(true);
+                            notifies.push(w.wake.clone());
                         }
                     }
                     Event::ProducerReady {

@@ -168,7 +168,11 @@ async fn crossing_arrivals_on_two_nodes_both_complete() {
             task.await.unwrap().expect("both jobs complete");
         }
         drop((a0, b1));
-        let waited = nodes.iter().map(Node::longest_admission_wait).max().unwrap();
+        let waited = nodes
+            .iter()
+            .map(Node::longest_admission_wait)
+            .max()
+            .unwrap();
         assert!(waited > Duration::ZERO, "the budget was not binding");
         assert!(waited < Duration::from_secs(30), "waited {waited:?}");
     })
@@ -203,7 +207,10 @@ async fn an_admission_timeout_on_one_node_fails_the_job_on_every_node() {
                 _ => panic!("unexpected error: {err}"),
             }
         }
-        assert!(refused_by_1 > 0, "node 0's endpoints never learnt of the refusal");
+        assert!(
+            refused_by_1 > 0,
+            "node 0's endpoints never learnt of the refusal"
+        );
     })
     .await
     .expect("bounded: every endpoint got the outcome");

@@ -64,7 +64,7 @@ async fn all_to_all_delivers_everything_once_in_order_over_one_link_per_pair() {
         );
         assert!(peak_links >= 1, "the OS shows no link at all");
         for node in &nodes {
-            node.shutdown();
+            node.shutdown().await;
         }
     })
     .await
@@ -136,7 +136,7 @@ async fn a_stalled_consumer_does_not_hold_up_its_neighbour_on_the_same_link() {
         let got = drain(rx_stalled).await.unwrap();
         assert_eq!(got.get(&producer).copied().unwrap_or(0), stalled_sent);
         for node in &nodes {
-            node.shutdown();
+            node.shutdown().await;
         }
     })
     .await
@@ -197,7 +197,7 @@ async fn a_node_that_goes_away_fails_its_channels_instead_of_hanging() {
         tx2.send(c0, message(tx2.endpoint(), 0, 10)).await.unwrap();
         let first = rx0.recv().await.unwrap().unwrap();
         assert_eq!(first.0, tx2.endpoint());
-        nodes[2].shutdown();
+        nodes[2].abort();
         // Node 0 must report the loss of node 2 (and, since node 1 never produced, keep
         // waiting for node 1 only; so the first thing it sees is node 2's failure).
         let err = rx0.recv().await.expect("an item").expect_err("an error");
@@ -225,5 +225,5 @@ async fn a_burst_of_connections_waits_in_the_backlog() {
         })
         .collect();
     drop(streams);
-    nodes[0].shutdown();
+    nodes[0].shutdown().await;
 }

@@ -116,7 +116,7 @@ async fn links_killed_mid_transfer_resume_with_nothing_lost_or_duplicated() {
         let resumes: usize = nodes.iter().map(|n| n.resume_times().len()).sum();
         assert!(resumes >= 1, "{kills} kills but no resumed link");
         for node in &nodes {
-            node.shutdown();
+            node.shutdown().await;
         }
     })
     .await
@@ -166,7 +166,7 @@ async fn a_dead_node_fails_only_the_jobs_that_span_it_everywhere_and_fast() {
         assert_eq!(first.0, tx0.endpoint());
 
         let killed_at = Instant::now();
-        nodes[2].shutdown();
+        nodes[2].abort();
         for consumer in &mut rx {
             let err = consumer
                 .recv()
@@ -243,7 +243,7 @@ async fn a_restarted_peer_fails_the_old_jobs_and_serves_new_ones() {
             .unwrap();
         assert!(old_rx.recv().await.unwrap().is_ok());
 
-        node1.shutdown();
+        node1.abort();
         let node1 = start_node(&membership, 53, 1, &tune).await;
         let err = old_rx
             .recv()

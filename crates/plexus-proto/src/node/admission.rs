@@ -139,6 +139,7 @@ impl NodeCore {
         job: JobId,
         consumers_per_node: &[(NodeId, u32)],
     ) -> Result<Admission, ExchangeError> {
+        self.refuse_if_shutting_down()?;
         if self.job_finished(job) {
             return Err(ExchangeError::JobFinished { job });
         }

@@ -59,6 +59,7 @@ impl NodeCore {
         producers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
         let key = (job, slot);
+        self.refuse_if_shutting_down()?;
         if self.job_finished(job) {
             return Err(ExchangeError::JobFinished { job });
         }

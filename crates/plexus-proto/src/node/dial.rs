@@ -50,6 +50,9 @@ impl Dials {
 impl NodeCore {
     /// `peer` needs a link and has none: dial it as soon as a slot is free.
     pub(super) fn request_dial(&mut self, peer: NodeId) {
+        if self.shutting_down {
+            return;
+        }
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };

@@ -44,6 +44,10 @@ pub enum LinkCause {
     },
     /// The connection broke (reset, EOF, I/O error).
     Io(String),
+    /// This node is shutting down.
+    Shutdown,
+    /// The link carried nothing for this long; the session is kept for the next use.
+    Idle(std::time::Duration),
 }
 
 impl fmt::Display for LinkCause {
@@ -60,6 +64,8 @@ impl fmt::Display for LinkCause {
             LinkCause::Restarted(e) => write!(f, "peer restarted: {e}"),
             LinkCause::ReportedDead { by } => write!(f, "declared dead by {by}"),
             LinkCause::Io(e) => write!(f, "connection lost: {e}"),
+            LinkCause::Shutdown => write!(f, "this node is shutting down"),
+            LinkCause::Idle(after) => write!(f, "idle for {after:?}"),
         }
     }
 }

@@ -121,13 +121,17 @@ impl NodeCore {
                 let Some(peer) = l.peer else {
                     return Err(protocol("channel frame on an anonymous link".into()));
                 };
+                if !matches!(frame, Frame::Ack { .. }) {
+                    l.last_traffic = now;
+                }
                 let Some(p) = self.peers.get_mut(&peer) else {
                     return Ok(());
                 };
                 if let Frame::Ack { received } = frame {
-                    return p
-                        .change_buffered(&mut self.send_buffered, |p| p.session.on_ack(received))
-                        .map_err(protocol);
+                    p.change_buffered(&mut self.send_buffered, |p| p.session.on_ack(received))
+                        .map_err(protocol)?;
+                    self.ends_acknowledged(peer);
+                    return Ok(());
                 }
                 p.session.on_received(now, session::payload_len(&frame));
                 self.handle_frame(peer, frame).map_err(protocol)
@@ -137,6 +141,9 @@ impl NodeCore {
     }
 
     fn handle_hello(&mut self, link: LinkId, hello: Hello, now: Instant) -> Result<(), LinkError> {
+        if self.shutting_down {
+            return Err((GoAwayCode::Shutdown, LinkCause::Shutdown));
+        }
         if hello.version != PROTOCOL_VERSION {
             return Err((
                 GoAwayCode::VersionMismatch,

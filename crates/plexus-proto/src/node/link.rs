@@ -213,14 +213,18 @@ impl NodeCore {
         }
         let phase = l.phase;
         let peer = l.peer;
+        let mut carried = false;
         if phase == Phase::Up {
             if let Some(peer) = peer {
-                self.transmit_peer(peer, out, max_bytes);
+                carried = self.transmit_peer(peer, out, max_bytes);
             }
         }
         if let Some(l) = self.links.get_mut(&link) {
             if !out.is_empty() {
                 l.last_tx = now;
+            }
+            if carried {
+                l.last_traffic = now;
             }
         }
         phase != Phase::Closing || !out.is_empty()
@@ -228,22 +232,25 @@ impl NodeCore {
 
     /// Writes the peer's frames: an `Ack` for what arrived, then frames to resend after a
     /// reconnect, then control frames, then data in fair order. New channel frames are
-    /// retained until the peer acknowledges them.
-    fn transmit_peer(&mut self, peer: NodeId, out: &mut Transmit, max_bytes: usize) {
+    /// retained until the peer acknowledges them. Returns whether it wrote a channel frame.
+    fn transmit_peer(&mut self, peer: NodeId, out: &mut Transmit, max_bytes: usize) -> bool {
         if let Some(received) = self.peers.get_mut(&peer).and_then(|p| p.session.take_ack()) {
             out.push_control(&Frame::Ack { received });
         }
+        let mut wrote = false;
         while out.len() < max_bytes {
             let Some(p) = self.peers.get_mut(&peer) else {
-                return;
+                return wrote;
             };
             if let Some(frame) = p.session.next_resend() {
                 push_frame(out, frame);
+                wrote = true;
                 continue;
             }
             let Some(frame) = self.next_outgoing(peer) else {
-                return;
+                return wrote;
             };
+            wrote = true;
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.change_buffered(&mut self.send_buffered, |p| {
                     p.session.record_sent(frame.clone());
@@ -251,6 +258,7 @@ impl NodeCore {
             }
             push_frame(out, frame);
         }
+        wrote
     }
 
     /// Pings quiet links, closes silent ones and stuck handshakes, acknowledges, redials,
@@ -326,6 +334,7 @@ impl NodeCore {
         self.expire_parked(now);
         self.expire_admissions(now);
         self.expire_orphans(now);
+        self.close_idle_links(now);
     }
 
     /// If this node was stalled since liveness was last judged (`handle_timeout` came later
@@ -366,6 +375,8 @@ impl NodeCore {
                 opened_at: now,
                 last_rx: now,
                 last_tx: now,
+                last_traffic: now,
+                idle_judged: now,
                 wake_pending: false,
                 next_ping: 0,
             },
@@ -390,6 +401,13 @@ impl NodeCore {
         );
         if fatal {
             self.declare_dead(peer, cause);
+            return;
+        }
+        let idle = matches!(
+            cause,
+            LinkCause::Idle(_) | LinkCause::GoAway(GoAwayCode::Idle)
+        );
+        if idle && self.went_idle(peer) {
             return;
         }
         let now = self.now;
@@ -483,7 +501,11 @@ impl NodeCore {
             OutItem::Data(payload) => Frame::Data { channel, payload },
             OutItem::Batch(messages) => Frame::Batch { channel, messages },
             OutItem::End => {
-                let sent = ch.sent;
+                let (sent, producer, consumer) = (ch.sent, ch.producer, ch.consumer);
+                if consumer.node != self.config.node {
+                    // Written next, under the session's next number (see `transmit_peer`).
+                    self.await_end_ack(producer, consumer);
+                }
                 self.retire_out_channel(key);
                 Frame::End { channel, sent }
             }

@@ -30,6 +30,7 @@ mod dispatch;
 pub mod error;
 mod handshake;
 mod jobs;
+mod lifecycle;
 mod link;
 mod producer;
 mod session;
@@ -225,6 +226,8 @@ pub struct NodeCore {
     /// Job records created by peers' frames, oldest first, to drop those the application
     /// never names (entries of jobs named or gone meanwhile are skipped).
     orphans: VecDeque<(Instant, JobId)>,
+    /// `begin_shutdown` was called: nothing new starts.
+    shutting_down: bool,
 }
 
 /// How many link resume durations the core remembers.
@@ -276,6 +279,7 @@ impl NodeCore {
             jobs: Map::default(),
             finished: jobs::RecentJobs::default(),
             orphans: VecDeque::new(),
+            shutting_down: false,
         })
     }
 

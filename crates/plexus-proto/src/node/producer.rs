@@ -36,6 +36,7 @@ impl NodeCore {
         slot: u32,
         consumers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
+        self.refuse_if_shutting_down()?;
         if self.job_finished(job) {
             return Err(ExchangeError::JobFinished { job });
         }
@@ -62,6 +63,7 @@ impl NodeCore {
                 consumers,
                 channels: Default::default(),
                 closed: false,
+                ends_unacked: Vec::new(),
             },
         );
         Ok(())
@@ -337,6 +339,64 @@ impl NodeCore {
         }
         self.wake_peer(consumer.node);
         Ok(key)
+    }
+
+    /// Whether everything producer `slot` of `job` sent was delivered: it is closed, and
+    /// every consumer's node acknowledged the channel's `End` (and so all its data). A
+    /// channel that failed or was cancelled returns its error. When it says `false`, a
+    /// `ProducerReady` event follows each acknowledgement or failure.
+    pub fn producer_delivered(&self, job: JobId, slot: u32) -> Result<bool, ExchangeError> {
+        let Some(p) = self.producers.get(&(job, slot)) else {
+            return Err(ExchangeError::NoSuchEndpoint {
+                job,
+                slot,
+                role: "producer",
+            });
+        };
+        let mut all_ended = p.closed;
+        for slot in p.channels.values() {
+            match slot {
+                ChannelSlot::Done(Some(e)) => return Err((**e).clone()),
+                ChannelSlot::Done(None) => {}
+                ChannelSlot::Live(_) => all_ended = false,
+            }
+        }
+        Ok(all_ended && p.ends_unacked.is_empty())
+    }
+
+    /// The `End` of `producer`'s channel to `consumer` is written next to its node: wait
+    /// for the acknowledgement of that frame.
+    pub(super) fn await_end_ack(&mut self, producer: LocalKey, consumer: Endpoint) {
+        let Some(peer) = self.peers.get_mut(&consumer.node) else {
+            return;
+        };
+        let seq = peer.session.tx_seq();
+        peer.ends_unacked.push_back((seq, producer, consumer));
+        if let Some(p) = self.producers.get_mut(&producer) {
+            p.ends_unacked.push(consumer);
+        }
+    }
+
+    /// `peer` acknowledged frames: the producers whose `End` it now has are woken.
+    pub(super) fn ends_acknowledged(&mut self, peer: NodeId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let acked = p.session.acked_by_peer();
+        while let Some(&(seq, producer, consumer)) = p.ends_unacked.front() {
+            if seq >= acked {
+                break;
+            }
+            p.ends_unacked.pop_front();
+            if let Some(prod) = self.producers.get_mut(&producer) {
+                prod.ends_unacked.retain(|c| *c != consumer);
+            }
+            self.events.push_back(Event::ProducerReady {
+                job: producer.0,
+                slot: producer.1,
+                consumer,
+            });
+        }
     }
 
     /// A `Credit` from `peer` for our channel `wire`.

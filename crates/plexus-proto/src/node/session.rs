@@ -120,6 +120,11 @@ impl Session {
             || self.unacked_since.is_some_and(|t| now >= t + delay)
     }
 
+    /// Whether frames were received and not acknowledged yet.
+    pub fn ack_pending(&self) -> bool {
+        self.rx_count > self.acked
+    }
+
     /// The `Ack` to send, if anything was received since the last one.
     pub fn take_ack(&mut self) -> Option<u64> {
         (self.rx_count > self.acked).then(|| {

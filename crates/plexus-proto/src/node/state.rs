@@ -105,6 +105,9 @@ pub(crate) struct Peer {
     pub session: Session,
     /// Packs small messages for the peer into batches.
     pub batch_builder: BatchBuilder,
+    /// Producers' `End` frames sent to the peer and not yet acknowledged: the frame's
+    /// number in the session, the producer, the consumer. In sending order.
+    pub ends_unacked: VecDeque<(u64, LocalKey, Endpoint)>,
 }
 
 impl Peer {
@@ -174,6 +177,7 @@ impl Peer {
             down_stalled: Duration::ZERO,
             session: Session::default(),
             batch_builder: BatchBuilder::default(),
+            ends_unacked: VecDeque::new(),
         }
     }
 }
@@ -214,6 +218,10 @@ pub(crate) struct Link {
     pub opened_at: Instant,
     pub last_rx: Instant,
     pub last_tx: Instant,
+    /// When a channel or job frame last crossed the link, either way.
+    pub last_traffic: Instant,
+    /// When the link was last judged for an idle close.
+    pub idle_judged: Instant,
     /// A `Transmit` event was emitted and not yet followed by a `poll_transmit`.
     pub wake_pending: bool,
     pub next_ping: u64,
@@ -236,6 +244,8 @@ pub(crate) struct Producer {
     pub consumers: Vec<Endpoint>,
     pub channels: Map<Endpoint, ChannelSlot>,
     pub closed: bool,
+    /// Consumers whose channel's `End` was sent and not yet acknowledged by their node.
+    pub ends_unacked: Vec<Endpoint>,
 }
 
 /// Where an outgoing channel stands.
