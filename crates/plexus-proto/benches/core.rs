@@ -262,7 +262,7 @@ impl Pair {
                 {
                     Ok(()) => sent += 1,
                     Err(TrySendError::NoCredit(_)) => {}
-                    Err(TrySendError::Failed(e)) => panic!("channel failed: {e}"),
+                    Err(TrySendError::Failed(e, _)) => panic!("channel failed: {e}"),
                 }
             }
         }

@@ -55,8 +55,8 @@ struct Running {
     consumers: BTreeSet<u32>,
 }
 
-/// Runs one random scenario; returns the virtual time it took.
-fn scenario(seed: u64) -> Duration {
+/// Runs one random scenario; returns the virtual time it took and the frames that crossed.
+fn scenario(seed: u64) -> (Duration, u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let n = rng.gen_range(3..=5usize);
     // Each node's pool budget holds 2 to 4 consumer pools.
@@ -172,7 +172,7 @@ fn scenario(seed: u64) -> Duration {
                     match net.try_send(i, id, 0, c, m) {
                         Ok(()) => {}
                         Err(TrySendError::NoCredit(m)) => blocked.push_back((c, m)),
-                        Err(TrySendError::Failed(e)) => {
+                        Err(TrySendError::Failed(e, _)) => {
                             error = Some(e);
                             break;
                         }
@@ -256,16 +256,22 @@ fn scenario(seed: u64) -> Duration {
             "seed {seed}: node {i} still holds reservations"
         );
     }
-    elapsed
+    (elapsed, net.frames_crossed())
 }
 
 #[test]
 fn random_arrival_orders_never_deadlock_and_every_fitting_job_completes() {
     let mut longest = Duration::ZERO;
     for seed in 0..40 {
-        longest = longest.max(scenario(seed));
+        longest = longest.max(scenario(seed).0);
     }
     assert!(longest < TIMEOUT / 4, "{longest:?}");
+}
+
+/// A seed replays exactly: the cores' hash maps are seeded from it too.
+#[test]
+fn a_scenario_replays_bit_for_bit_from_its_seed() {
+    assert_eq!(scenario(17), scenario(17));
 }
 
 /// Two jobs spanning the same two nodes, each node's budget room for one job at a time,
@@ -353,4 +359,53 @@ fn a_job_refused_anywhere_fails_everywhere_at_once() {
         matches!(again, Err(ExchangeError::JobFinished { .. })),
         "{again:?}"
     );
+}
+
+/// Thousands of jobs one after another: each job's record goes when the job is over, and
+/// only the most recent ids stay, so what a node holds does not grow with the jobs it saw.
+#[test]
+fn finished_jobs_leave_only_a_bounded_ring_of_ids() {
+    const KEPT: usize = 100;
+    let mut net = Net::new(2, |c| {
+        c.finished_jobs_kept = KEPT;
+        c.park_timeout = Duration::from_millis(500);
+    });
+    let producers = [ep(0, 0), ep(1, 0)];
+    let consumers = [ep(0, 0), ep(1, 0)];
+    let plan = [(NodeId(0), 1), (NodeId(1), 1)];
+    for id in 1..=2000u64 {
+        let job = JobId(id);
+        for i in 0..2 {
+            assert_eq!(
+                net.node_mut(i).admit_job(job, &plan),
+                Ok(Admission::Admitted)
+            );
+            net.open_consumer(i, job, 0, &producers);
+            net.open_producer(i, job, 0, &consumers);
+            net.close_producer(i, job, 0);
+            net.drop_producer(i, job, 0);
+        }
+        net.drive();
+        for i in 0..2 {
+            assert!(net.recv_all(i, job, 0).finished);
+            net.drop_consumer(i, job, 0);
+        }
+        net.drive();
+    }
+    // Late frames of peers' turns or cancels expire with the orphan timeout.
+    net.advance(Duration::from_secs(1));
+    for i in 0..2 {
+        let stats = net.stats(i);
+        assert_eq!(stats.jobs, 0, "node {i}: {stats:?}");
+        assert_eq!(stats.finished_jobs, KEPT, "node {i}: {stats:?}");
+        assert_eq!(
+            stats.in_channels + stats.out_channels + stats.parked_channels,
+            0
+        );
+    }
+    // A late frame of a long-finished job cannot revive it.
+    assert!(matches!(
+        net.node_mut(0).admit_job(JobId(2000), &plan),
+        Err(ExchangeError::JobFinished { .. })
+    ));
 }

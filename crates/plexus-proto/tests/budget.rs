@@ -153,7 +153,7 @@ fn the_send_share_bounds_what_producers_queue() {
         match net.try_send(0, job, 0, c, payload.clone()) {
             Ok(()) => accepted += 4096,
             Err(TrySendError::NoCredit(_)) => refused += 1,
-            Err(TrySendError::Failed(e)) => panic!("{e}"),
+            Err(TrySendError::Failed(e, _)) => panic!("{e}"),
         }
         net.drive();
     }

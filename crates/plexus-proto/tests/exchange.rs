@@ -545,7 +545,10 @@ fn dropped_producer_aborts_only_its_channels() {
     net.drop_producer(0, job, 0);
     assert!(matches!(
         net.try_send(0, job, 0, consumers[0], Bytes::from_static(b"late")),
-        Err(TrySendError::Failed(ExchangeError::NoSuchEndpoint { .. }))
+        Err(TrySendError::Failed(
+            ExchangeError::NoSuchEndpoint { .. },
+            _
+        ))
     ));
     let dropped = outboxes.remove(0);
     run_to_completion(&mut net, &mut outboxes, &mut inboxes, 10_000);
@@ -615,11 +618,15 @@ fn dropped_consumer_cancels_only_its_channel() {
         );
         let next = outboxes[0].pending[0].1.front().cloned().unwrap();
         assert_eq!(
-            net.try_send(0, job, 0, c0, next),
-            Err(TrySendError::Failed(ExchangeError::Cancelled {
-                consumer: c0,
-                code: CancelCode::ConsumerGone
-            }))
+            net.try_send(0, job, 0, c0, next.clone()),
+            Err(TrySendError::Failed(
+                ExchangeError::Cancelled {
+                    consumer: c0,
+                    code: CancelCode::ConsumerGone
+                },
+                next
+            )),
+            "the message is handed back"
         );
         run_to_completion(&mut net, &mut outboxes, &mut inboxes, 10_000);
         assert_eq!(
@@ -916,10 +923,13 @@ fn unreachable_peer_fails_after_refused_dials() {
     assert!(
         matches!(
             &err,
-            Err(TrySendError::Failed(ExchangeError::LinkFailed {
-                peer: NodeId(3),
-                cause: LinkCause::Unreachable(_)
-            }))
+            Err(TrySendError::Failed(
+                ExchangeError::LinkFailed {
+                    peer: NodeId(3),
+                    cause: LinkCause::Unreachable(_)
+                },
+                _
+            ))
         ),
         "{err:?}"
     );

@@ -161,7 +161,7 @@ fn assert_job_failed_everywhere(
         for (c, _) in &o.pending {
             let sent = net.try_send(o.node, o.job, o.slot, *c, Bytes::from_static(b"late"));
             match &sent {
-                Err(TrySendError::Failed(e)) if ok(e) => {}
+                Err(TrySendError::Failed(e, _)) if ok(e) => {}
                 other => panic!("{ctx}: producer {me} -> {c}: try_send gave {other:?}"),
             }
             let credit = net.node_mut(o.node).has_credit(o.job, o.slot, *c, 1);
@@ -947,10 +947,13 @@ fn parked_channel_expires_and_fails_its_producer() {
     assert!(net.take_channel_ready(0).contains(&(job, 0, c)));
     assert_eq!(
         net.try_send(0, job, 0, c, Bytes::from_static(b"late")),
-        Err(TrySendError::Failed(ExchangeError::Cancelled {
-            consumer: c,
-            code: CancelCode::ConsumerNeverAppeared
-        }))
+        Err(TrySendError::Failed(
+            ExchangeError::Cancelled {
+                consumer: c,
+                code: CancelCode::ConsumerNeverAppeared
+            },
+            Bytes::from_static(b"late")
+        ))
     );
     net.drive();
     assert_eq!(net.stats(0).out_channels, 0);

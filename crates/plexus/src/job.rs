@@ -170,9 +170,9 @@ pub enum TrySend {
     /// The consumer has no room for it now; the message is handed back.
     #[error("no credit from the consumer yet")]
     NoCredit(Bytes),
-    /// The channel cannot take messages any more.
-    #[error(transparent)]
-    Failed(Error),
+    /// The channel cannot take messages any more; the message is handed back.
+    #[error("{0}")]
+    Failed(Error, Bytes),
 }
 
 /// A producer endpoint.
@@ -196,15 +196,15 @@ impl Producer {
             .op(|st| st.core.try_send(job, slot, consumer, message))
             .map_err(|e| match e {
                 TrySendError::NoCredit(m) => TrySend::NoCredit(m),
-                TrySendError::Failed(e) => TrySend::Failed(e.into()),
+                TrySendError::Failed(e, m) => TrySend::Failed(e.into(), m),
             })
     }
 
     /// Queues messages from the front of `messages` for `consumer` while its channel has
     /// credit for them, all under one lock; returns how many it took (removed from
     /// `messages`). With some left, [`Producer::ready`] later returns `consumer`. A failure
-    /// of the channel is returned when it took nothing; otherwise by the next call (the
-    /// message that met it is dropped).
+    /// of the channel is returned when it took nothing; otherwise by the next call.
+    /// Messages not taken stay in `messages`.
     pub fn try_send_many(
         &mut self,
         consumer: Endpoint,
@@ -233,7 +233,7 @@ impl Producer {
         loop {
             match self.try_send(consumer, message) {
                 Ok(()) => return Ok(()),
-                Err(TrySend::Failed(e)) => return Err(e),
+                Err(TrySend::Failed(e, _)) => return Err(e),
                 Err(TrySend::NoCredit(m)) => {
                     message = m;
                     self.wait_ready(Some(consumer)).await;
@@ -342,6 +342,11 @@ impl Consumer {
     }
 
     /// The next message, an error, or `None` once every producer has closed.
+    ///
+    /// An error concerns some of the job's producers only (a channel aborted or refused,
+    /// a link to their node failed) or the whole job (cancelled, refused, a node gone):
+    /// one producer's error does not end the stream of the others — keep calling `recv`
+    /// to read what they still send, until `None`. After a job-wide error, `None` follows.
     pub async fn recv(&mut self) -> Option<Result<(Endpoint, Bytes), Error>> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }

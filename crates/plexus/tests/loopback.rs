@@ -112,7 +112,7 @@ async fn a_stalled_consumer_does_not_hold_up_its_neighbour_on_the_same_link() {
             match tx.try_send(stalled, message(producer, stalled_sent, 64 * 1024)) {
                 Ok(()) => stalled_sent += 1,
                 Err(TrySend::NoCredit(_)) => stalled_refused = true,
-                Err(TrySend::Failed(e)) => panic!("stalled channel failed: {e}"),
+                Err(TrySend::Failed(e, _)) => panic!("stalled channel failed: {e}"),
             }
         }
         assert!(

@@ -24,8 +24,9 @@ pub enum TrySendError {
     /// The consumer has granted no room for it yet; the message is handed back. A
     /// `ProducerReady` event follows when credit arrives.
     NoCredit(Bytes),
-    /// The channel (or the whole producer) can take no more messages.
-    Failed(ExchangeError),
+    /// The channel (or the whole producer) can take no more messages; the message is
+    /// handed back.
+    Failed(ExchangeError, Bytes),
 }
 
 impl NodeCore {
@@ -95,11 +96,11 @@ impl NodeCore {
         let key = match self.sendable_channel(job, slot, consumer, payload.len()) {
             Ok(Some(key)) => key,
             Ok(None) => return Err(TrySendError::NoCredit(payload)),
-            Err(e) => return Err(TrySendError::Failed(e)),
+            Err(e) => return Err(TrySendError::Failed(e, payload)),
         };
         let policy = self.send_policy;
         let Some(ch) = self.out_channels.get_mut(&key) else {
-            return Err(TrySendError::Failed(ExchangeError::Closed));
+            return Err(TrySendError::Failed(ExchangeError::Closed, payload));
         };
         let (spent, request) = ch.credit.try_spend(cost, policy);
         let wire = wire_of(key);
@@ -134,9 +135,8 @@ impl NodeCore {
     /// Queues messages from the front of `messages` for `consumer` while its channel has
     /// credit for them; returns how many it took (removed from `messages`). When it stops
     /// for lack of credit, a `ProducerReady` event follows as for `try_send`. A failure of
-    /// the channel is returned if it took nothing; otherwise it stops there (the message
-    /// that met the failure is dropped: the channel takes no more) and the next call
-    /// returns the failure.
+    /// the channel is returned if it took nothing; otherwise it stops there and the next
+    /// call returns the failure. Messages not taken stay in `messages`.
     pub fn try_send_many(
         &mut self,
         job: JobId,
@@ -152,8 +152,14 @@ impl NodeCore {
                     messages.push_front(message);
                     break;
                 }
-                Err(TrySendError::Failed(e)) if taken == 0 => return Err(e),
-                Err(TrySendError::Failed(_)) => break,
+                Err(TrySendError::Failed(e, message)) if taken == 0 => {
+                    messages.push_front(message);
+                    return Err(e);
+                }
+                Err(TrySendError::Failed(_, message)) => {
+                    messages.push_front(message);
+                    break;
+                }
             }
         }
         if taken > 0 {

@@ -299,6 +299,8 @@ impl Net {
 
     /// `n` nodes whose byte chunking follows `seed`.
     pub fn with_seed(n: usize, seed: u64, mut config_fn: impl FnMut(&mut Config)) -> Self {
+        // The cores' hash maps, and so their iteration orders, follow the seed too.
+        plexus_proto::map::seed_this_thread(seed);
         let now = Instant::now();
         let configs: Vec<Config> = (0..n)
             .map(|i| {
@@ -1470,7 +1472,7 @@ impl Outbox {
                         queue.push_front(back);
                         break;
                     }
-                    Err(TrySendError::Failed(e)) => {
+                    Err(TrySendError::Failed(e, _)) => {
                         self.failed.insert(*consumer, e);
                         queue.clear();
                     }
