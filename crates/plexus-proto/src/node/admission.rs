@@ -384,6 +384,37 @@ impl NodeCore {
         }
     }
 
+    /// Checks that the admission books agree with the jobs' stages: `reserved` is the sum
+    /// of the admitted jobs' needs, and the queue holds exactly the `Queued` jobs.
+    pub(super) fn check_admission_books(&self) -> Result<(), String> {
+        let reserved: u64 = self
+            .jobs
+            .values()
+            .map(|j| match j.admission.stage {
+                Stage::Admitted { need } => need,
+                _ => 0,
+            })
+            .sum();
+        if reserved != self.admission.reserved {
+            return Err(format!(
+                "{} bytes reserved, but admitted jobs need {reserved}",
+                self.admission.reserved
+            ));
+        }
+        let queued = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.admission.stage, Stage::Queued { .. }))
+            .count();
+        if queued != self.admission.queue.len() {
+            return Err(format!(
+                "{queued} jobs queued for room, but the queue holds {}",
+                self.admission.queue.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The longest time a job waited for admission here.
     pub fn longest_admission_wait(&self) -> Duration {
         self.admission.longest_wait

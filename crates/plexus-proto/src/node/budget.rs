@@ -67,7 +67,7 @@ impl NodeCore {
 
     /// Records the current buffered bytes in the peak.
     pub(super) fn note_buffered(&mut self) {
-        let now = self.send_buffered() + self.granted_outstanding;
+        let now = self.send_buffered() + self.consumers.granted();
         self.peak_buffered = self.peak_buffered.max(now);
     }
 

@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::state::{Consumer, InChannel, InKey, LocalKey, Parked};
+use super::consumers::Consumer;
+use super::state::{InChannel, InKey, LocalKey, Parked};
 use super::{Event, ExchangeError, NodeCore};
 use crate::batch::MessageBatch;
 use crate::credit::{message_cost, CreditPool};
@@ -37,6 +38,16 @@ impl Arrival {
     }
 }
 
+/// What became of a parked channel when its consumer opened.
+enum Attach {
+    /// It ended (or aborted) while parked: only its outcome was kept.
+    EndedWhileParked,
+    /// Its consumer does not take it.
+    Refused,
+    /// It is part of its consumer now.
+    Attached,
+}
+
 /// What a consumer gets when it polls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recv {
@@ -48,6 +59,17 @@ pub enum Recv {
     Finished,
     /// Nothing yet; a `ConsumerReady` event follows when there is.
     Pending,
+}
+
+impl Recv {
+    /// `Finished` if every producer ended, else `Pending`.
+    fn from_end(all_ended: bool) -> Self {
+        if all_ended {
+            Recv::Finished
+        } else {
+            Recv::Pending
+        }
+    }
 }
 
 impl NodeCore {
@@ -80,21 +102,12 @@ impl NodeCore {
         if let Some(error) = self.job_failure(job) {
             return Err(error);
         }
-        let consumer = Consumer {
-            pool: CreditPool::new(
-                self.config.credit_pool,
-                self.config.max_message_cost(),
-                self.config.max_grant,
-            ),
-            queue: Default::default(),
-            taken: 0,
-            remaining: expected.iter().copied().collect(),
-            expected,
-            errors: Default::default(),
-            channels: Default::default(),
-            attached_from: Default::default(),
-        };
-        let mut consumer = consumer;
+        let pool = CreditPool::new(
+            self.config.credit_pool,
+            self.config.max_message_cost(),
+            self.config.max_grant,
+        );
+        let mut consumer = Consumer::new(pool, expected);
         for producer in self.expired.remove(&key).unwrap_or_default() {
             if consumer.remaining.remove(&producer) {
                 consumer
@@ -103,8 +116,7 @@ impl NodeCore {
             }
         }
         self.consumers.insert(key, consumer);
-        for in_key in self.parked.remove(&key).unwrap_or_default() {
-            self.parked_count -= 1;
+        for in_key in self.parked.take(key) {
             self.attach(key, in_key);
         }
         self.grant(key);
@@ -127,35 +139,25 @@ impl NodeCore {
     /// Takes the next thing for consumer `slot` of `job` to read.
     pub fn poll_recv(&mut self, job: JobId, slot: u32) -> Recv {
         let key = (job, slot);
-        let Some(c) = self.consumers.get_mut(&key) else {
+        let Some(read) = self.consumers.change(&key, Consumer::read_one) else {
             return Recv::Error(ExchangeError::NoSuchEndpoint {
                 job,
                 slot,
                 role: "consumer",
             });
         };
-        if let Some((from, arrival)) = c.queue.pop_front() {
-            let payload = match arrival {
-                Arrival::Message(m) => m,
-                Arrival::Batch(mut batch) => {
-                    // A batch holds at least one message until it is emptied here.
-                    let m = batch.pop_front().unwrap_or_default();
-                    if !batch.is_empty() {
-                        c.queue.push_front((from, Arrival::Batch(batch)));
-                    }
-                    m
-                }
-            };
-            self.release_read(key, message_cost(payload.len()));
+        if let Some((from, payload)) = read {
+            self.grant(key);
             return Recv::Message(from, payload);
         }
-        if let Some(error) = c.errors.pop_front() {
-            return Recv::Error(error);
-        }
-        if c.remaining.is_empty() {
-            return Recv::Finished;
-        }
-        Recv::Pending
+        let Some(c) = self.consumers.change(&key, |c| {
+            c.errors
+                .pop_front()
+                .map_or_else(|| Recv::from_end(c.remaining.is_empty()), Recv::Error)
+        }) else {
+            return Recv::Pending;
+        };
+        c
     }
 
     /// Moves what consumer `slot` of `job` received into `out`, whole arrivals in order,
@@ -171,21 +173,9 @@ impl NodeCore {
         max_cost: u64,
         out: &mut VecDeque<(Endpoint, Arrival)>,
     ) -> usize {
-        let Some(c) = self.consumers.get_mut(&(job, slot)) else {
-            return 0;
-        };
-        let mut cost = 0;
-        let mut moved = 0;
-        while cost < max_cost {
-            let Some((from, arrival)) = c.queue.pop_front() else {
-                break;
-            };
-            cost += arrival.cost();
-            moved += 1;
-            out.push_back((from, arrival));
-        }
-        c.taken += cost;
-        moved
+        self.consumers
+            .change(&(job, slot), |c| c.take(max_cost, out))
+            .unwrap_or(0)
     }
 
     /// The application of consumer `slot` of `job` read every message it took with
@@ -193,22 +183,8 @@ impl NodeCore {
     /// waiting for it.
     pub fn finished_reading(&mut self, job: JobId, slot: u32) {
         let key = (job, slot);
-        let taken = self
-            .consumers
-            .get_mut(&key)
-            .map_or(0, |c| std::mem::take(&mut c.taken));
-        if taken > 0 {
-            self.release_read(key, taken);
-        }
-    }
-
-    /// The application read messages of consumer `key` that cost `cost`: their credit goes
-    /// back to the pool, and on to channels waiting for it.
-    fn release_read(&mut self, key: LocalKey, cost: u64) {
-        if let Some(c) = self.consumers.get_mut(&key) {
-            c.pool.release(cost);
-            self.granted_outstanding -= cost;
-            self.recv_queued_bytes -= cost;
+        let released = self.consumers.change(&key, Consumer::finished_reading);
+        if released.is_some_and(|bytes| bytes > 0) {
             self.grant(key);
         }
     }
@@ -225,9 +201,6 @@ impl NodeCore {
                 state.closed_consumers.insert(at, slot);
             }
         }
-        self.granted_outstanding -= c.pool.outstanding();
-        let queued: u64 = c.queue.iter().map(|(_, a)| a.cost()).sum();
-        self.recv_queued_bytes -= queued + c.taken;
         for in_key in c.channels {
             // The record goes now: frames still on their way for it are recognised as
             // belonging to a retired channel and dropped.
@@ -282,15 +255,13 @@ impl NodeCore {
             self.attach(local, in_key);
         } else if self.job_finished(job)
             || self.consumer_closed(local)
-            || self.parked_count >= self.config.max_parked_channels
+            || self.parked.len() >= self.config.max_parked_channels
         {
             // Refused without a record: what still arrives for it is dropped as retired.
             self.refuse(in_key, CancelCode::ConsumerGone);
         } else {
             self.in_channels.insert(in_key, record);
-            self.parked.entry(local).or_default().push(in_key);
-            self.parked_order.push_back((self.now, in_key));
-            self.parked_count += 1;
+            self.parked.park(local, in_key, self.now);
         }
         Ok(())
     }
@@ -326,42 +297,50 @@ impl NodeCore {
 
     /// Joins a channel to its (now existing) consumer, applying what happened while parked.
     fn attach(&mut self, local: LocalKey, in_key: InKey) {
+        if !self.consumers.contains_key(&local) {
+            return;
+        }
         let Some(ch) = self.in_channels.get_mut(&in_key) else {
             return;
         };
         let producer = ch.producer;
-        let Some(c) = self.consumers.get_mut(&local) else {
-            return;
-        };
-        let welcome =
-            c.expected.binary_search(&producer).is_ok() && c.attached_from.insert(producer);
         let parked = ch.parked.take();
-        if let Some(outcome) = parked.as_ref().and_then(|p| p.finish.clone()) {
-            // It ended while parked, so it never held data: only its outcome is left.
-            self.in_channels.remove(&in_key);
-            if welcome {
-                c.remaining.remove(&producer);
-                if let Some(error) = outcome {
-                    c.errors.push_back(*error);
+        let outcome = self.consumers.change(&local, |c| {
+            let welcome =
+                c.expected.binary_search(&producer).is_ok() && c.attached_from.insert(producer);
+            if let Some(finish) = parked.as_ref().and_then(|p| p.finish.clone()) {
+                // It ended while parked, so it never held data: only its outcome is left.
+                if welcome {
+                    c.remaining.remove(&producer);
+                    if let Some(error) = finish {
+                        c.errors.push_back(*error);
+                    }
+                }
+                return Attach::EndedWhileParked;
+            }
+            if !welcome {
+                // Not a producer of this consumer, or a second channel from the same one.
+                return Attach::Refused;
+            }
+            if let Some((need, want)) = parked.as_ref().and_then(|p| p.request) {
+                // A need above the reserve cannot be honoured: refuse the channel.
+                if c.pool.request(in_key, need, want).is_err() {
+                    c.remaining.remove(&producer);
+                    return Attach::Refused;
                 }
             }
-            return;
-        }
-        if !welcome {
-            // Not a producer of this consumer, or a second channel from the same one.
-            self.in_channels.remove(&in_key);
-            self.refuse(in_key, CancelCode::UnknownConsumer);
-            return;
-        }
-        c.channels.insert(in_key);
-        if let Some((need, want)) = parked.and_then(|p| p.request) {
-            // A need above the reserve cannot be honoured: refuse the channel.
-            if c.pool.request(in_key, need, want).is_err() {
-                c.channels.remove(&in_key);
-                c.remaining.remove(&producer);
+            c.channels.insert(in_key);
+            Attach::Attached
+        });
+        match outcome {
+            Some(Attach::EndedWhileParked) => {
+                self.in_channels.remove(&in_key);
+            }
+            Some(Attach::Refused) => {
                 self.in_channels.remove(&in_key);
                 self.refuse(in_key, CancelCode::UnknownConsumer);
             }
+            Some(Attach::Attached) | None => {}
         }
     }
 
@@ -398,17 +377,17 @@ impl NodeCore {
         ch.received += cost;
         let local = ch.consumer;
         let producer = ch.producer;
-        if let Some(c) = self.consumers.get_mut(&local) {
-            let was_empty = c.queue.is_empty();
-            c.queue.push_back((producer, arrival));
-            self.recv_queued_bytes += cost;
-            // A consumer that found nothing waits for this; one that did is still reading.
-            if was_empty {
-                self.events.push_back(Event::ConsumerReady {
-                    job: local.0,
-                    slot: local.1,
-                });
-            }
+        let was_empty = self.consumers.change(&local, |c| {
+            let was_empty = c.queue_is_empty();
+            c.push(producer, arrival);
+            was_empty
+        });
+        // A consumer that found nothing waits for this; one that did is still reading.
+        if was_empty == Some(true) {
+            self.events.push_back(Event::ConsumerReady {
+                job: local.0,
+                slot: local.1,
+            });
         }
         Ok(())
     }
@@ -431,10 +410,11 @@ impl NodeCore {
             return Ok(());
         }
         let local = ch.consumer;
-        if let Some(c) = self.consumers.get_mut(&local) {
-            c.pool
-                .request(in_key, need, want)
-                .map_err(|e| e.to_string())?;
+        if let Some(request) = self
+            .consumers
+            .change(&local, |c| c.pool.request(in_key, need, want))
+        {
+            request.map_err(|e| e.to_string())?;
         }
         self.grant(local);
         Ok(())
@@ -473,16 +453,15 @@ impl NodeCore {
         let local = ch.consumer;
         let producer = ch.producer;
         self.in_channels.remove(&in_key);
-        if let Some(c) = self.consumers.get_mut(&local) {
+        self.consumers.change(&local, |c| {
             c.pool.forget(in_key);
             c.pool.release(unused);
-            self.granted_outstanding -= unused;
             c.channels.remove(&in_key);
             c.remaining.remove(&producer);
             if let Some(error) = outcome {
                 c.errors.push_back(error);
             }
-        }
+        });
         self.grant(local);
         self.events.push_back(Event::ConsumerReady {
             job: local.0,
@@ -493,14 +472,11 @@ impl NodeCore {
 
     /// Answers what the consumer's pool can answer now with `Credit` frames.
     fn grant(&mut self, local: LocalKey) {
-        let Some(c) = self.consumers.get_mut(&local) else {
-            return;
-        };
         let mut grants = std::mem::take(&mut self.grant_scratch);
-        c.pool.poll_grants(&mut grants);
+        self.consumers
+            .change(&local, |c| c.pool.poll_grants(&mut grants));
         let granted_any = !grants.is_empty();
         for (in_key, bytes) in grants.drain(..) {
-            self.granted_outstanding += u64::from(bytes);
             if let Some(ch) = self.in_channels.get_mut(&in_key) {
                 ch.granted += u64::from(bytes);
             }

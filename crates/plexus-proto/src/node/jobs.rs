@@ -337,12 +337,8 @@ impl NodeCore {
         for key in self.consumers.keys_of(job) {
             self.fail_consumer(key, &error);
         }
-        let parked: Vec<LocalKey> = self.parked.keys().filter(|k| k.0 == job).copied().collect();
-        for key in parked {
-            for in_key in self.parked.remove(&key).unwrap_or_default() {
-                self.parked_count -= 1;
-                self.in_channels.remove(&in_key);
-            }
+        for in_key in self.parked.take_job(job) {
+            self.in_channels.remove(&in_key);
         }
         self.release_reservation(job);
         self.retire_if_over(job);
@@ -390,18 +386,15 @@ impl NodeCore {
     /// Fails consumer `key`: it gets `error`, then its stream ends; its channels and the
     /// credit they held are released.
     fn fail_consumer(&mut self, key: LocalKey, error: &ExchangeError) {
-        let Some(c) = self.consumers.get_mut(&key) else {
+        let Some(channels) = self.consumers.change(&key, |c| {
+            // What it queued or took will not be read: its credit goes back now.
+            c.discard_unread();
+            c.remaining.clear();
+            c.errors.push_back(error.clone());
+            c.channels.drain().collect::<Vec<InKey>>()
+        }) else {
             return;
         };
-        let channels: Vec<InKey> = c.channels.drain().collect();
-        // What it queued or took will not be read: its credit goes back now.
-        let queued: u64 =
-            c.queue.drain(..).map(|(_, a)| a.cost()).sum::<u64>() + std::mem::take(&mut c.taken);
-        c.pool.release(queued);
-        self.granted_outstanding -= queued;
-        self.recv_queued_bytes -= queued;
-        c.remaining.clear();
-        c.errors.push_back(error.clone());
         for in_key in channels {
             self.drop_in_channel(in_key);
         }
@@ -416,20 +409,12 @@ impl NodeCore {
         let Some(ch) = self.in_channels.remove(&in_key) else {
             return;
         };
-        if let Some(c) = self.consumers.get_mut(&ch.consumer) {
+        self.consumers.change(&ch.consumer, |c| {
             c.pool.forget(in_key);
             c.pool.release(ch.granted - ch.received);
-            self.granted_outstanding -= ch.granted - ch.received;
             c.channels.remove(&in_key);
-        }
-        if let Some(list) = self.parked.get_mut(&ch.consumer) {
-            let before = list.len();
-            list.retain(|k| *k != in_key);
-            self.parked_count -= before - list.len();
-            if list.is_empty() {
-                self.parked.remove(&ch.consumer);
-            }
-        }
+        });
+        self.parked.unpark(ch.consumer, in_key);
         self.retire_if_over(ch.consumer.0);
     }
 
@@ -450,12 +435,10 @@ impl NodeCore {
     /// A channel whose job is waiting for admission here is not expired: its consumer
     /// opens once the job is admitted, and the admission timeout bounds that wait.
     pub(super) fn expire_parked(&mut self, now: Instant) {
-        let timeout = self.config.park_timeout;
-        while let Some(&(since, in_key)) = self.parked_order.front() {
-            if now.saturating_duration_since(since) < timeout {
-                break;
-            }
-            self.parked_order.pop_front();
+        let Some(cutoff) = now.checked_sub(self.config.park_timeout) else {
+            return;
+        };
+        while let Some((since, in_key)) = self.parked.pop_parked_by(cutoff) {
             let Some(ch) = self.in_channels.get_mut(&in_key) else {
                 continue;
             };
@@ -469,7 +452,7 @@ impl NodeCore {
                 .is_some_and(|j| j.admission.is_pending())
             {
                 parked.since = now;
-                self.parked_order.push_back((now, in_key));
+                self.parked.repark(in_key, now);
                 continue;
             }
             let (consumer, producer) = (ch.consumer, ch.producer);

@@ -25,13 +25,16 @@
 mod admission;
 mod budget;
 mod consumer;
+mod consumers;
 mod dial;
 mod dispatch;
 pub mod error;
 mod handshake;
+mod invariants;
 mod jobs;
 mod lifecycle;
 mod link;
+mod parking;
 mod producer;
 mod session;
 mod state;
@@ -59,9 +62,9 @@ pub use producer::TrySendError;
 pub use state::LinkId;
 pub use transmit::Transmit;
 
-use state::{
-    Consumer, InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer,
-};
+use consumers::ConsumerTable;
+use parking::ParkedChannels;
+use state::{InChannel, InKey, Link, LocalKey, OutChannel, OutKey, Peer, PeerState, Producer};
 use table::JobTable;
 
 /// Something the runtime must act on.
@@ -177,21 +180,17 @@ pub struct NodeCore {
     dials: dial::Dials,
     producers: JobTable<LocalKey, Producer>,
     out_channels: JobTable<OutKey, OutChannel>,
-    consumers: JobTable<LocalKey, Consumer>,
+    /// The consumers, with the credit they granted and the bytes they hold unread.
+    consumers: ConsumerTable,
     in_channels: JobTable<InKey, InChannel>,
-    /// Incoming channels whose consumer does not exist yet, by that consumer.
-    parked: Map<LocalKey, Vec<InKey>>,
-    parked_count: usize,
-    /// Parked channels in the order they were parked, for expiry (entries whose channel
-    /// was attached or dropped meanwhile are skipped).
-    parked_order: VecDeque<(Instant, InKey)>,
+    /// Incoming channels whose consumer does not exist yet.
+    parked: ParkedChannels,
     /// Producers whose parked channel expired before their consumer opened, by consumer.
     expired: Map<LocalKey, Vec<Endpoint>>,
     /// The same, oldest first, to bound how many are remembered.
     expired_order: VecDeque<(LocalKey, Endpoint)>,
     grant_scratch: Vec<(InKey, u32)>,
     events: VecDeque<Event>,
-    recv_queued_bytes: u64,
     /// `pump_local` is on the stack; nested calls leave the work to it.
     pumping: bool,
     /// The latest time any `handle_*` call passed in.
@@ -208,8 +207,6 @@ pub struct NodeCore {
     admission: admission::AdmissionQueue,
     /// Producers refused for lack of send buffer.
     send_waiters: budget::SendWaiters,
-    /// Credit granted by all consumers here and not yet back.
-    granted_outstanding: u64,
     /// Bytes all peers hold on the send side (see `Peer::buffered`), kept up to date
     /// wherever a peer's queue or retained frames change.
     send_buffered: u64,
@@ -255,16 +252,13 @@ impl NodeCore {
             dials: dial::Dials::default(),
             producers: JobTable::new(|key, _| key.0),
             out_channels: JobTable::new(|_, ch: &OutChannel| ch.producer.0),
-            consumers: JobTable::new(|key, _| key.0),
+            consumers: ConsumerTable::new(),
             in_channels: JobTable::new(|_, ch: &InChannel| ch.consumer.0),
-            parked: Map::default(),
-            parked_count: 0,
-            parked_order: VecDeque::new(),
+            parked: ParkedChannels::default(),
             expired: Map::default(),
             expired_order: VecDeque::new(),
             grant_scratch: Vec::new(),
             events: VecDeque::new(),
-            recv_queued_bytes: 0,
             pumping: false,
             now,
             last_judged: now,
@@ -273,7 +267,6 @@ impl NodeCore {
             timer_changed: false,
             admission: admission::AdmissionQueue::default(),
             send_waiters: budget::SendWaiters::default(),
-            granted_outstanding: 0,
             send_buffered: 0,
             peak_buffered: 0,
             jobs: Map::default(),
@@ -341,13 +334,13 @@ impl NodeCore {
             dials_in_flight: self.dials.in_flight_count(),
             out_channels: self.out_channels.len(),
             in_channels: self.in_channels.len(),
-            parked_channels: self.parked_count,
+            parked_channels: self.parked.len(),
             send_queued_bytes: self
                 .peers
                 .values()
                 .map(|p| p.data.queued_bytes() as u64)
                 .sum(),
-            recv_queued_bytes: self.recv_queued_bytes,
+            recv_queued_bytes: self.consumers.unread(),
             retained_bytes: self
                 .peers
                 .values()

@@ -4,19 +4,18 @@
 
 use std::collections::VecDeque;
 
-use crate::map::{Map, Set};
+use crate::map::Map;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::batch::{batched_len, is_batchable, BatchBuilder, MessageBatch};
-use crate::credit::{CreditPool, SendCredit};
+use crate::credit::SendCredit;
 use crate::frame::Frame;
 use crate::ids::{Endpoint, JobId, NodeId, WireChannel};
 use crate::node::error::ExchangeError;
 use crate::scheduler::{Scheduler, Weighted};
 
-use super::consumer::Arrival;
 use super::session::Session;
 
 /// One connection, as the core knows it.
@@ -291,24 +290,4 @@ pub(crate) struct Parked {
     pub request: Option<(u32, u32)>,
     /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`).
     pub finish: Option<Option<Box<ExchangeError>>>,
-}
-
-/// A consumer on this node.
-#[derive(Debug)]
-pub(crate) struct Consumer {
-    pub pool: CreditPool<InKey>,
-    /// Messages received and not yet taken, in arrival order.
-    pub queue: VecDeque<(Endpoint, Arrival)>,
-    /// Credit of the messages the application took in bulk and has not finished reading.
-    pub taken: u64,
-    /// The job's producers, sorted (a set without a hash table's slack).
-    pub expected: Vec<Endpoint>,
-    /// Producers whose channel has not ended yet.
-    pub remaining: Set<Endpoint>,
-    /// Errors to report once the messages already received have been read.
-    pub errors: VecDeque<ExchangeError>,
-    /// Incoming channels attached to this consumer.
-    pub channels: Set<InKey>,
-    /// Producers that ever attached a channel: a second channel from one is refused.
-    pub attached_from: Set<Endpoint>,
 }

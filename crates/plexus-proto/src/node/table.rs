@@ -98,6 +98,10 @@ impl<K: Copy + Eq + Hash, V> JobTable<K, V> {
         self.rows.values()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.rows.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }

@@ -839,6 +839,7 @@ impl Net {
     pub fn drive(&mut self) {
         for _ in 0..self.max_steps {
             if !self.step() {
+                self.check_invariants();
                 return;
             }
         }
@@ -866,6 +867,17 @@ impl Net {
             self.max_steps,
             busy.join("\n")
         );
+    }
+
+    /// Every running core's cross-table invariants hold (see `NodeCore::check_invariants`).
+    fn check_invariants(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !self.down[i] {
+                if let Err(broken) = node.check_invariants() {
+                    panic!("node {i}: invariant broken: {broken}");
+                }
+            }
+        }
     }
 
     /// One round: all events, one poll per ready writer, one chunk per non-empty pipe.
