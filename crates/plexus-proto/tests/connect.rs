@@ -308,3 +308,49 @@ fn a_stall_does_not_count_against_the_grace_period() {
     assert!(inboxes[0].errors.is_empty(), "{:?}", inboxes[0].errors);
     assert!(outboxes[0].failed.is_empty(), "{:?}", outboxes[0].failed);
 }
+
+/// Nodes that disagree on the largest message refuse each other's link in the handshake,
+/// with a cause that says so, instead of failing a producer's large message later: the
+/// job that needs the link fails, naming the peer.
+#[test]
+fn a_peer_with_another_max_message_is_refused_in_the_handshake() {
+    let mut net = Net::new(2, |c| {
+        small(c);
+        if c.node == NodeId(1) {
+            c.max_message = 2 * c.max_message;
+        }
+    });
+    let job = JobId(1);
+    let c = ep(1, 0);
+    net.open_producer(0, job, 0, &[c]);
+    let _ = net.try_send(0, job, 0, c, Bytes::from_static(b"x"));
+    net.drive();
+    let refused = net.closes.iter().any(|closed| {
+        matches!(
+            &closed.cause,
+            LinkCause::Protocol(reason) if reason.contains("max_message")
+        ) || closed.cause == LinkCause::GoAway(GoAwayCode::ConfigMismatch)
+    });
+    assert!(refused, "{:?}", net.closes);
+    assert!(
+        net.deaths
+            .iter()
+            .any(|(i, peer, jobs)| *i == 0 && *peer == NodeId(1) && jobs == &[job]),
+        "{:?}",
+        net.deaths
+    );
+    let err = net.try_send(0, job, 0, c, Bytes::from_static(b"y"));
+    assert!(
+        matches!(
+            err,
+            Err(plexus_proto::TrySendError::Failed(
+                ExchangeError::LinkFailed {
+                    peer: NodeId(1),
+                    ..
+                },
+                _
+            ))
+        ),
+        "{err:?}"
+    );
+}
