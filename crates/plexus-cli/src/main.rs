@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the all-to-all job on loopback and report throughput, links and memory.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// One node of `plexus bench --spawn`, driven by the bench over stdin and stdout.
     #[command(hide = true, name = "bench-node")]
     BenchNode(bench::child::NodeArgs),
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench(args) => bench::main(args),
+        Command::Bench(args) => bench::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
     }
 }

@@ -317,7 +317,7 @@ fn a_peer_with_another_max_message_is_refused_in_the_handshake() {
     let mut net = Net::new(2, |c| {
         small(c);
         if c.node == NodeId(1) {
-            c.max_message = 2 * c.max_message;
+            c.max_message *= 2;
         }
     });
     let job = JobId(1);

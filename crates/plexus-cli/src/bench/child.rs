@@ -3,10 +3,12 @@
 //! the coordinator over its stdin and stdout (see [`super::wire`]).
 //!
 //! Invariants: stdout carries protocol lines only (logs go to stderr); the node's
-//! endpoints open only after `start` brought every node's address; `done` is sent once,
-//! after every endpoint's outcome; the node stays up after `done` until `exit` (answered by
-//! `bye`, with figures that cover the whole run) or the end of stdin, so that peers still
-//! reading from it are served; the process exits when the coordinator goes away.
+//! endpoints open only after `start` brought every node's address; a wave's `done` is sent
+//! once, after every endpoint's outcome and the end of every task of the wave; the next
+//! wave opens only when `wave` asks for it, after that; the node stays up after `done`
+//! until `wave` or `exit` (answered by `bye`, with figures that cover the whole run) or the
+//! end of stdin, so that peers still reading from it are served; the process exits when
+//! the coordinator goes away.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use clap::Args;
 use plexus::{Membership, Node, NodeId};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use super::delivered::Delivered;
 use super::host;
@@ -90,11 +93,18 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
         })?;
         nodes.push(node);
     }
-    let shutdown = |nodes: &[Node]| nodes.iter().for_each(Node::shutdown);
-    let (addrs, hold_close) = match inbox.recv().await {
-        Some(Line::Message(ToNode::Start { addrs, hold_close })) => (addrs, hold_close),
+    let shutdown = |nodes: &[Node]| nodes.iter().for_each(Node::abort);
+    let (addrs, hold_close, arrival) = match inbox.recv().await {
+        Some(Line::Message(ToNode::Start {
+            addrs,
+            hold_close,
+            arrival,
+        })) => (addrs, hold_close, arrival),
         Some(
-            Line::Message(ToNode::Exit | ToNode::Release | ToNode::CloseProducers) | Line::Closed,
+            Line::Message(
+                ToNode::Exit | ToNode::Release | ToNode::CloseProducers | ToNode::Wave { .. },
+            )
+            | Line::Closed,
         )
         | None => {
             shutdown(&nodes);
@@ -115,35 +125,21 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
         }
     }
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = watch::channel(false);
     let delivered = Arc::new(Delivered::default());
     let (close_tx, close_gate) = watch::channel(!hold_close);
-    let tasks = host::launch(
-        &nodes,
-        shape,
-        &events_tx,
-        &release_rx,
-        &close_gate,
-        &delivered,
-    )
-    .await;
-    drop(events_tx);
+    let launcher = host::Launcher::new(shape, arrival, &release_rx, &close_gate, &delivered);
     let expected: usize = ids.iter().map(|&id| shape.endpoints_on(id)).sum();
-    let mut finished = 0;
-    if expected == 0 {
-        emit(&FromNode::Done)?;
-    }
+    let mut wave = Wave::start(&launcher, &nodes, 0, expected)?;
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     loop {
         tokio::select! {
-            event = events.recv(), if finished < expected => match event {
+            event = wave.events.recv(), if !wave.done() => match event {
                 Some(EndpointEvent::Finished(outcome)) => {
                     emit(&FromNode::Endpoint { outcome })?;
-                    finished += 1;
-                    if finished == expected {
-                        emit(&progress_of(&delivered))?;
-                        emit(&FromNode::Done)?;
+                    wave.finished += 1;
+                    if wave.done() {
+                        wave.end(&delivered).await?;
                     }
                 }
                 Some(EndpointEvent::HealthyDone) => {
@@ -160,6 +156,15 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
                 Some(Line::Message(ToNode::CloseProducers)) => {
                     close_tx.send_replace(true);
                 }
+                Some(Line::Message(ToNode::Wave { wave: next })) => {
+                    if !wave.done() || next != wave.number + 1 {
+                        return Err(format!(
+                            "wave {next} asked for while in wave {} ({} of {expected} endpoints ended)",
+                            wave.number, wave.finished
+                        ));
+                    }
+                    wave = Wave::start(&launcher, &nodes, next, expected)?;
+                }
                 Some(Line::Message(ToNode::Exit)) => {
                     emit(&bye(&nodes))?;
                     break;
@@ -172,14 +177,68 @@ async fn serve(shape: &Shape, first: u32, count: u32) -> Result<(), String> {
                     return Err(format!("bad message from the coordinator: {e}"));
                 }
             },
-            _ = progress.tick(), if finished < expected => {
+            _ = progress.tick(), if !wave.done() => {
                 emit(&progress_of(&delivered))?;
             }
         }
     }
     shutdown(&nodes);
-    drop(tasks);
+    drop(wave);
     Ok(())
+}
+
+/// The wave this process's nodes run, or last ran.
+struct Wave {
+    number: u32,
+    events: mpsc::UnboundedReceiver<EndpointEvent>,
+    tasks: JoinSet<()>,
+    /// Endpoints here that ended, out of `expected`.
+    finished: usize,
+    expected: usize,
+}
+
+impl Wave {
+    /// Opens the endpoints of wave `number` on `nodes` (`expected` in all); says `done`
+    /// at once if there are none.
+    fn start(
+        launcher: &host::Launcher,
+        nodes: &[Node],
+        number: u32,
+        expected: usize,
+    ) -> Result<Wave, String> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let tasks = launcher.launch(nodes, number, &events_tx);
+        let wave = Wave {
+            number,
+            events,
+            tasks,
+            finished: 0,
+            expected,
+        };
+        if expected == 0 {
+            emit(&wave.done_message())?;
+        }
+        Ok(wave)
+    }
+
+    /// Every endpoint of the wave here ended.
+    fn done(&self) -> bool {
+        self.finished >= self.expected
+    }
+
+    /// Lets the tasks of the ended wave finish (a failed endpoint lingers) and says `done`.
+    async fn end(&mut self, delivered: &Delivered) -> Result<(), String> {
+        while self.tasks.join_next().await.is_some() {}
+        emit(&progress_of(delivered))?;
+        emit(&self.done_message())
+    }
+
+    fn done_message(&self) -> FromNode {
+        FromNode::Done {
+            wave: self.number,
+            rss_bytes: memory::rss_bytes(),
+        }
+    }
 }
 
 /// The `progress` message: what this process's consumers received so far.

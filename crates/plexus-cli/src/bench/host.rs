@@ -1,14 +1,17 @@
-//! Hosting nodes in this process: starting a bench node, opening every endpoint it runs
-//! and running each as a task that reports how it ended. Used by the in-process mode (all
-//! nodes here) and by a node process of `--spawn` (one node here).
+//! Hosting nodes in this process: starting a bench node, opening every endpoint it runs in
+//! a wave, in the run's arrival order, and running each as a task that reports how it
+//! ended and when it opened. Used by the in-process mode (all nodes here) and by a node
+//! process of `--spawn` (one node, or a group, here).
 //!
-//! Invariants: on each node every consumer is opened before any producer, so no channel
-//! waits parked for its consumer; every endpoint task sends exactly one
-//! [`EndpointEvent::Finished`], as soon as its endpoint is done; an endpoint that failed keeps
-//! its handle open for at most [`FAILED_LINGER`] (or until every endpoint of its job in
-//! this process has finished), so that its own drop, which aborts or cancels its channels,
-//! does not mask from the others the failure they are about to see.
+//! Invariants: each node asks for admission of a wave's jobs in the order
+//! [`Arrival::schedule`] gives it; on each node every consumer is opened before any
+//! producer, so no channel waits parked for its consumer; every endpoint task sends exactly
+//! one [`EndpointEvent::Finished`], as soon as its endpoint is done; an endpoint that failed
+//! keeps its handle open for at most [`FAILED_LINGER`] (or until every endpoint of its job
+//! in this process has finished), so that its own drop, which aborts or cancels its
+//! channels, does not mask from the others the failure they are about to see.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +20,9 @@ use plexus::{Membership, Node};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::arrival::{Arrival, ArrivalOrder};
 use super::delivered::Delivered;
-use super::roles::{self, ConsumerCtx, EndpointEvent, EndpointOutcome, Moved, Role};
+use super::roles::{self, wall_us, ConsumerCtx, EndpointEvent, EndpointOutcome, Moved, Role};
 use super::shape::Shape;
 use super::workload::MessageFactory;
 
@@ -66,56 +70,129 @@ impl JobLinger {
     }
 }
 
-/// Opens every endpoint `nodes` run in `shape` and runs each in a task of its own. Each
-/// task sends its outcome on `events`; consumers announce there when they are done, wait
-/// for `release` if they stall, and add what they receive to `delivered`; producers that
-/// sent everything close once `close_gate` is open (keeping their job in progress until
-/// then), or stop at their job's failure.
-///
-/// Every job asks every node for admission first, in job order, without waiting; then one
-/// task per job and node waits for its turn (with a memory budget, jobs whose credit
-/// pools do not fit yet wait there) and opens its endpoints. An endpoint that cannot open
-/// reports the error as its outcome.
-pub async fn launch(
-    nodes: &[Node],
-    shape: &Shape,
-    events: &mpsc::UnboundedSender<EndpointEvent>,
-    release: &watch::Receiver<bool>,
-    close_gate: &watch::Receiver<bool>,
-    delivered: &Arc<Delivered>,
-) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    let (m_p, m_c) = (shape.producers(), shape.consumers());
-    let factory = Arc::new(MessageFactory::new(BODY_SEED));
-    let mut openers = Vec::new();
-    for j in 0..shape.jobs() {
-        let linger = JobLinger {
-            finished: Arc::new(watch::channel(0).0),
-            total: nodes.iter().filter(|n| shape.job_uses(j, n.id().0)).count()
-                * (m_p + m_c) as usize,
-        };
-        for node in nodes.iter().filter(|n| shape.job_uses(j, n.id().0)) {
-            let job = node.job(Shape::job_id(j), shape.topology(j));
-            // Same order on every node: job 1, job 2, ... (see `Job::try_admit`).
-            let _ = job.try_admit();
-            openers.push(JobOnNode {
-                job,
-                node: node.clone(),
-                shape: shape.clone(),
-                j,
-                linger: linger.clone(),
-                events: events.clone(),
-                release: release.clone(),
-                close_gate: close_gate.clone(),
-                delivered: delivered.clone(),
-                factory: factory.clone(),
-            });
+/// What every wave's endpoints share: the shape, the arrival order, and where they report.
+pub struct Launcher {
+    shape: Shape,
+    arrival: Arrival,
+    release: watch::Receiver<bool>,
+    close_gate: watch::Receiver<bool>,
+    delivered: Arc<Delivered>,
+    factory: Arc<MessageFactory>,
+}
+
+impl Launcher {
+    /// Consumers wait for `release` if they stall and add what they receive to
+    /// `delivered`; producers that sent everything close once `close_gate` is open
+    /// (keeping their job in progress until then), or stop at their job's failure.
+    pub fn new(
+        shape: &Shape,
+        arrival: Arrival,
+        release: &watch::Receiver<bool>,
+        close_gate: &watch::Receiver<bool>,
+        delivered: &Arc<Delivered>,
+    ) -> Launcher {
+        Launcher {
+            shape: shape.clone(),
+            arrival,
+            release: release.clone(),
+            close_gate: close_gate.clone(),
+            delivered: delivered.clone(),
+            factory: Arc::new(MessageFactory::new(BODY_SEED)),
         }
     }
-    for opener in openers {
-        tasks.spawn(opener.run());
+
+    /// Opens every endpoint `nodes` run in wave `wave` and runs each in a task of its own,
+    /// which sends its outcome on `events`; consumers announce there when they are done.
+    ///
+    /// Each node asks for admission of its jobs in the arrival order: with `same`, every
+    /// job asks every node first, in job order, without waiting, then one task per job and
+    /// node waits for its turn (with a memory budget, jobs whose credit pools do not fit
+    /// yet wait there) and opens its endpoints; with `per-node-random`, one task per node
+    /// asks for its jobs in its own order, pausing between them, and starts each job's
+    /// opener as it goes. An endpoint that cannot open reports the error as its outcome.
+    pub fn launch(
+        &self,
+        nodes: &[Node],
+        wave: u32,
+        events: &mpsc::UnboundedSender<EndpointEvent>,
+    ) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        let per_node = (self.shape.producers() + self.shape.consumers()) as usize;
+        let lingers: HashMap<u32, JobLinger> = self
+            .shape
+            .wave_jobs(wave)
+            .map(|j| {
+                let here = nodes.iter().filter(|n| self.shape.job_uses(j, n.id().0));
+                let linger = JobLinger {
+                    finished: Arc::new(watch::channel(0).0),
+                    total: here.count() * per_node,
+                };
+                (j, linger)
+            })
+            .collect();
+        let opener = |node: &Node, j: u32, linger: &JobLinger| JobOnNode {
+            job: node.job(Shape::job_id(j), self.shape.topology(j)),
+            node: node.clone(),
+            shape: self.shape.clone(),
+            j,
+            linger: linger.clone(),
+            events: events.clone(),
+            release: self.release.clone(),
+            close_gate: self.close_gate.clone(),
+            delivered: self.delivered.clone(),
+            factory: self.factory.clone(),
+        };
+        match self.arrival.order {
+            ArrivalOrder::Same => {
+                let mut openers = Vec::new();
+                for j in self.shape.wave_jobs(wave) {
+                    let Some(linger) = lingers.get(&j) else {
+                        continue;
+                    };
+                    for node in nodes.iter().filter(|n| self.shape.job_uses(j, n.id().0)) {
+                        let opener = opener(node, j, linger);
+                        // Same order on every node: job 1, job 2, ... (see `Job::try_admit`).
+                        let _ = opener.job.try_admit();
+                        openers.push(opener);
+                    }
+                }
+                for opener in openers {
+                    tasks.spawn(opener.run());
+                }
+            }
+            ArrivalOrder::PerNodeRandom => {
+                for node in nodes {
+                    let mine = self
+                        .shape
+                        .wave_jobs(wave)
+                        .filter(|&j| self.shape.job_uses(j, node.id().0))
+                        .collect();
+                    let schedule = self
+                        .arrival
+                        .schedule(node.id().0, wave, mine)
+                        .into_iter()
+                        .filter_map(|(j, pause)| Some((opener(node, j, lingers.get(&j)?), pause)))
+                        .collect();
+                    tasks.spawn(arrive(schedule));
+                }
+            }
+        }
+        tasks
     }
-    tasks
+}
+
+/// Asks for admission of each job of one node in turn, starting its opener and pausing
+/// after it as `schedule` says; then waits for every opener.
+async fn arrive(schedule: Vec<(JobOnNode, Duration)>) {
+    let mut openers = JoinSet::new();
+    for (opener, pause) in schedule {
+        let _ = opener.job.try_admit();
+        openers.spawn(opener.run());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    while openers.join_next().await.is_some() {}
 }
 
 /// The endpoints of one job on one node, to open and run.
@@ -159,10 +236,8 @@ impl JobOnNode {
                         rx,
                         self.node.clone(),
                         self.shape.clone(),
-                        self.j,
                         ctx,
-                        self.linger.clone(),
-                        self.events.clone(),
+                        self.ending(),
                     ));
                 }
                 Err(e) => {
@@ -181,11 +256,9 @@ impl JobOnNode {
                     endpoints.spawn(producer_task(
                         tx,
                         self.shape.clone(),
-                        self.j,
                         self.factory.clone(),
                         self.close_gate.clone(),
-                        self.linger.clone(),
-                        self.events.clone(),
+                        self.ending(),
                     ));
                 }
                 Err(e) => {
@@ -197,6 +270,16 @@ impl JobOnNode {
         while endpoints.join_next().await.is_some() {}
     }
 
+    /// How an endpoint opened just now will report its end.
+    fn ending(&self) -> Ending {
+        Ending {
+            j: self.j,
+            opened_us: wall_us(),
+            linger: self.linger.clone(),
+            events: self.events.clone(),
+        }
+    }
+
     fn report_unopened(
         &self,
         endpoint: plexus::Endpoint,
@@ -204,29 +287,56 @@ impl JobOnNode {
         stalled: bool,
         error: roles::EndpointError,
     ) {
-        let outcome = outcome(
-            self.j,
-            endpoint,
-            role,
-            stalled,
-            Moved::default(),
-            0,
-            Some(error),
-        );
+        let outcome = EndpointOutcome {
+            error: Some(error),
+            ..outcome(self.j, endpoint, role, stalled, None)
+        };
         let _ = self.events.send(EndpointEvent::Finished(outcome));
+    }
+}
+
+/// How an open endpoint of job `j` reports its end.
+struct Ending {
+    j: u32,
+    /// When the endpoint opened (wall clock, µs).
+    opened_us: u64,
+    linger: JobLinger,
+    events: mpsc::UnboundedSender<EndpointEvent>,
+}
+
+impl Ending {
+    /// Sends the outcome of the endpoint `me`; if it failed, lingers (see [`JobLinger`]).
+    async fn report(
+        &self,
+        me: plexus::Endpoint,
+        role: Role,
+        stalled: bool,
+        moved: Moved,
+        peak_buffered: u64,
+        error: Option<roles::EndpointError>,
+    ) {
+        let failed = error.is_some();
+        let outcome = EndpointOutcome {
+            bytes: moved.bytes,
+            messages: moved.messages,
+            peak_buffered,
+            error,
+            ..outcome(self.j, me, role, stalled, Some(self.opened_us))
+        };
+        let _ = self.events.send(EndpointEvent::Finished(outcome));
+        self.linger.finish(failed).await;
     }
 }
 
 async fn producer_task(
     mut tx: plexus::Producer,
     shape: Shape,
-    job: u32,
     factory: Arc<MessageFactory>,
     close_gate: watch::Receiver<bool>,
-    linger: JobLinger,
-    events: mpsc::UnboundedSender<EndpointEvent>,
+    ending: Ending,
 ) {
     let me = tx.endpoint();
+    let job = ending.j;
     let produced = match roles::produce(&mut tx, &shape, job, &factory).await {
         Ok(moved) => roles::hold_close(&mut tx, job, close_gate)
             .await
@@ -244,17 +354,9 @@ async fn producer_task(
         },
         Err((moved, error)) => (moved, Some(error), Some(tx)),
     };
-    let failed = error.is_some();
-    let _ = events.send(EndpointEvent::Finished(outcome(
-        job,
-        me,
-        Role::Producer,
-        false,
-        moved,
-        0,
-        error,
-    )));
-    linger.finish(failed).await;
+    ending
+        .report(me, Role::Producer, false, moved, 0, error)
+        .await;
     drop(held);
 }
 
@@ -262,48 +364,41 @@ async fn consumer_task(
     mut rx: plexus::Consumer,
     node: Node,
     shape: Shape,
-    job: u32,
     mut ctx: ConsumerCtx,
-    linger: JobLinger,
-    events: mpsc::UnboundedSender<EndpointEvent>,
+    ending: Ending,
 ) {
     let me = rx.endpoint();
+    let job = ending.j;
     let (moved, error) = roles::consume(&mut rx, &shape, job, &mut ctx).await;
     let peak = node
         .consumer_credit(Shape::job_id(job), me.slot)
         .map_or(0, |c| c.peak);
-    let failed = error.is_some();
-    let _ = events.send(EndpointEvent::Finished(outcome(
-        job,
-        me,
-        Role::Consumer,
-        ctx.stalled,
-        moved,
-        peak,
-        error,
-    )));
-    linger.finish(failed).await;
+    ending
+        .report(me, Role::Consumer, ctx.stalled, moved, peak, error)
+        .await;
     drop(rx);
 }
 
+/// The outcome of endpoint `me` of job `j`, ending now, before what it moved and how it
+/// failed are filled in.
 fn outcome(
-    job: u32,
+    j: u32,
     me: plexus::Endpoint,
     role: Role,
     stalled: bool,
-    moved: Moved,
-    peak_buffered: u64,
-    error: Option<roles::EndpointError>,
+    opened_us: Option<u64>,
 ) -> EndpointOutcome {
     EndpointOutcome {
-        job,
+        job: j,
         node: me.node.0,
         role,
         slot: me.slot,
         stalled,
-        bytes: moved.bytes,
-        messages: moved.messages,
-        peak_buffered,
-        error,
+        bytes: 0,
+        messages: 0,
+        peak_buffered: 0,
+        error: None,
+        opened_us,
+        ended_us: wall_us(),
     }
 }

@@ -9,7 +9,9 @@
 //! every producer exactly once, in order, intact ([`roles`], [`workload`]). Links per node
 //! are counted from the OS socket table while the job runs ([`monitor`]); links can be
 //! aborted from outside ([`chaos`]) and a node's process killed (`--kill-node`), and the
-//! run is judged by what every endpoint reported ([`verdict`]).
+//! run is judged by what every endpoint reported ([`verdict`]). Each node asks for its jobs
+//! in the same order or in a random order of its own ([`arrival`]); with `--waves`, the k
+//! jobs run again and again on the same nodes, one wave after another ([`waves`]).
 //!
 //! With `--baseline`, the same workload then runs over other systems in this process
 //! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ, RabbitMQ) and the report compares
@@ -20,14 +22,18 @@
 //!
 //! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
 //! needs `ss`, baselines and latency run in one process without failures or stalls, zmq
-//! and rabbitmq need their features, the broker's URL is on loopback); both modes share the roles, the hosting of endpoints and the
+//! and rabbitmq need their features, the broker's URL is on loopback, waves repeat the
+//! plain workload), and so is the shape against the file descriptors each process may
+//! open ([`fds`]); both modes share the roles, the hosting of endpoints and the
 //! judging, so they report the same fields with the same meaning.
 
+mod arrival;
 mod baseline;
 mod chaos;
 pub mod child;
 mod delivered;
 mod export;
+mod fds;
 mod host;
 mod inproc;
 mod latency;
@@ -41,6 +47,7 @@ mod spawn;
 mod timeline;
 mod transport;
 mod verdict;
+mod waves;
 mod wire;
 pub mod workload;
 
@@ -48,6 +55,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use arrival::{Arrival, ArrivalOrder};
 use report::Report;
 use shape::{Shape, ShapeSpec};
 
@@ -129,6 +137,20 @@ pub struct BenchArgs {
     /// How long --latency sends, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub latency_secs: f64,
+    /// The order in which each node asks for admission of its jobs and opens them: `same`
+    /// (job 1, job 2, … on every node) or `per-node-random` (an order of each node's own,
+    /// with a random 0-2 ms pause between jobs, as when coordinators' start messages cross).
+    #[arg(long, value_enum, default_value_t = ArrivalOrder::Same)]
+    pub arrival_order: ArrivalOrder,
+    /// Seed of the run's randomness (the arrival orders); default: taken from the clock.
+    /// The report gives the one used.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run the k jobs this many times, one wave after another, on the same nodes (started
+    /// once): wave w's job j has id w·k + j + 1, and a wave starts when every job of the
+    /// previous one has ended on every node.
+    #[arg(long, default_value_t = 1)]
+    pub waves: u32,
     /// Also write the run to this directory (created if missing): report.md (the command,
     /// the machine, the shape and every figure, in tables), report.json (what --json
     /// prints), goodput.svg, delivered.svg and delivered.csv (bytes delivered over time to
@@ -160,8 +182,17 @@ impl BenchArgs {
         }
     }
 
+    /// The run's arrival order, with the seed given or one from the clock.
+    fn arrival(&self) -> Arrival {
+        Arrival {
+            order: self.arrival_order,
+            seed: self.seed.unwrap_or_else(arrival::seed_from_time),
+        }
+    }
+
     /// Checks the options that go together.
     fn check(&self) -> Result<(), String> {
+        self.check_waves()?;
         if self.nodes_per_process == 0 || (self.nodes_per_process > 1 && !self.spawn) {
             return Err("--nodes-per-process needs --spawn and must be at least 1".into());
         }
@@ -221,6 +252,33 @@ impl BenchArgs {
         }
         Ok(())
     }
+
+    /// Checks `--waves` and `--arrival-order` against the options they do not go with.
+    fn check_waves(&self) -> Result<(), String> {
+        if self.waves == 0 {
+            return Err("--waves must be at least 1".into());
+        }
+        if self.waves.checked_mul(self.jobs).is_none() {
+            return Err(format!(
+                "--waves {} of --jobs {} are more jobs than the bench can number ({})",
+                self.waves,
+                self.jobs,
+                u32::MAX
+            ));
+        }
+        if self.waves > 1
+            && (self.kill_node.is_some()
+                || self.stall_consumers > 0
+                || !self.baseline.is_empty()
+                || self.latency.is_some())
+        {
+            return Err("--waves repeats the plain workload: it does not go with --kill-node, --stall-consumers, --baseline or --latency".into());
+        }
+        if self.arrival_order != ArrivalOrder::Same && self.latency.is_some() {
+            return Err("--latency opens its jobs in job order: it does not go with --arrival-order per-node-random".into());
+        }
+        Ok(())
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -244,6 +302,8 @@ pub fn main(args: BenchArgs) -> ExitCode {
 fn run(args: &BenchArgs) -> Result<bool, String> {
     args.check()?;
     let shape = args.shape()?;
+    let group = args.spawn.then_some(args.nodes_per_process);
+    fds::check_nodes(&shape, group, fds::open_files())?;
     if let Some(dir) = &args.report {
         export::prepare(dir)?;
     }
@@ -256,10 +316,11 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
         }
         return Ok(report.verified);
     }
+    let arrival = args.arrival();
     let mut report: Report = if args.spawn {
-        spawn::run(&shape, args)?
+        spawn::run(&shape, args, arrival)?
     } else {
-        inproc::run(&shape, args)?
+        inproc::run(&shape, args, arrival)?
     };
     baseline::run_all(&shape, args, &mut report);
     report.print(args.json);

@@ -4,7 +4,8 @@
 //! Invariants: sampling costs about a twentieth of one core at most (the pause between
 //! samples is nineteen times the last sample's cost, and at least 100 ms); one last sample is
 //! taken when the monitor stops, for runs shorter than the sampling period; the progress
-//! bar is hidden when the report is JSON.
+//! bar is hidden when the report is JSON, and is one line redrawn in place whatever the
+//! number of waves.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +45,20 @@ impl Monitor {
             ips,
             links_max,
             progress,
+        }
+    }
+
+    /// Counts the bytes of `waves` waves of the shape it started from, not one.
+    pub fn expect_waves(&self, shape: &Shape, waves: u32) {
+        self.progress
+            .set_length(shape.bytes_total().saturating_mul(u64::from(waves)));
+    }
+
+    /// Shows that wave `wave` (0-based) of `waves` runs, when there are several.
+    pub fn wave_started(&self, wave: u32, waves: u32) {
+        if waves > 1 {
+            self.progress
+                .set_message(format!("wave {}/{waves}", wave + 1));
         }
     }
 
@@ -95,7 +110,7 @@ fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::arrival::ArrivalOrder;
 use super::baseline::BaselineResult;
 use super::shape::Shape;
 use super::size::format_bytes;
@@ -30,7 +31,15 @@ pub struct Report {
     pub shape: ShapeFields,
     /// Size of every message but a channel's last, header included.
     pub message_size: u64,
-    /// Payload bytes delivered to consumers.
+    /// The order in which each node asked for its jobs: `same` or `per-node-random`.
+    pub arrival_order: ArrivalOrder,
+    /// The seed of the run's randomness (`--seed`, or taken from the clock).
+    pub seed: u64,
+    /// Waves of `jobs` jobs, run one after another on the same nodes.
+    pub waves: u32,
+    /// Jobs of every wave: `waves · jobs`.
+    pub jobs_total: u64,
+    /// Payload bytes delivered to consumers, over every wave.
     pub bytes_total: u64,
     /// Messages delivered to consumers.
     pub messages_total: u64,
@@ -40,6 +49,15 @@ pub struct Report {
     pub throughput_bytes_per_s: f64,
     /// `messages_total / elapsed_s`.
     pub messages_per_s: f64,
+    /// Median over the completed jobs of the time from the first endpoint of the job opened
+    /// on any node to its last consumer ended, in ms (`null` without such jobs).
+    pub job_latency_ms_p50: Option<f64>,
+    /// 99th percentile of the same.
+    pub job_latency_ms_p99: Option<f64>,
+    /// (resident memory after the last wave − after the first tenth of the waves) / jobs
+    /// run in between, in bytes; may be negative. Read from `VmRSS` of this process, or
+    /// with `--spawn` summed over the node processes; `null` with fewer than two waves.
+    pub rss_growth_bytes_per_job: Option<f64>,
     /// Most established TCP connections any node's address held, from /proc/net/tcp.
     pub links_per_node_max: usize,
     /// Connections a node would need with one connection per producer-consumer pair: the
@@ -211,6 +229,7 @@ impl Report {
             "  jobs: {} completed, {} failed {:?}",
             self.jobs_completed, self.jobs_failed, self.failed_job_ids
         );
+        self.print_waves();
         if let Some(node) = self.killed_node {
             let detect = self
                 .failure_detect_ms_max
@@ -249,6 +268,31 @@ impl Report {
         if !self.baselines.is_empty() {
             self.print_baselines();
         }
+    }
+
+    /// How the jobs arrived, and with several waves what a job took and left behind.
+    fn print_waves(&self) {
+        if self.arrival_order != ArrivalOrder::Same {
+            println!(
+                "  jobs arrived in a random order per node (seed {})",
+                self.seed
+            );
+        }
+        if self.waves < 2 {
+            return;
+        }
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+        let growth = self
+            .rss_growth_bytes_per_job
+            .map_or("-".to_string(), |b| format!("{b:.0} B"));
+        println!(
+            "  {} waves of {} jobs ({} in all): job latency p50 {}, p99 {}; RSS growth per job {growth}",
+            self.waves,
+            self.shape.jobs,
+            self.jobs_total,
+            ms(self.job_latency_ms_p50),
+            ms(self.job_latency_ms_p99)
+        );
     }
 
     /// The plexus run and every baseline, one line each.

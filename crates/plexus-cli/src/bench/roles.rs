@@ -82,6 +82,13 @@ pub struct EndpointOutcome {
     pub peak_buffered: u64,
     /// The first error, if the endpoint did not finish its work.
     pub error: Option<EndpointError>,
+    /// Wall-clock time the endpoint was open, in µs since the UNIX epoch; `None` if it
+    /// never opened (or its system does not tell).
+    #[serde(default)]
+    pub opened_us: Option<u64>,
+    /// Wall-clock time the endpoint ended, in µs since the UNIX epoch.
+    #[serde(default)]
+    pub ended_us: u64,
 }
 
 /// Wall-clock time in ms since the UNIX epoch (0 if the clock is before it).
@@ -89,6 +96,14 @@ pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Wall-clock time in µs since the UNIX epoch (0 if the clock is before it): comparable
+/// between the processes of one machine.
+pub fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// The node a plexus error names: the peer of a failed link, the node of a cancelling

@@ -4,7 +4,9 @@
 //! Job `j` (0-based index; its [`JobId`] is `j + 1`) uses `N = nodes_per_job` of the `n`
 //! nodes, spread round robin: nodes `(j·N + i) mod n` for `i` in `0..N`. Every node of a job
 //! runs `m_p` producers (slots `0..m_p`) and `m_c` consumers (slots `0..m_c`) for it, and the
-//! job is all-to-all over those endpoints.
+//! job is all-to-all over those endpoints. With `--waves`, indexes go on across waves: the
+//! `j`-th job of wave `w` has index `w·k + j` (its id one more) and is placed, and stalls,
+//! like job `j` of the first wave, so every wave runs the same jobs on the same nodes.
 //!
 //! Invariants: a [`Shape`] is only built through validation ([`Shape::new`], also on
 //! deserialisation), so every count is at least 1, `N <= n` (a job's nodes are distinct),
@@ -239,10 +241,21 @@ impl Shape {
         JobId(u64::from(j) + 1)
     }
 
+    /// The index of job `j` within its wave: the first wave's job it repeats.
+    pub fn in_wave(&self, j: u32) -> u32 {
+        j % self.spec.jobs
+    }
+
+    /// The jobs (indexes) of wave `wave`.
+    pub fn wave_jobs(&self, wave: u32) -> std::ops::Range<u32> {
+        let first = wave.saturating_mul(self.spec.jobs);
+        first..first.saturating_add(self.spec.jobs)
+    }
+
     /// The nodes job `j` uses, in round-robin order.
     pub fn job_nodes(&self, j: u32) -> Vec<NodeId> {
         (0..self.nodes_per_job)
-            .map(|i| job_node(&self.spec, self.nodes_per_job, j, i))
+            .map(|i| job_node(&self.spec, self.nodes_per_job, self.in_wave(j), i))
             .collect()
     }
 
@@ -251,7 +264,7 @@ impl Shape {
         self.job_nodes(j).contains(&NodeId(node))
     }
 
-    /// The jobs that use node `node`.
+    /// The jobs of the first wave that use node `node`.
     pub fn jobs_of(&self, node: u32) -> Vec<u32> {
         (0..self.spec.jobs)
             .filter(|&j| self.job_uses(j, node))
@@ -265,15 +278,15 @@ impl Shape {
 
     /// Whether consumer `c` of job `j` stalls.
     pub fn is_stalled(&self, j: u32, c: Endpoint) -> bool {
-        self.stalled.contains(&(j, c))
+        self.stalled.contains(&(self.in_wave(j), c))
     }
 
-    /// Endpoints (producers and consumers) node `node` runs.
+    /// Endpoints (producers and consumers) node `node` runs in each wave.
     pub fn endpoints_on(&self, node: u32) -> usize {
         self.jobs_of(node).len() * (self.spec.producers as usize + self.spec.consumers as usize)
     }
 
-    /// Consumers on node `node` that do not stall.
+    /// Consumers on node `node` that do not stall, in each wave.
     pub fn healthy_consumers_on(&self, node: u32) -> usize {
         let all = self.jobs_of(node).len() * self.spec.consumers as usize;
         let stalled = self
@@ -314,7 +327,7 @@ impl Shape {
         ChannelVerifier::new(self.consumer_id(me), producers, self.plan())
     }
 
-    /// Logical channels: k · (N·m_p) · (N·m_c).
+    /// Logical channels of a wave: k · (N·m_p) · (N·m_c).
     pub fn channels(&self) -> u64 {
         u64::from(self.spec.jobs) * self.producers_per_job() * self.consumers_per_job()
     }
@@ -324,7 +337,7 @@ impl Shape {
         self.plan.channel_bytes() * self.producers_per_job()
     }
 
-    /// Bytes all consumers of the run receive when every job completes.
+    /// Bytes all consumers of a wave receive when every job completes.
     pub fn bytes_total(&self) -> u64 {
         self.bytes_per_consumer() * self.consumers_per_job() * u64::from(self.spec.jobs)
     }
@@ -435,6 +448,18 @@ mod tests {
         assert_eq!(s.channels(), 3 * 4 * 6);
         // Node 0 is in two jobs: 2 · (2·2·3 + 3·2·2).
         assert_eq!(s.naive_connections_per_node(), 48);
+    }
+
+    #[test]
+    fn later_waves_repeat_the_first_waves_placement() {
+        let mut sp = spec(5, Some(2), 3);
+        sp.stall_consumers = 1;
+        let s = Shape::new(sp).expect("valid");
+        assert_eq!(s.wave_jobs(2), 6..9);
+        assert_eq!(Shape::job_id(7), JobId(8));
+        assert_eq!(s.job_nodes(7), s.job_nodes(1));
+        let stalled = s.stalled[0];
+        assert!(s.is_stalled(stalled.0 + 3, stalled.1));
     }
 
     #[test]

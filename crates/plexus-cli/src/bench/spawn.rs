@@ -1,14 +1,17 @@
 //! `plexus bench --spawn`: every node in an OS process of its own. This process, the
 //! coordinator, starts one `plexus bench-node` per node (this same executable), gives
-//! them each other's addresses, relays the release of stalled consumers, kills a node's
-//! process on request (`--kill-node`), gathers every endpoint's outcome, and judges the
-//! run as the in-process mode does. The conversation is in [`super::wire`].
+//! them each other's addresses, starts each wave, relays the release of stalled consumers,
+//! kills a node's process on request (`--kill-node`), gathers every endpoint's outcome, and
+//! judges the run, wave by wave, as the in-process mode does. The conversation is in
+//! [`super::wire`].
 //!
 //! Invariants: every wait is bounded by `--timeout-s` (the run's) or by [`EXIT_GRACE`]
 //! (the `bye`s, and the final exit); every node process is killed if still running and always reaped
 //! (waited for) before the coordinator returns, on every path, errors included (see
 //! [`Fleet`]'s `Drop`); a node process that goes away before the end, other than the
-//! killed one, is recorded as an error.
+//! killed one, is recorded as an error; a wave starts only once every node process said it
+//! was done with the previous one, which was judged then, and the run stops at the first
+//! wave that fails.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
+use super::arrival::Arrival;
 use super::chaos::Chaos;
 use super::delivered::Delivered;
 use super::monitor::Monitor;
@@ -27,7 +31,8 @@ use super::report::Report;
 use super::roles::{wall_ms, EndpointOutcome};
 use super::shape::Shape;
 use super::timeline::Timeline;
-use super::verdict::{self, HealthyTally, Kill, RunRecord};
+use super::verdict::{HealthyTally, Kill, RunRecord, Tally};
+use super::waves::{self, RssGrowth};
 use super::wire::{self, FromNode, Line, ToNode};
 use super::BenchArgs;
 
@@ -38,7 +43,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 type Inbound = (usize, Line<FromNode>);
 
 /// Runs the bench with one process per node.
-pub fn run(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
+pub fn run(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, String> {
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find this executable to start the nodes: {e}"))?;
     let shape_json =
@@ -51,7 +56,7 @@ pub fn run(shape: &Shape, args: &BenchArgs) -> Result<Report, String> {
     let group = args.nodes_per_process.max(1);
     let mut fleet = Fleet::spawn(&exe, shape.nodes(), group, &shape_json, &inbox_tx)?;
     drop(inbox_tx);
-    let result = runtime.block_on(coordinate(shape, args, &mut fleet, inbox));
+    let result = runtime.block_on(coordinate(shape, args, arrival, &mut fleet, inbox));
     fleet.shut_down(EXIT_GRACE);
     result
 }
@@ -248,6 +253,7 @@ async fn await_ready(
 async fn coordinate(
     shape: &Shape,
     args: &BenchArgs,
+    arrival: Arrival,
     fleet: &mut Fleet,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Result<Report, String> {
@@ -266,7 +272,11 @@ async fn coordinate(
     // With a node to kill, every job must still be in progress when it dies: producers
     // hold their close until the failure has played out (see `close_release`).
     let hold_close = args.kill_node.is_some();
-    fleet.broadcast(&ToNode::Start { addrs, hold_close });
+    fleet.broadcast(&ToNode::Start {
+        addrs,
+        hold_close,
+        arrival,
+    });
     let start = Instant::now();
     let delivered = Arc::new(Delivered::default());
     let timeline = args
@@ -274,6 +284,7 @@ async fn coordinate(
         .is_some()
         .then(|| Timeline::start(delivered.clone(), start.into_std()));
     let monitor = Monitor::start(shape, &delivered, args.json);
+    monitor.expect_waves(shape, args.waves);
     let chaos = args
         .chaos_link_kill_ms
         .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
@@ -288,10 +299,12 @@ async fn coordinate(
         ..RunRecord::default()
     };
     let mut state = vec![NodeState::Running; processes];
+    // Over every wave.
+    let waves = args.waves as usize;
     let mut healthy_left: Vec<usize> = (0..processes)
         .map(|p| {
             (p * group..((p + 1) * group).min(n))
-                .map(|node| shape.healthy_consumers_on(node as u32))
+                .map(|node| shape.healthy_consumers_on(node as u32) * waves)
                 .sum()
         })
         .collect();
@@ -301,7 +314,40 @@ async fn coordinate(
     // When producers may close: once every surviving endpoint of the jobs the killed node
     // spans has ended (with its error), or `CLOSE_RELEASE_BOUND` after the kill.
     let mut close_release: Option<CloseRelease> = None;
-    while state.contains(&NodeState::Running) {
+    let mut verdicts = Tally::new(args.waves, arrival);
+    let mut growth = RssGrowth::new(args.waves, shape.jobs());
+    // Each node process's resident memory when it was last done with a wave.
+    let mut rss_now: Vec<Option<u64>> = vec![None; processes];
+    let mut wave = 0;
+    // Whether the current wave has been judged.
+    let mut judged = false;
+    monitor.wave_started(wave, args.waves);
+    loop {
+        if !state.contains(&NodeState::Running) {
+            // The wave is over on every node: judge it, then run the next or stop.
+            let verified = verdicts.judge_wave(shape, wave, &record.outcomes, record.kill)
+                && record.errors.is_empty();
+            judged = true;
+            record.outcomes.clear();
+            growth.wave_ended(wave, rss_now.iter().copied().sum());
+            if !verified && wave + 1 < args.waves {
+                record.errors.push(format!(
+                    "wave {} of {} failed: the waves after it did not run",
+                    wave + 1,
+                    args.waves
+                ));
+            }
+            if !verified || wave + 1 >= args.waves {
+                break;
+            }
+            wave += 1;
+            judged = false;
+            monitor.wave_started(wave, args.waves);
+            fleet.broadcast(&ToNode::Wave { wave });
+            for s in state.iter_mut().filter(|s| **s == NodeState::Done) {
+                *s = NodeState::Running;
+            }
+        }
         let kill_at = pending_kill.map(|(_, at)| at);
         if close_release
             .as_ref()
@@ -335,7 +381,16 @@ async fn coordinate(
                             .fold((0, 0), |(h, s), &(ph, ps)| (h + ph, s + ps));
                         delivered.set(h, s);
                     }
-                    Line::Message(FromNode::Done) => *node_state = NodeState::Done,
+                    Line::Message(FromNode::Done { wave: done, rss_bytes }) => {
+                        if done == wave {
+                            *node_state = NodeState::Done;
+                            rss_now[i] = rss_bytes;
+                        } else {
+                            record.errors.push(format!(
+                                "node process {i} said it was done with wave {done} in wave {wave}"
+                            ));
+                        }
+                    }
                     Line::Message(FromNode::Bye { .. }) => {
                         record.errors.push(format!("node process {i} said bye before it was asked"));
                     }
@@ -384,11 +439,15 @@ async fn coordinate(
                 fleet.broadcast(&ToNode::CloseProducers);
             }
             _ = sleep_until(deadline) => {
-                record.errors.push(format!("timed out after {} s", args.timeout_s));
+                record.errors.push(waves::timed_out(args.timeout_s, wave, args.waves));
                 break;
             }
         }
     }
+    if !judged {
+        verdicts.judge_wave(shape, wave, &record.outcomes, record.kill);
+    }
+    record.rss_growth_bytes_per_job = growth.bytes_per_job();
     record.elapsed_s = start.elapsed().as_secs_f64();
     record.healthy_elapsed_s = tally.elapsed_since(start.into_std());
     if let Some((node, _)) = pending_kill {
@@ -403,7 +462,7 @@ async fn coordinate(
     record.link_kills = chaos.map_or(0, Chaos::stop);
     fleet.broadcast(&ToNode::Exit);
     collect_byes(&mut inbox, &mut state, &mut record).await;
-    Ok(verdict::judge(shape, record))
+    Ok(verdicts.report(shape, record))
 }
 
 /// The longest producers hold their close after a kill, should some endpoint never

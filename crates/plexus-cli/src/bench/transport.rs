@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use super::roles::{EndpointError, EndpointOutcome, Moved, Role};
+use super::roles::{wall_us, EndpointError, EndpointOutcome, Moved, Role};
 use super::shape::Shape;
 
 /// What a role's task returns: what it moved, and its first error.
@@ -227,5 +227,7 @@ pub fn endpoint_outcome(
         messages: moved.messages,
         peak_buffered: 0,
         error,
+        opened_us: None,
+        ended_us: wall_us(),
     }
 }

@@ -1,16 +1,21 @@
-//! Judging a run: from how every endpoint ended, which jobs completed, which failed and
-//! whether they failed as expected, and the report. Shared by both modes.
+//! Judging a run, wave by wave: from how every endpoint ended, which jobs completed, which
+//! failed and whether they failed as expected, how long each job took, and the report.
+//! Shared by both modes.
 //!
 //! Invariants: a job completes only if every one of its endpoints reported, without an
 //! error, and its consumers received all their bytes; a job using the killed node fails
 //! cleanly only if every one of its endpoints on a surviving node reported an error naming
 //! that node (none hung, none ended without error); the run verifies iff no error of any
 //! kind was found (run-level errors included), so every failure that is not expected is
-//! listed in `errors`.
+//! listed in `errors`; a [`Tally`] keeps counts, a histogram of job latencies and only the
+//! ids and errors of failed jobs, so judging many waves does not grow with them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
+use super::arrival::Arrival;
 use super::report::{Report, ShapeFields};
 use super::roles::{EndpointOutcome, Role};
 use super::shape::Shape;
@@ -31,7 +36,8 @@ pub struct Kill {
 /// Everything a run gathered, before judging.
 #[derive(Debug, Default)]
 pub struct RunRecord {
-    /// How each endpoint that reported ended.
+    /// How each endpoint that reported ended, for [`judge`] (a run of many waves judges
+    /// each wave as it ends, with a [`Tally`], and leaves this empty).
     pub outcomes: Vec<EndpointOutcome>,
     /// Failures of the run itself (timeout, a process that died, ...).
     pub errors: Vec<String>,
@@ -58,6 +64,9 @@ pub struct RunRecord {
     pub admission_wait: Duration,
     /// Bytes delivered over time, if sampled (`--report`).
     pub timeline: Option<Series>,
+    /// How much the resident memory grew per job between the end of the first tenth of
+    /// the waves and the end of the last, if measured.
+    pub rss_growth_bytes_per_job: Option<f64>,
 }
 
 /// Counts non-stalled consumers still working, so stalled ones can be released when the
@@ -97,26 +106,98 @@ impl HealthyTally {
     }
 }
 
-/// Judges `run` against `shape` and builds the report.
-pub fn judge(shape: &Shape, mut run: RunRecord) -> Report {
-    let by_endpoint: HashMap<(u32, Role, u32, u32), &EndpointOutcome> = run
-        .outcomes
-        .iter()
-        .map(|o| ((o.job, o.role, o.node, o.slot), o))
-        .collect();
-    let mut errors = std::mem::take(&mut run.errors);
-    let mut completed = 0;
-    let mut failed_job_ids = Vec::new();
-    let mut affected_job_ids = Vec::new();
-    let mut detect_ms: Option<u64> = None;
-    for j in 0..shape.jobs() {
+/// Judges `run`, one wave of jobs, against `shape` and builds the report.
+pub fn judge(shape: &Shape, run: RunRecord) -> Report {
+    let mut tally = Tally::new(1, Arrival::default());
+    tally.judge_wave(shape, 0, &run.outcomes, run.kill);
+    tally.report(shape, run)
+}
+
+/// What the waves judged so far add up to: counts, the few job ids worth listing, errors
+/// and a histogram of job latencies; nothing that grows with the waves that verified.
+#[derive(Debug)]
+pub struct Tally {
+    /// Waves the run was to have.
+    waves: u32,
+    arrival: Arrival,
+    errors: Vec<String>,
+    completed: u32,
+    failed_job_ids: Vec<u64>,
+    affected_job_ids: Vec<u64>,
+    detect_ms: Option<u64>,
+    bytes: u64,
+    messages: u64,
+    healthy_bytes: u64,
+    stalled_peak: u64,
+    /// Per completed job, µs from its first endpoint opened to its last consumer ended.
+    latency_us: Histogram<u64>,
+}
+
+impl Tally {
+    /// Nothing judged yet, of a run of `waves` waves whose jobs arrive as `arrival` says.
+    pub fn new(waves: u32, arrival: Arrival) -> Tally {
+        Tally {
+            waves,
+            arrival,
+            errors: Vec::new(),
+            completed: 0,
+            failed_job_ids: Vec::new(),
+            affected_job_ids: Vec::new(),
+            detect_ms: None,
+            bytes: 0,
+            messages: 0,
+            healthy_bytes: 0,
+            stalled_peak: 0,
+            // Three significant digits; it grows to whatever latency comes.
+            latency_us: Histogram::new(3).expect("3 significant digits are within 0..=5"),
+        }
+    }
+
+    /// Judges wave `wave` by the `outcomes` of its endpoints (those that reported); true if
+    /// it brought no error.
+    pub fn judge_wave(
+        &mut self,
+        shape: &Shape,
+        wave: u32,
+        outcomes: &[EndpointOutcome],
+        kill: Option<Kill>,
+    ) -> bool {
+        let errors_before = self.errors.len();
+        let by_endpoint: HashMap<(u32, Role, u32, u32), &EndpointOutcome> = outcomes
+            .iter()
+            .map(|o| ((o.job, o.role, o.node, o.slot), o))
+            .collect();
+        for j in shape.wave_jobs(wave) {
+            self.judge_job(shape, j, &by_endpoint, kill);
+        }
+        for o in outcomes.iter().filter(|o| o.role == Role::Consumer) {
+            self.bytes += o.bytes;
+            self.messages += o.messages;
+            if o.stalled {
+                self.stalled_peak = self.stalled_peak.max(o.peak_buffered);
+            } else {
+                self.healthy_bytes += o.bytes;
+            }
+        }
+        self.errors.len() == errors_before
+    }
+
+    /// Judges job `j` by its endpoints' outcomes.
+    fn judge_job(
+        &mut self,
+        shape: &Shape,
+        j: u32,
+        by_endpoint: &HashMap<(u32, Role, u32, u32), &EndpointOutcome>,
+        kill: Option<Kill>,
+    ) {
         let id = Shape::job_id(j).0;
-        let killed = run.kill.filter(|k| shape.job_uses(j, k.node));
+        let killed = kill.filter(|k| shape.job_uses(j, k.node));
         if killed.is_some() {
-            affected_job_ids.push(id);
+            self.affected_job_ids.push(id);
         }
         let mut problems = Vec::new();
         let mut unexpected = Vec::new();
+        let mut span = JobSpan::default();
         for (role, node, slot) in job_endpoints(shape, j) {
             let name = format!("job {id}: {role:?} {node}/{slot}").to_lowercase();
             let outcome = by_endpoint.get(&(j, role, node, slot));
@@ -124,6 +205,7 @@ pub fn judge(shape: &Shape, mut run: RunRecord) -> Report {
                 (None, _) => problems.push(format!("{name} never finished")),
                 (Some(_), Some(e)) => problems.push(e.message.clone()),
                 (Some(o), None) => {
+                    span.add(o);
                     if role == Role::Consumer && o.bytes != shape.bytes_per_consumer() {
                         problems.push(format!(
                             "{name} received {} bytes, expected {}",
@@ -145,7 +227,7 @@ pub fn judge(shape: &Shape, mut run: RunRecord) -> Report {
                 )),
                 Some(Some(e)) => {
                     let after = e.at_ms.saturating_sub(kill.at_ms);
-                    detect_ms = Some(detect_ms.map_or(after, |d| d.max(after)));
+                    self.detect_ms = Some(self.detect_ms.map_or(after, |d| d.max(after)));
                     if e.names_node != Some(kill.node) {
                         unexpected.push(format!(
                             "{} (an error that does not name the killed node {})",
@@ -156,34 +238,126 @@ pub fn judge(shape: &Shape, mut run: RunRecord) -> Report {
             }
         }
         if problems.is_empty() {
-            completed += 1;
+            self.completed += 1;
+            if let Some(us) = span.latency_us() {
+                // Fails only beyond what the histogram can grow to: then it is left out.
+                let _ = self.latency_us.record(us);
+            }
             if let Some(kill) = killed {
-                errors.push(format!(
+                self.errors.push(format!(
                     "job {id} uses node {} but completed: the kill came too late",
                     kill.node
                 ));
             }
-            continue;
+            return;
         }
-        failed_job_ids.push(id);
+        self.failed_job_ids.push(id);
         if killed.is_none() {
             unexpected = problems;
         }
         let more = unexpected.len().saturating_sub(MAX_ERRORS_PER_JOB);
-        errors.extend(unexpected.into_iter().take(MAX_ERRORS_PER_JOB));
+        self.errors
+            .extend(unexpected.into_iter().take(MAX_ERRORS_PER_JOB));
         if more > 0 {
-            errors.push(format!("job {id}: {more} more errors"));
+            self.errors.push(format!("job {id}: {more} more errors"));
         }
     }
-    build_report(
-        shape,
-        run,
-        errors,
-        completed,
-        failed_job_ids,
-        affected_job_ids,
-        detect_ms,
-    )
+
+    /// The report of the waves judged, with what the run gathered besides.
+    pub fn report(self, shape: &Shape, mut run: RunRecord) -> Report {
+        let mut errors = std::mem::take(&mut run.errors);
+        errors.extend(self.errors);
+        let elapsed = run.elapsed_s;
+        let healthy_elapsed = run.healthy_elapsed_s.unwrap_or(elapsed);
+        let mut resume_ms: Vec<f64> = run
+            .resume_times
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        resume_ms.sort_by(f64::total_cmp);
+        let latency_ms = |q: f64| {
+            (!self.latency_us.is_empty())
+                .then(|| self.latency_us.value_at_quantile(q) as f64 / 1000.0)
+        };
+        Report {
+            verified: errors.is_empty(),
+            errors,
+            shape: ShapeFields::of(shape),
+            message_size: u64::from(shape.plan().message_size()),
+            arrival_order: self.arrival.order,
+            seed: self.arrival.seed,
+            waves: self.waves,
+            jobs_total: u64::from(self.waves) * u64::from(shape.jobs()),
+            bytes_total: self.bytes,
+            messages_total: self.messages,
+            elapsed_s: elapsed,
+            throughput_bytes_per_s: self.bytes as f64 / elapsed,
+            messages_per_s: self.messages as f64 / elapsed,
+            job_latency_ms_p50: latency_ms(0.5),
+            job_latency_ms_p99: latency_ms(0.99),
+            rss_growth_bytes_per_job: run.rss_growth_bytes_per_job,
+            links_per_node_max: run.links_per_node_max,
+            naive_connections_per_node: shape.naive_connections_per_node(),
+            stalled_consumers: shape.stall_consumers(),
+            healthy_throughput_bytes_per_s: self.healthy_bytes as f64 / healthy_elapsed,
+            healthy_elapsed_s: healthy_elapsed,
+            stalled_buffered_bytes_max: self.stalled_peak,
+            credit_pool_bytes: shape.credit_pool(),
+            rss_peak_bytes: run
+                .rss_peak_bytes_per_process
+                .iter()
+                .flatten()
+                .copied()
+                .max()
+                .unwrap_or(0),
+            rss_peak_bytes_per_process: run.rss_peak_bytes_per_process,
+            processes: run.processes,
+            jobs_completed: self.completed,
+            jobs_failed: u32::try_from(self.failed_job_ids.len()).unwrap_or(u32::MAX),
+            failed_job_ids: self.failed_job_ids,
+            affected_job_ids: self.affected_job_ids,
+            killed_node: run.kill.map(|k| k.node),
+            failure_detect_ms_max: run.kill.and(self.detect_ms),
+            link_kills: run.link_kills,
+            link_resumes: resume_ms.len(),
+            resume_ms_p50: percentile(&resume_ms, 50),
+            resume_ms_p99: percentile(&resume_ms, 99),
+            memory_budget_bytes: shape.memory_budget(),
+            peak_buffered_bytes: run.peak_buffered_bytes,
+            admission_wait_ms_max: run.admission_wait.as_secs_f64() * 1000.0,
+            baselines: Vec::new(),
+            comparisons: BTreeMap::new(),
+            timeline: run.timeline,
+        }
+    }
+}
+
+/// When a job's endpoints opened and ended, over every node.
+#[derive(Debug, Default)]
+struct JobSpan {
+    first_opened_us: Option<u64>,
+    last_consumer_ended_us: Option<u64>,
+}
+
+impl JobSpan {
+    fn add(&mut self, o: &EndpointOutcome) {
+        if let Some(opened) = o.opened_us {
+            self.first_opened_us = Some(self.first_opened_us.map_or(opened, |t| t.min(opened)));
+        }
+        if o.role == Role::Consumer {
+            let ended = o.ended_us;
+            self.last_consumer_ended_us =
+                Some(self.last_consumer_ended_us.map_or(ended, |t| t.max(ended)));
+        }
+    }
+
+    /// From the first endpoint opened to the last consumer ended, in µs, if both are known.
+    fn latency_us(&self) -> Option<u64> {
+        Some(
+            self.last_consumer_ended_us?
+                .saturating_sub(self.first_opened_us?),
+        )
+    }
 }
 
 /// Every endpoint of job `j`: (role, node, slot).
@@ -194,79 +368,6 @@ fn job_endpoints(shape: &Shape, j: u32) -> Vec<(Role, u32, u32)> {
         out.extend((0..shape.consumers()).map(|s| (Role::Consumer, node.0, s)));
     }
     out
-}
-
-fn build_report(
-    shape: &Shape,
-    run: RunRecord,
-    errors: Vec<String>,
-    jobs_completed: u32,
-    failed_job_ids: Vec<u64>,
-    affected_job_ids: Vec<u64>,
-    failure_detect_ms_max: Option<u64>,
-) -> Report {
-    let consumers = run.outcomes.iter().filter(|o| o.role == Role::Consumer);
-    let (mut bytes, mut messages, mut healthy_bytes, mut stalled_peak) = (0, 0, 0, 0);
-    for o in consumers {
-        bytes += o.bytes;
-        messages += o.messages;
-        if o.stalled {
-            stalled_peak = stalled_peak.max(o.peak_buffered);
-        } else {
-            healthy_bytes += o.bytes;
-        }
-    }
-    let elapsed = run.elapsed_s;
-    let healthy_elapsed = run.healthy_elapsed_s.unwrap_or(elapsed);
-    let mut resume_ms: Vec<f64> = run
-        .resume_times
-        .iter()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
-    resume_ms.sort_by(f64::total_cmp);
-    Report {
-        verified: errors.is_empty(),
-        errors,
-        shape: ShapeFields::of(shape),
-        message_size: u64::from(shape.plan().message_size()),
-        bytes_total: bytes,
-        messages_total: messages,
-        elapsed_s: elapsed,
-        throughput_bytes_per_s: bytes as f64 / elapsed,
-        messages_per_s: messages as f64 / elapsed,
-        links_per_node_max: run.links_per_node_max,
-        naive_connections_per_node: shape.naive_connections_per_node(),
-        stalled_consumers: shape.stall_consumers(),
-        healthy_throughput_bytes_per_s: healthy_bytes as f64 / healthy_elapsed,
-        healthy_elapsed_s: healthy_elapsed,
-        stalled_buffered_bytes_max: stalled_peak,
-        credit_pool_bytes: shape.credit_pool(),
-        rss_peak_bytes: run
-            .rss_peak_bytes_per_process
-            .iter()
-            .flatten()
-            .copied()
-            .max()
-            .unwrap_or(0),
-        rss_peak_bytes_per_process: run.rss_peak_bytes_per_process,
-        processes: run.processes,
-        jobs_completed,
-        jobs_failed: u32::try_from(failed_job_ids.len()).unwrap_or(u32::MAX),
-        failed_job_ids,
-        affected_job_ids,
-        killed_node: run.kill.map(|k| k.node),
-        failure_detect_ms_max: run.kill.and(failure_detect_ms_max),
-        link_kills: run.link_kills,
-        link_resumes: resume_ms.len(),
-        resume_ms_p50: percentile(&resume_ms, 50),
-        resume_ms_p99: percentile(&resume_ms, 99),
-        memory_budget_bytes: shape.memory_budget(),
-        peak_buffered_bytes: run.peak_buffered_bytes,
-        admission_wait_ms_max: run.admission_wait.as_secs_f64() * 1000.0,
-        baselines: Vec::new(),
-        comparisons: BTreeMap::new(),
-        timeline: run.timeline,
-    }
 }
 
 /// The nearest-rank `p`-th percentile of sorted `values`, `None` if there are none.
@@ -315,6 +416,8 @@ mod tests {
             messages: 1,
             peak_buffered: 0,
             error: None,
+            opened_us: Some(1_000 + u64::from(node)),
+            ended_us: 5_000 + 10 * u64::from(node),
         }
     }
 
@@ -386,6 +489,39 @@ mod tests {
         let r = judge(&s, run(outcomes));
         assert!(!r.verified);
         assert!(r.errors[0].contains("does not name"), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn waves_are_judged_apart_and_add_up() {
+        let s = shape();
+        let mut tally = Tally::new(2, Arrival::default());
+        assert!(tally.judge_wave(&s, 0, &all_ok(&s), None));
+        // Wave 1 runs jobs 2 and 3 (ids 3 and 4) on the nodes of jobs 0 and 1.
+        let mut second: Vec<_> = all_ok(&s)
+            .into_iter()
+            .map(|o| EndpointOutcome {
+                job: o.job + 2,
+                ..o
+            })
+            .collect();
+        second.retain(|o| !(o.job == 3 && o.role == Role::Consumer));
+        assert!(!tally.judge_wave(&s, 1, &second, None));
+        let r = tally.report(
+            &s,
+            RunRecord {
+                elapsed_s: 1.0,
+                ..RunRecord::default()
+            },
+        );
+        assert!(!r.verified);
+        assert_eq!((r.waves, r.jobs_total), (2, 4));
+        assert_eq!((r.jobs_completed, r.jobs_failed), (3, 1));
+        assert_eq!(r.failed_job_ids, [4]);
+        assert!(r.errors[0].starts_with("job 4: consumer"), "{:?}", r.errors);
+        // Job 0 (nodes 0 and 1): first opened at 1000 µs, last consumer ended at 5010.
+        let p50 = r.job_latency_ms_p50.expect("latencies");
+        assert!((p50 - 4.01).abs() < 0.01, "p50 {p50}");
+        assert!(r.job_latency_ms_p99 >= r.job_latency_ms_p50);
     }
 
     #[test]

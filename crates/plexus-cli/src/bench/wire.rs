@@ -6,14 +6,17 @@
 //!
 //! ```text
 //! node → {"type":"ready","node":i,"addr":"127.0.0.2:41234","pid":4242}
-//! coord → {"type":"start","addrs":[…],"hold_close":b}       every node's address, by id
+//! coord → {"type":"start","addrs":[…],"hold_close":b,       every node's address, by id:
+//!          "arrival":{"order":…,"seed":…}}                    run wave 0
 //! coord → {"type":"close_producers"}                          producers holding may close
 //! node → {"type":"endpoint","outcome":{…}}                    once per endpoint, as it ends
 //! node → {"type":"healthy_done"}                              once per non-stalled consumer
 //! node → {"type":"progress","healthy":…,"stalled":…}          every 250 ms until done, and
 //!                                                             before each healthy_done
 //! coord → {"type":"release"}                                  every healthy consumer is done
-//! node → {"type":"done"}                                      every endpoint has ended
+//! node → {"type":"done","wave":w,"rss_bytes":…}             every endpoint of wave w ended
+//! coord → {"type":"wave","wave":w}                            every node is done with wave
+//!                                                             w − 1: run wave w
 //! coord → {"type":"exit"}                                     every node is done: stop
 //! node → {"type":"bye","rss_peak_bytes":…,"resume_us":[…]}    then it exits
 //! node → {"type":"failed","error":"…"}                        instead, when it cannot go on
@@ -30,6 +33,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::arrival::Arrival;
 use super::roles::EndpointOutcome;
 
 /// From a node process to the coordinator.
@@ -59,8 +63,16 @@ pub enum FromNode {
         /// Received by consumers that stall.
         stalled: u64,
     },
-    /// Every endpoint of the node ended; the node stays up for its peers until `exit`.
-    Done,
+    /// Every endpoint of the wave ended on the node; the node stays up for its peers until
+    /// `wave` or `exit`.
+    Done {
+        /// The wave (0-based).
+        #[serde(default)]
+        wave: u32,
+        /// The process's resident memory now, if known.
+        #[serde(default)]
+        rss_bytes: Option<u64>,
+    },
     /// The node is shutting down, as `exit` asked.
     Bye {
         /// The process's peak resident memory.
@@ -92,6 +104,14 @@ pub enum ToNode {
         /// Producers hold their close until `close_producers` (a node is to be killed
         /// while every job is still in progress).
         hold_close: bool,
+        /// The order in which each node asks for its jobs.
+        #[serde(default)]
+        arrival: Arrival,
+    },
+    /// Every node is done with the previous wave: open and run this one's endpoints.
+    Wave {
+        /// The wave (0-based; at least 1, wave 0 comes with `start`).
+        wave: u32,
     },
     /// Stalled consumers may read now.
     Release,

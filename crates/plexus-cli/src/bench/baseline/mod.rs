@@ -6,7 +6,7 @@
 //!   scheduler: the upper bound a multiplexer can approach;
 //! - `naive-tcp` ([`naive_tcp`]): one TCP connection per channel, what users do today;
 //!   skipped, with a note, when its connections would not fit under the process's
-//!   descriptor limit ([`fds`]);
+//!   descriptor limit ([`super::fds`]);
 //! - `zmq` (`zmq`, only with the cargo feature `zmq`): ZeroMQ used the ordinary way, a
 //!   PULL socket per consumer and a PUSH socket per channel;
 //! - `rabbitmq` (`rabbitmq`, only with the cargo feature `rabbitmq`): a RabbitMQ broker on
@@ -24,7 +24,6 @@
 //! figure divided by the system's, and `null` unless both ran and verified.
 
 pub mod amqp_url;
-pub mod fds;
 mod naive_tcp;
 mod outbox;
 #[cfg(feature = "rabbitmq")]
@@ -43,6 +42,7 @@ use serde::Serialize;
 use tokio::time::{timeout_at, Instant};
 
 use super::delivered::Delivered;
+use super::fds;
 use super::monitor::Monitor;
 use super::report::Report;
 use super::shape::Shape;

@@ -20,6 +20,7 @@ use plexus::Endpoint;
 use tokio::sync::mpsc;
 
 use super::super::delivered::Delivered;
+use super::super::fds;
 use super::super::host::BODY_SEED;
 use super::super::monitor::{self, Monitor};
 use super::super::roles::{EndpointError, EndpointOutcome, Moved, Role};
@@ -27,7 +28,7 @@ use super::super::shape::Shape;
 use super::super::transport::endpoint_outcome;
 use super::super::verdict::RunRecord;
 use super::super::workload::MessageFactory;
-use super::{fds, BaselineResult, System};
+use super::{BaselineResult, System};
 
 /// File descriptors each channel costs: its PUSH socket's mailbox and both connection ends.
 const FDS_PER_CHANNEL: u64 = 3;

@@ -8,6 +8,7 @@
 
 use std::fmt::Write;
 
+use super::super::arrival::ArrivalOrder;
 use super::super::latency::{Figures, LatencyReport};
 use super::super::report::{Report, ShapeFields};
 use super::super::size::format_bytes;
@@ -135,6 +136,14 @@ fn closing(out: &mut String, errors: &[String], ctx: &Context) {
     }
 }
 
+/// How the jobs arrived at the nodes, with the seed when it mattered.
+fn arrival(r: &Report) -> String {
+    match r.arrival_order {
+        ArrivalOrder::Same => "same on every node".to_string(),
+        ArrivalOrder::PerNodeRandom => format!("random per node (seed {})", r.seed),
+    }
+}
+
 /// report.md of a throughput run (the default mode, with or without baselines).
 pub fn throughput(r: &Report, bytes_per_producer: u64, ctx: &Context) -> String {
     let mut out = String::from("# plexus bench report\n\n");
@@ -166,6 +175,11 @@ pub fn throughput(r: &Report, bytes_per_producer: u64, ctx: &Context) -> String 
             opt(r.memory_budget_bytes, format_bytes),
         ),
         ("stalled consumers", r.stalled_consumers.to_string()),
+        (
+            "waves",
+            format!("{} ({} jobs in all)", r.waves, r.jobs_total),
+        ),
+        ("arrival order", arrival(r)),
     ]);
     figures(&mut out, &shape);
 
@@ -281,6 +295,25 @@ pub fn throughput(r: &Report, bytes_per_producer: u64, ctx: &Context) -> String 
                 format!("{:.1} ms", r.admission_wait_ms_max),
             ),
             ("peak RSS", format_bytes(r.rss_peak_bytes)),
+        ],
+    );
+
+    heading(&mut out, "Jobs");
+    figures(
+        &mut out,
+        &[
+            (
+                "job latency p50 (first endpoint opened to last consumer ended)",
+                opt(r.job_latency_ms_p50, |ms| format!("{ms:.2} ms")),
+            ),
+            (
+                "job latency p99",
+                opt(r.job_latency_ms_p99, |ms| format!("{ms:.2} ms")),
+            ),
+            (
+                "RSS growth per job (after the first tenth of the waves)",
+                opt(r.rss_growth_bytes_per_job, |b| format!("{b:.0} B")),
+            ),
         ],
     );
 

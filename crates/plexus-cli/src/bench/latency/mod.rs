@@ -198,7 +198,7 @@ async fn run_plexus(shape: &Shape, rate: f64, json: bool, timeout: Duration) -> 
     let (_faults, log) = Faults::new();
     let result = measure("plexus", transport, shape, rate, json, deadline, log).await;
     for node in &nodes {
-        node.shutdown();
+        node.shutdown().await;
     }
     result
 }
