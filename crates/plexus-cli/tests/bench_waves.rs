@@ -113,7 +113,6 @@ fn per_node_random_arrival_verifies_when_every_job_fits() {
 }
 
 #[test]
-#[ignore = "needs deadlock-free admission"]
 fn per_node_random_arrival_verifies_one_job_at_a_time() {
     // 128 KiB leaves room for the 32 KiB send share and one job's 64 KiB pool per node, not
     // two: nodes that admitted different jobs first must still not wait for each other.

@@ -17,7 +17,7 @@ use plexus_proto::node::{Admission, Arrival, ExchangeError, Recv, TrySendError};
 use plexus_proto::{Endpoint, JobId};
 
 use crate::error::Error;
-use crate::shared::Shared;
+use crate::shared::{ProducerWake, Shared};
 use crate::topology::Topology;
 
 /// One job as seen from one node. While a handle (or an endpoint) of the job is open, the
@@ -102,8 +102,12 @@ impl Job {
             return Err(self.not_in_topology(slot, "producer"));
         }
         let consumers = self.topology.consumers().iter().copied();
-        self.shared
-            .op(|st| st.core.open_producer(self.id, slot, consumers))?;
+        self.shared.op(|st| {
+            st.core.open_producer(self.id, slot, consumers)?;
+            st.producers
+                .insert((self.id, slot), ProducerWake::default());
+            Ok::<_, ExchangeError>(())
+        })?;
         Ok(Producer {
             shared: self.shared.clone(),
             job: self.id,

@@ -41,6 +41,7 @@ pub(crate) struct LinkWriter {
 #[derive(Debug)]
 pub(crate) struct State {
     pub core: NodeCore,
+    /// Readiness of each open producer, from its opening to its drop.
     pub producers: HashMap<(JobId, u32), ProducerWake>,
     pub consumers: HashMap<(JobId, u32), Waker>,
     /// Tasks waiting for a job's admission, woken (all of them) when it is decided; each
@@ -134,10 +135,13 @@ impl Shared {
                         slot,
                         consumer,
                     } => {
-                        let w = st.producers.entry((job, slot)).or_default();
-                        w.ready.push(consumer);
-                        if let Some(waker) = w.waker.take() {
-                            wakers.push(waker);
+                        // Only for a producer still open: its entry lives from its
+                        // opening to its drop (a late event must not recreate it).
+                        if let Some(w) = st.producers.get_mut(&(job, slot)) {
+                            w.ready.push(consumer);
+                            if let Some(waker) = w.waker.take() {
+                                wakers.push(waker);
+                            }
                         }
                     }
                     Event::Admitted { job } | Event::AdmissionFailed { job, .. } => {

@@ -242,7 +242,6 @@ impl NodeCore {
             granted: 0,
             received: 0,
             parked: Some(Box::new(Parked {
-                since: self.now,
                 request: None,
                 finish: None,
             })),

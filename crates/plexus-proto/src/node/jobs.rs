@@ -132,6 +132,15 @@ impl NodeCore {
     pub(super) fn job_entry(&mut self, job: JobId) -> &mut JobState {
         if !self.jobs.contains_key(&job) {
             self.orphans.push_back((self.now, job));
+            // Entries of jobs named since, or gone, go as soon as they are at the front:
+            // the list holds the orphans, not a history of every job.
+            while let Some(&(_, front)) = self.orphans.front() {
+                if front != job && self.jobs.get(&front).is_none_or(|j| j.known) {
+                    self.orphans.pop_front();
+                } else {
+                    break;
+                }
+            }
         }
         self.jobs.entry(job).or_default()
     }
@@ -438,20 +447,19 @@ impl NodeCore {
         let Some(cutoff) = now.checked_sub(self.config.park_timeout) else {
             return;
         };
-        while let Some((since, in_key)) = self.parked.pop_parked_by(cutoff) {
+        while let Some(in_key) = self.parked.pop_parked_by(cutoff) {
             let Some(ch) = self.in_channels.get_mut(&in_key) else {
                 continue;
             };
-            let Some(parked) = ch.parked.as_mut().filter(|p| p.since == since) else {
+            if ch.parked.is_none() {
                 continue;
-            };
+            }
             let job = ch.consumer.0;
             if self
                 .jobs
                 .get(&job)
                 .is_some_and(|j| j.admission.is_pending())
             {
-                parked.since = now;
                 self.parked.repark(in_key, now);
                 continue;
             }

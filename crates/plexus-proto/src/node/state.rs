@@ -284,8 +284,6 @@ pub(crate) struct InChannel {
 /// What a channel whose consumer does not exist yet went through.
 #[derive(Debug)]
 pub(crate) struct Parked {
-    /// When it was parked.
-    pub since: Instant,
     /// A `Backlog` that arrived, with its need and want.
     pub request: Option<(u32, u32)>,
     /// The producer ended (`Some(None)`) or aborted (`Some(Some(_))`).
