@@ -161,9 +161,7 @@ pub fn check_nodes(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::super::shape::ShapeSpec;
+    use super::super::shape::tests::spec;
     use super::*;
 
     const LIMITS: &str =
@@ -172,20 +170,7 @@ mod tests {
         Max open files            1024                 524288               files     \n";
 
     fn shape(nodes: u32, nodes_per_job: Option<u32>, jobs: u32) -> Shape {
-        Shape::new(ShapeSpec {
-            nodes,
-            producers: 1,
-            consumers: 1,
-            jobs,
-            nodes_per_job,
-            bytes_per_producer: 1 << 20,
-            message_size: 4096,
-            credit_pool: 1 << 16,
-            stall_consumers: 0,
-            first_ip: Ipv4Addr::new(127, 0, 0, 1),
-            memory_budget: None,
-        })
-        .expect("valid shape")
+        Shape::new(spec(nodes, nodes_per_job, jobs)).expect("valid shape")
     }
 
     fn limits(soft: u64, hard: u64) -> Option<OpenFiles> {

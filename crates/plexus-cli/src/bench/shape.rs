@@ -374,10 +374,12 @@ fn job_node(spec: &ShapeSpec, nodes_per_job: u32, j: u32, i: u32) -> NodeId {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(nodes: u32, nodes_per_job: Option<u32>, jobs: u32) -> ShapeSpec {
+    /// A small valid spec of `nodes` nodes and `jobs` jobs (2 producers, 3 consumers per
+    /// node and job), for tests here and in sibling modules.
+    pub(crate) fn spec(nodes: u32, nodes_per_job: Option<u32>, jobs: u32) -> ShapeSpec {
         ShapeSpec {
             nodes,
             producers: 2,

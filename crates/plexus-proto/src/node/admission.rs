@@ -139,10 +139,7 @@ impl NodeCore {
         job: JobId,
         consumers_per_node: &[(NodeId, u32)],
     ) -> Result<Admission, ExchangeError> {
-        self.refuse_if_shutting_down()?;
-        if self.job_finished(job) {
-            return Err(ExchangeError::JobFinished { job });
-        }
+        self.may_start(job)?;
         if let Some(error) = self.job_failure(job) {
             return Err(error);
         }

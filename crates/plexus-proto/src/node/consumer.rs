@@ -81,10 +81,7 @@ impl NodeCore {
         producers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
         let key = (job, slot);
-        self.refuse_if_shutting_down()?;
-        if self.job_finished(job) {
-            return Err(ExchangeError::JobFinished { job });
-        }
+        self.may_start(job)?;
         if !self.is_admitted(job) {
             return Err(ExchangeError::NotAdmitted { job });
         }

@@ -104,9 +104,7 @@ impl NodeCore {
         topology: u64,
         nodes: impl IntoIterator<Item = NodeId>,
     ) -> Result<(), ExchangeError> {
-        if self.finished.contains(job) {
-            return Err(ExchangeError::JobFinished { job });
-        }
+        self.may_start(job)?;
         self.register_job(job, nodes);
         let state = self.job_entry(job);
         match state.topology {
@@ -148,6 +146,16 @@ impl NodeCore {
     /// Why `job` failed, if it did.
     pub(super) fn job_failure(&self, job: JobId) -> Option<ExchangeError> {
         self.jobs.get(&job).and_then(|j| j.failed.clone())
+    }
+
+    /// Whether the application may start something of `job` here: not on a node that is
+    /// shutting down, nor for a job that finished here (ids are not reused).
+    pub(super) fn may_start(&self, job: JobId) -> Result<(), ExchangeError> {
+        self.refuse_if_shutting_down()?;
+        if self.job_finished(job) {
+            return Err(ExchangeError::JobFinished { job });
+        }
+        Ok(())
     }
 
     /// Whether `job` is over here: its id is in the ring of finished jobs.

@@ -37,10 +37,7 @@ impl NodeCore {
         slot: u32,
         consumers: impl IntoIterator<Item = Endpoint>,
     ) -> Result<(), ExchangeError> {
-        self.refuse_if_shutting_down()?;
-        if self.job_finished(job) {
-            return Err(ExchangeError::JobFinished { job });
-        }
+        self.may_start(job)?;
         if !self.is_admitted(job) {
             return Err(ExchangeError::NotAdmitted { job });
         }
