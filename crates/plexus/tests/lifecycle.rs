@@ -253,3 +253,96 @@ async fn idle_links_close_and_reopen_on_demand() {
     .await
     .expect("bounded");
 }
+
+/// A peer that takes credit, then stops reading: the link's writer blocks in a socket
+/// write. When the link closes (the peer went silent past the idle timeout), the blocked
+/// writer gives up after a short grace, so the connection's tasks end and the core hears
+/// that it is gone, instead of a writer waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_blocked_on_a_peer_that_stopped_reading_ends_when_the_link_closes() {
+    use bytes::BytesMut;
+    use plexus_proto::codec::{encode, Decoder};
+    use plexus_proto::frame::{Frame, PROTOCOL_VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    tokio::time::timeout(BOUND, async {
+        let membership = plexus::Membership::new();
+        let tune = |c: &mut plexus::Config| {
+            c.idle_timeout = Duration::from_millis(500);
+            c.ping_interval = Duration::from_millis(100);
+        };
+        let node = common::start_node(&membership, 87, 0, &tune).await;
+        // Node 1 is a raw socket speaking just enough of the protocol.
+        let listener = tokio::net::TcpListener::bind("127.0.87.2:0").await.unwrap();
+        membership.insert(NodeId(1), listener.local_addr().unwrap());
+        let t = Topology::new([ep(0, 0)], [ep(1, 0)]);
+        let mut tx = node.job(JobId(1), t).producer(0).await.unwrap();
+        assert!(matches!(
+            tx.try_send(ep(1, 0), bytes::Bytes::from(vec![0u8; 60_000])),
+            Err(plexus::TrySend::NoCredit(_))
+        ));
+        let (mut raw, _) = listener.accept().await.unwrap();
+        let decoder = Decoder::new(1 << 21);
+        let mut inbox = BytesMut::new();
+        let mut reply = BytesMut::new();
+        let mut asked = false;
+        while !asked {
+            raw.read_buf(&mut inbox).await.unwrap();
+            while let Some(frame) = decoder.decode(&mut inbox).unwrap() {
+                match frame {
+                    Frame::Hello { max_message, .. } => encode(
+                        &Frame::Hello {
+                            version: PROTOCOL_VERSION,
+                            cluster: common::CLUSTER,
+                            node: NodeId(1),
+                            incarnation: 77,
+                            peer_incarnation: 0,
+                            received: 0,
+                            max_message,
+                        },
+                        &mut reply,
+                    ),
+                    Frame::Backlog { channel, .. } => {
+                        encode(
+                            &Frame::Credit {
+                                channel,
+                                bytes: 64 << 20,
+                            },
+                            &mut reply,
+                        );
+                        asked = true;
+                    }
+                    _ => {}
+                }
+            }
+            raw.write_all(&reply.split()).await.unwrap();
+        }
+        // Far more than the sockets' buffers hold, to a peer that reads no more.
+        let mut queued = 0;
+        while queued < 48 << 20 {
+            match tx.try_send(ep(1, 0), bytes::Bytes::from(vec![1u8; 60_000])) {
+                Ok(()) => queued += 60_000,
+                Err(plexus::TrySend::NoCredit(_)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut ended = false;
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if node.stats().closing_connections == 0 && node.stats().links_up == 0 {
+                ended = true;
+                break;
+            }
+        }
+        assert!(
+            ended,
+            "the closed link's writer is still blocked: {:?}",
+            node.stats()
+        );
+        drop(raw);
+    })
+    .await
+    .expect("bounded");
+}

@@ -138,6 +138,9 @@ pub struct Stats {
     pub links_up: usize,
     /// Dials under way: connecting, or connected and in their handshake.
     pub dials_in_flight: usize,
+    /// Connections closing: their last frames are being written, or their socket has not
+    /// been reported gone yet (`handle_link_closed`).
+    pub closing_connections: usize,
     /// Outgoing channels.
     pub out_channels: usize,
     /// Incoming channels (attached or parked).
@@ -332,6 +335,11 @@ impl NodeCore {
                 .filter(|p| matches!(p.state, PeerState::Up(_)))
                 .count(),
             dials_in_flight: self.dials.in_flight_count(),
+            closing_connections: self
+                .links
+                .values()
+                .filter(|l| l.phase == state::Phase::Closing)
+                .count(),
             out_channels: self.out_channels.len(),
             in_channels: self.in_channels.len(),
             parked_channels: self.parked.len(),
