@@ -15,6 +15,13 @@
 //!   least the largest `need` there can be (the largest message). Credit granted ahead of
 //!   need may sit unused at an idle sender, but it can never take the space a blocked
 //!   sender needs, so a blocked `need` always gets its grant once the consumer reads.
+//! - When the consumer reads selectively (only some of its channels are *wanted*, see
+//!   [`CreditPool::poll_grants_for`]), the needs of the other channels are served like
+//!   speculative grants, from the room above `reserve` only, and never hold up a wanted
+//!   channel's need. So the channels the consumer does not read hold at most
+//!   `capacity − reserve` between them, and a wanted channel's need always fits once the
+//!   consumer has read what it took from the wanted channels: reading one channel (or one
+//!   group) to its end while others wait cannot deadlock, whatever the pool's size.
 //! - A channel with no request holds nothing: idle channels cost no buffer.
 
 use std::collections::VecDeque;
@@ -266,20 +273,40 @@ impl<K: Copy + Eq + Hash> CreditPool<K> {
     /// `(channel, granted bytes)` to `out`. A grant of 0 answers a speculative request the
     /// pool has no room for. Stops at the first need that does not fit.
     pub fn poll_grants(&mut self, out: &mut Vec<(K, u32)>) {
-        while let Some(&key) = self.queue.front() {
+        self.poll_grants_for(out, |_| true);
+    }
+
+    /// [`CreditPool::poll_grants`] for a consumer that reads only the channels `wanted`
+    /// says: their needs are served in FIFO order from all the free room (the first that
+    /// does not fit stops them); the other channels' needs are served in FIFO order only
+    /// from the room above `reserve`, and one that does not fit there waits without
+    /// holding up anyone behind it.
+    pub fn poll_grants_for(&mut self, out: &mut Vec<(K, u32)>, wanted: impl Fn(&K) -> bool) {
+        let mut at = 0;
+        while let Some(&key) = self.queue.get(at) {
             let Some(&Pending { need, want }) = self.pending.get(&key) else {
-                self.queue.pop_front();
+                self.queue.remove(at);
                 continue;
             };
             let (need, want) = (u64::from(need), u64::from(want));
             let free = self.capacity - self.outstanding;
-            if need > free {
-                break;
+            let is_wanted = wanted(&key);
+            let room = if is_wanted {
+                free
+            } else {
+                free.saturating_sub(self.reserve)
+            };
+            if need > room {
+                if is_wanted {
+                    break;
+                }
+                at += 1;
+                continue;
             }
             let room_ahead = (free - need).saturating_sub(self.reserve);
             let cap_ahead = self.max_grant.saturating_sub(need);
             let grant = need + want.min(room_ahead).min(cap_ahead);
-            self.queue.pop_front();
+            self.queue.remove(at);
             self.pending.remove(&key);
             self.outstanding += grant;
             self.peak = self.peak.max(self.outstanding);
@@ -292,6 +319,44 @@ impl<K: Copy + Eq + Hash> CreditPool<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool of one message: a channel that is not read gets nothing, however early it
+    /// asked, and the wanted channel's need is served past it.
+    #[test]
+    fn unwanted_needs_never_take_the_room_a_wanted_need_requires() {
+        let mut p: CreditPool<u32> = CreditPool::new(100, 100, 100);
+        let mut out = Vec::new();
+        p.request(1, 100, 0).unwrap();
+        p.request(2, 100, 0).unwrap();
+        p.poll_grants_for(&mut out, |k| *k == 2);
+        assert_eq!(out, vec![(2, 100)]);
+        p.release(100);
+        out.clear();
+        p.poll_grants_for(&mut out, |k| *k == 2);
+        assert!(out.is_empty(), "channel 1 is still not wanted");
+        p.poll_grants(&mut out);
+        assert_eq!(out, vec![(1, 100)], "served once every channel is wanted");
+    }
+
+    /// With room above the reserve, channels that are not read still get their needs
+    /// (they may read ahead), but only from that room.
+    #[test]
+    fn unwanted_needs_use_only_the_room_above_the_reserve() {
+        let mut p: CreditPool<u32> = CreditPool::new(300, 100, 300);
+        let mut out = Vec::new();
+        for k in 1..=3 {
+            p.request(k, 100, 0).unwrap();
+        }
+        p.poll_grants_for(&mut out, |_| false);
+        assert_eq!(
+            out,
+            vec![(1, 100), (2, 100)],
+            "the last 100 bytes stay free"
+        );
+        out.clear();
+        p.poll_grants_for(&mut out, |k| *k == 3);
+        assert_eq!(out, vec![(3, 100)]);
+    }
 
     const POLICY: SendPolicy = SendPolicy {
         want: 1000,

@@ -376,6 +376,77 @@ impl Consumer {
         }
     }
 
+    /// The next message of `producer`, an error that concerns it (its channel aborted,
+    /// its node failed, the job failed), or `None` once it has ended and every message
+    /// of it was read. See [`Consumer::recv_from_any`].
+    pub async fn recv_from(&mut self, producer: Endpoint) -> Option<Result<Bytes, Error>> {
+        self.recv_from_any(&[producer])
+            .await
+            .map(|item| item.map(|(_, message)| message))
+    }
+
+    /// The next message of any of `producers` (the oldest of theirs first), an error that
+    /// concerns one of them, or `None` once all of them have ended and every message of
+    /// theirs was read. Lets an application read producers in the order it needs: a merge
+    /// of sorted streams takes the next message of the producer with the smallest key; a
+    /// hash join reads its build side's producers to their end before its probe side.
+    ///
+    /// Why it cannot deadlock, whatever the credit pool (as long as it holds one message):
+    /// while the consumer reads only some producers, its other channels may be granted
+    /// credit only from the room of its pool above one message, so they never hold more
+    /// than that between them, unread; and the room of the last message is granted only
+    /// to a channel this call waits for. The wait here depends on that channel's producer
+    /// alone, never on the consumer reading another channel. Messages of producers not
+    /// read wait in their channel's credit window (sender queue, wire, or this node), not
+    /// in unbounded memory.
+    ///
+    /// Mixing with [`Consumer::recv`] is defined: messages `recv` took into this handle
+    /// and did not return go back to the node first (in order), and `recv` afterwards
+    /// reads every producer again, oldest first.
+    pub async fn recv_from_any(
+        &mut self,
+        producers: &[Endpoint],
+    ) -> Option<Result<(Endpoint, Bytes), Error>> {
+        poll_fn(|cx| self.poll_recv_from_any(cx, producers)).await
+    }
+
+    /// Polls for the next message of any of `producers`; see [`Consumer::recv_from_any`].
+    pub fn poll_recv_from_any(
+        &mut self,
+        cx: &mut Context<'_>,
+        producers: &[Endpoint],
+    ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>> {
+        let kept = self
+            .error
+            .as_ref()
+            .is_some_and(|e| producers.iter().any(|p| e.concerns(*p)));
+        if kept {
+            if let Some(error) = self.error.take() {
+                return Poll::Ready(Some(Err(error.into())));
+            }
+        }
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let key = (self.job, self.slot);
+        let arrivals = &mut self.arrivals;
+        self.shared.op(|st| {
+            if !arrivals.is_empty() {
+                st.core.give_back(key.0, key.1, arrivals);
+            }
+            st.core.finished_reading(key.0, key.1);
+            match st.core.poll_recv_from(key.0, key.1, producers) {
+                Recv::Message(from, message) => Poll::Ready(Some(Ok((from, message)))),
+                Recv::Error(e) => Poll::Ready(Some(Err(e.into()))),
+                Recv::Finished => Poll::Ready(None),
+                Recv::Pending => {
+                    st.consumers.insert(key, cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+
     /// The first message of the arrivals taken, if any.
     fn next_message(&mut self) -> Option<(Endpoint, Bytes)> {
         let (from, arrival) = self.arrivals.front_mut()?;

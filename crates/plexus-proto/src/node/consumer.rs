@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::consumers::Consumer;
+use super::consumers::{Consumer, Wanted};
 use super::state::{InChannel, InKey, LocalKey, Parked};
 use super::{Event, ExchangeError, NodeCore};
 use crate::batch::MessageBatch;
@@ -133,28 +133,92 @@ impl NodeCore {
         Ok(())
     }
 
-    /// Takes the next thing for consumer `slot` of `job` to read.
+    /// Takes the next thing for consumer `slot` of `job` to read, from any producer, in
+    /// arrival order. Every channel of the consumer is wanted from now on (see
+    /// [`NodeCore::poll_recv_from`]).
     pub fn poll_recv(&mut self, job: JobId, slot: u32) -> Recv {
-        let key = (job, slot);
-        let Some(read) = self.consumers.change(&key, Consumer::read_one) else {
+        self.poll_recv_among((job, slot), None)
+    }
+
+    /// Takes the next thing for consumer `slot` of `job` to read from the producers
+    /// `among` only (the oldest of their messages first): a message, an error that
+    /// concerns them (a producer's abort, its node's failure, the job's failure),
+    /// `Finished` once all of them ended and their messages were read, or `Pending`.
+    ///
+    /// From now on only their channels are *wanted*: the consumer's other channels may
+    /// read ahead only in the room of its pool above one message (see `credit`), so what
+    /// this call waits for always gets room once the messages already taken from `among`
+    /// are read — reading one producer, or one group, to its end while the others wait
+    /// cannot deadlock, whatever the pool's size.
+    pub fn poll_recv_from(&mut self, job: JobId, slot: u32, among: &[Endpoint]) -> Recv {
+        self.poll_recv_among((job, slot), Some(among))
+    }
+
+    fn poll_recv_among(&mut self, key: LocalKey, among: Option<&[Endpoint]>) -> Recv {
+        let wanted = match among {
+            None => Wanted::All,
+            Some([one]) => Wanted::Only(vec![*one]),
+            Some(producers) => {
+                let mut set = producers.to_vec();
+                set.sort_unstable();
+                set.dedup();
+                Wanted::Only(set)
+            }
+        };
+        let changed = self.consumers.change(&key, |c| {
+            let changed = c.wanted != wanted;
+            if changed {
+                c.wanted = wanted;
+                c.waiting = false;
+            }
+            changed
+        });
+        let Some(changed) = changed else {
             return Recv::Error(ExchangeError::NoSuchEndpoint {
-                job,
-                slot,
+                job: key.0,
+                slot: key.1,
                 role: "consumer",
             });
         };
-        if let Some((from, payload)) = read {
+        if changed {
+            // Channels wanted now may be served from room they could not use before.
             self.grant(key);
-            return Recv::Message(from, payload);
         }
-        let Some(c) = self.consumers.change(&key, |c| {
-            c.errors
-                .pop_front()
-                .map_or_else(|| Recv::from_end(c.remaining.is_empty()), Recv::Error)
-        }) else {
-            return Recv::Pending;
-        };
-        c
+        let read = self.consumers.change(&key, |c| {
+            c.waiting = false;
+            if let Some((from, payload)) = c.read_one(among) {
+                return Recv::Message(from, payload);
+            }
+            match c.take_error(among) {
+                Some(error) => Recv::Error(error),
+                None => {
+                    let outcome = Recv::from_end(c.ended(among));
+                    c.waiting = outcome == Recv::Pending;
+                    outcome
+                }
+            }
+        });
+        let outcome = read.unwrap_or(Recv::Pending);
+        if matches!(outcome, Recv::Message(..) | Recv::Pending) {
+            // Credit read back goes on to channels waiting for it; a reader that waits
+            // now lets what it waits for use the reserve.
+            self.grant(key);
+        }
+        outcome
+    }
+
+    /// Puts back at the front of their producers' queues the arrivals the application of
+    /// consumer `slot` of `job` took with [`NodeCore::take_arrivals`] and did not read
+    /// (in `arrivals`, in the order taken): a reader that turns from reading everything to
+    /// reading some producers returns what it holds of the others.
+    pub fn give_back(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        arrivals: &mut VecDeque<(Endpoint, Arrival)>,
+    ) {
+        self.consumers
+            .change(&(job, slot), |c| c.give_back(arrivals));
     }
 
     /// Moves what consumer `slot` of `job` received into `out`, whole arrivals in order,
@@ -171,7 +235,10 @@ impl NodeCore {
         out: &mut VecDeque<(Endpoint, Arrival)>,
     ) -> usize {
         self.consumers
-            .change(&(job, slot), |c| c.take(max_cost, out))
+            .change(&(job, slot), |c| {
+                c.wanted = Wanted::All;
+                c.take(max_cost, out)
+            })
             .unwrap_or(0)
     }
 
@@ -198,7 +265,7 @@ impl NodeCore {
                 state.closed_consumers.insert(at, slot);
             }
         }
-        for in_key in c.channels {
+        for in_key in c.channels.into_keys() {
             // The record goes now: frames still on their way for it are recognised as
             // belonging to a retired channel and dropped.
             self.in_channels.remove(&in_key);
@@ -325,7 +392,7 @@ impl NodeCore {
                     return Attach::Refused;
                 }
             }
-            c.channels.insert(in_key);
+            c.channels.insert(in_key, producer);
             Attach::Attached
         });
         match outcome {
@@ -373,13 +440,10 @@ impl NodeCore {
         ch.received += cost;
         let local = ch.consumer;
         let producer = ch.producer;
-        let was_empty = self.consumers.change(&local, |c| {
-            let was_empty = c.queue_is_empty();
-            c.push(producer, arrival);
-            was_empty
-        });
-        // A consumer that found nothing waits for this; one that did is still reading.
-        if was_empty == Some(true) {
+        // A consumer that found nothing of what it reads waits for this; one that did is
+        // still reading.
+        let wake = self.consumers.change(&local, |c| c.push(producer, arrival));
+        if wake == Some(true) {
             self.events.push_back(Event::ConsumerReady {
                 job: local.0,
                 slot: local.1,
@@ -469,8 +533,20 @@ impl NodeCore {
     /// Answers what the consumer's pool can answer now with `Credit` frames.
     fn grant(&mut self, local: LocalKey) {
         let mut grants = std::mem::take(&mut self.grant_scratch);
-        self.consumers
-            .change(&local, |c| c.pool.poll_grants(&mut grants));
+        self.consumers.change(&local, |c| {
+            let Consumer {
+                pool,
+                channels,
+                wanted,
+                waiting,
+                ..
+            } = c;
+            pool.poll_grants_for(&mut grants, |k| {
+                channels
+                    .get(k)
+                    .is_some_and(|p| wanted.may_use_reserve(*waiting, p))
+            });
+        });
         let granted_any = !grants.is_empty();
         for (in_key, bytes) in grants.drain(..) {
             if let Some(ch) = self.in_channels.get_mut(&in_key) {

@@ -222,6 +222,18 @@ impl ExchangeError {
         }
     }
 
+    /// Whether the error concerns what `producer` sends: its own channel's failure, its
+    /// node's link failing, or anything that fails the whole job.
+    pub fn concerns(&self, producer: Endpoint) -> bool {
+        match self {
+            ExchangeError::ProducerAborted { producer: p }
+            | ExchangeError::ParkExpired { producer: p } => *p == producer,
+            ExchangeError::LinkFailed { peer, .. } => *peer == producer.node,
+            ExchangeError::Cancelled { .. } => false,
+            _ => true,
+        }
+    }
+
     /// How far the error reaches.
     pub fn scope(&self) -> Scope {
         match self {

@@ -26,7 +26,7 @@ impl NodeCore {
             let attached = self
                 .consumers
                 .get(&ch.consumer)
-                .is_some_and(|c| c.channels.contains(in_key));
+                .is_some_and(|c| c.channels.contains_key(in_key));
             if ch.parked.is_some() {
                 parked_records += 1;
                 if attached {
@@ -49,7 +49,8 @@ impl NodeCore {
             ));
         }
         for c in self.consumers.values() {
-            for in_key in &c.channels {
+            c.check()?;
+            for in_key in c.channels.keys() {
                 if !self.in_channels.contains_key(in_key) {
                     return Err(format!("a consumer lists the unknown channel {in_key:?}"));
                 }

@@ -408,7 +408,7 @@ impl NodeCore {
             c.discard_unread();
             c.remaining.clear();
             c.errors.push_back(error.clone());
-            c.channels.drain().collect::<Vec<InKey>>()
+            c.channels.drain().map(|(k, _)| k).collect::<Vec<InKey>>()
         }) else {
             return;
         };

@@ -1,5 +1,7 @@
 //! Helpers shared by the runtime's integration tests: nodes on their own loopback
 //! addresses, self-describing messages, and a consumer drain that checks exactly-once order.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
