@@ -1530,3 +1530,62 @@ fn refused_channels_do_not_accumulate_records() {
         s.in_channels
     );
 }
+
+/// A peer that names thousands of jobs nobody here knows (cancels, failures, refusals,
+/// turns of admission) creates at most `max_parked_channels` records, which expire with
+/// the parking timeout; the legitimate exchange is untouched.
+#[test]
+fn a_peer_naming_random_jobs_cannot_grow_the_job_table() {
+    let mut net = Net::new(2, |c| {
+        small(c);
+        c.max_parked_channels = 50;
+        c.park_timeout = Duration::from_secs(5);
+    });
+    let (p, c) = (ep(0, 0), ep(1, 0));
+    let msgs = plan(LEGIT_JOB, p, c, 30, 1024);
+    let mut inboxes = vec![Inbox::open(&mut net, 1, LEGIT_JOB, 0, &[p])];
+    let mut outboxes = vec![Outbox::open(
+        &mut net,
+        0,
+        LEGIT_JOB,
+        0,
+        vec![(c, msgs.clone())],
+    )];
+    outboxes[0].pump(&mut net);
+    net.drive();
+    let legit_jobs = net.stats(1).jobs;
+    let raw = net.raw_connect(1);
+    net.raw_send_frame(raw, &hello(99));
+    net.drive();
+    for i in 0..2000u64 {
+        let job = JobId(1_000_000 + i);
+        let frame = match i % 4 {
+            0 => Frame::Reserved { job },
+            1 => Frame::CancelJob { job },
+            2 => Frame::JobRefused {
+                job,
+                reason: plexus_proto::frame::RefuseCode::OverBudget,
+            },
+            _ => Frame::JobFailed {
+                job,
+                dead: NodeId(7),
+            },
+        };
+        net.raw_send_frame(raw, &frame);
+    }
+    net.drive();
+    let jobs = net.stats(1).jobs;
+    assert!(
+        jobs <= legit_jobs + 50,
+        "{jobs} job records after 2000 named at random"
+    );
+    assert!(net.raw_is_open(raw), "naming jobs breaks no rule");
+    run_to_completion(&mut net, &mut outboxes, &mut inboxes, 10_000);
+    assert_eq!(inboxes[0].by_producer.get(&p), Some(&msgs));
+    net.advance(Duration::from_secs(6));
+    assert!(
+        net.stats(1).jobs <= legit_jobs,
+        "the records expired: {:?}",
+        net.stats(1)
+    );
+}

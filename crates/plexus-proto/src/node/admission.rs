@@ -239,7 +239,7 @@ impl NodeCore {
 
     /// A `Reserved` from `peer`: if it is `job`'s predecessor here, the job's turn came.
     pub(super) fn on_reserved(&mut self, peer: NodeId, job: JobId) {
-        if self.job_finished(job) {
+        if !self.peer_may_name(job) {
             return;
         }
         let state = self.job_entry(job);

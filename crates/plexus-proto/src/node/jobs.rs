@@ -158,6 +158,16 @@ impl NodeCore {
         Ok(())
     }
 
+    /// Whether a peer's frame about `job` is taken: not for a finished job, and for a job
+    /// unknown here only while fewer than `max_parked_channels` such records wait for the
+    /// application (a peer naming job ids at random cannot grow the node's memory).
+    pub(super) fn peer_may_name(&self, job: JobId) -> bool {
+        if self.job_finished(job) {
+            return false;
+        }
+        self.jobs.contains_key(&job) || self.orphans.len() < self.config.max_parked_channels
+    }
+
     /// Whether `job` is over here: its id is in the ring of finished jobs.
     pub(super) fn job_finished(&self, job: JobId) -> bool {
         self.finished.contains(job)
@@ -250,7 +260,7 @@ impl NodeCore {
 
     /// A `CancelJob` from `peer`.
     pub(super) fn on_cancel_job(&mut self, peer: NodeId, job: JobId) {
-        if self.job_finished(job) {
+        if !self.peer_may_name(job) {
             return;
         }
         self.job_entry(job).nodes.insert(peer);
@@ -259,7 +269,7 @@ impl NodeCore {
 
     /// A `JobRefused` from `peer`: it could not admit the job, which fails here too.
     pub(super) fn on_job_refused(&mut self, peer: NodeId, job: JobId, reason: RefuseCode) {
-        if self.job_finished(job) {
+        if !self.peer_may_name(job) {
             return;
         }
         self.job_entry(job).nodes.insert(peer);
@@ -275,7 +285,7 @@ impl NodeCore {
 
     /// A `JobFailed` from `peer`: it declared `dead` dead, so the job fails here too.
     pub(super) fn on_job_failed(&mut self, peer: NodeId, job: JobId, dead: NodeId) {
-        if self.job_finished(job) {
+        if !self.peer_may_name(job) {
             return;
         }
         let state = self.job_entry(job);
