@@ -1,5 +1,6 @@
 //! `plexus`: the command line of the plexus data-exchange layer.
 
+mod agent;
 mod bench;
 
 use std::process::ExitCode;
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run this machine's node from a configuration file, until SIGTERM or SIGINT.
+    Agent(agent::AgentArgs),
     /// Run the all-to-all job on loopback and report throughput, links and memory.
     Bench(Box<bench::BenchArgs>),
     /// One node of `plexus bench --spawn`, driven by the bench over stdin and stdout.
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Agent(args) => agent::main(args),
         Command::Bench(args) => bench::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
     }

@@ -37,6 +37,7 @@ pub use error::{Error, ExchangeError, LinkCause, Scope};
 pub use job::{Consumer, Job, Producer, TrySend};
 pub use membership::Membership;
 pub use node::{Node, NodeBuilder};
+pub use plexus_proto::config::ConfigError;
 pub use plexus_proto::credit::message_cost;
 pub use plexus_proto::node::{ConsumerCredit, Stats};
 pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
