@@ -6,7 +6,9 @@
 //! coordinator, [`child`] a node process). Each of the k jobs uses N of the nodes (see
 //! [`shape`]), with m producers and m consumers on each; every producer spreads its bytes
 //! over every consumer of its job, and every consumer verifies that it got every message of
-//! every producer exactly once, in order, intact ([`roles`], [`workload`]). Links per node
+//! every producer exactly once, in order, intact ([`roles`], [`workload`]), reading them
+//! interleaved, as a k-way merge, or build side before probe side ([`consume`]; an ordered
+//! reading is then compared with an interleaved run of the same shape). Links per node
 //! are counted from the OS socket table while the job runs ([`monitor`]); links can be
 //! aborted from outside ([`chaos`]) and a node's process killed (`--kill-node`), and the
 //! run is judged by what every endpoint reported ([`verdict`]). Each node asks for its jobs
@@ -23,14 +25,16 @@
 //! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
 //! needs `ss`, baselines and latency run in one process without failures or stalls, zmq
 //! and rabbitmq need their features, the broker's URL is on loopback, waves repeat the
-//! plain workload), and so is the shape against the file descriptors each process may
-//! open ([`fds`]); both modes share the roles, the hosting of endpoints and the
-//! judging, so they report the same fields with the same meaning.
+//! plain workload, an ordered reading goes without stalls, kills, baselines and latency),
+//! and so is the shape against the file descriptors each process may open ([`fds`]); both
+//! modes share the roles, the hosting of endpoints and the judging, so they report the
+//! same fields with the same meaning.
 
 mod arrival;
 mod baseline;
 mod chaos;
 pub mod child;
+mod consume;
 mod delivered;
 mod export;
 mod fds;
@@ -56,6 +60,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use arrival::{Arrival, ArrivalOrder};
+use consume::ConsumeMode;
 use report::Report;
 use shape::{Shape, ShapeSpec};
 
@@ -87,6 +92,13 @@ pub struct BenchArgs {
     /// Consumers that read nothing until every other consumer has finished.
     #[arg(long, default_value_t = 0)]
     pub stall_consumers: u32,
+    /// How every consumer reads its job's producers: `interleaved` (whatever arrives
+    /// first), `merge` (a k-way merge by key over every producer, one `recv_from` at a
+    /// time) or `build-then-probe` (the first half of the producers to their end with
+    /// `recv_from_any`, then the second half). An ordered reading is then compared with the
+    /// same shape read interleaved, run right after.
+    #[arg(long, value_enum, default_value_t = ConsumeMode::Interleaved)]
+    pub consume: ConsumeMode,
     /// Credit pool of each consumer.
     #[arg(long, default_value = "4MiB", value_parser = parse_size_arg)]
     pub credit_pool: u64,
@@ -179,6 +191,7 @@ impl BenchArgs {
             stall_consumers: self.stall_consumers,
             first_ip: self.first_ip,
             memory_budget: self.memory_budget,
+            consume: self.consume,
         }
     }
 
@@ -193,6 +206,7 @@ impl BenchArgs {
     /// Checks the options that go together.
     fn check(&self) -> Result<(), String> {
         self.check_waves()?;
+        self.check_consume()?;
         if self.nodes_per_process == 0 || (self.nodes_per_process > 1 && !self.spawn) {
             return Err("--nodes-per-process needs --spawn and must be at least 1".into());
         }
@@ -249,6 +263,24 @@ impl BenchArgs {
             if self.baseline.iter().any(|&s| s != baseline::System::RawTcp) {
                 return Err("--latency compares with raw-tcp only (--baseline raw-tcp)".into());
             }
+        }
+        Ok(())
+    }
+
+    /// Checks an ordered `--consume` against the options it does not go with: it is
+    /// compared with an interleaved run of the plain workload, which stalls, a kill, other
+    /// systems and latency would not be.
+    fn check_consume(&self) -> Result<(), String> {
+        if self.consume.is_ordered()
+            && (self.stall_consumers > 0
+                || self.kill_node.is_some()
+                || !self.baseline.is_empty()
+                || self.latency.is_some())
+        {
+            return Err(format!(
+                "--consume {} is compared with interleaved reading of the plain workload: it does not go with --stall-consumers, --kill-node, --baseline or --latency",
+                self.consume.name()
+            ));
         }
         Ok(())
     }
@@ -317,11 +349,19 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
         return Ok(report.verified);
     }
     let arrival = args.arrival();
-    let mut report: Report = if args.spawn {
-        spawn::run(&shape, args, arrival)?
-    } else {
-        inproc::run(&shape, args, arrival)?
-    };
+    let mut report = run_nodes(&shape, args, arrival)?;
+    if args.consume.is_ordered() && report.verified {
+        // The same shape again, read interleaved; no report of its own.
+        let interleaved = BenchArgs {
+            consume: ConsumeMode::Interleaved,
+            report: None,
+            ..args.clone()
+        };
+        let again = interleaved
+            .shape()
+            .and_then(|shape| run_nodes(&shape, &interleaved, arrival));
+        consume::compare(&mut report, again);
+    }
     baseline::run_all(&shape, args, &mut report);
     report.print(args.json);
     if let Some(dir) = &args.report {
@@ -329,6 +369,16 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
         written(dir, args.json);
     }
     Ok(report.verified)
+}
+
+/// Runs the nodes of `shape` in the mode `args` ask for (in this process, or one process
+/// per node) and judges the run.
+fn run_nodes(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, String> {
+    if args.spawn {
+        spawn::run(shape, args, arrival)
+    } else {
+        inproc::run(shape, args, arrival)
+    }
 }
 
 /// Tells where the report went (in the summary only: with --json, stdout is the object).

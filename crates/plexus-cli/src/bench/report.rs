@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::arrival::ArrivalOrder;
 use super::baseline::BaselineResult;
+use super::consume::ConsumeMode;
 use super::shape::Shape;
 use super::size::format_bytes;
 use super::timeline::Series;
@@ -31,6 +32,9 @@ pub struct Report {
     pub shape: ShapeFields,
     /// Size of every message but a channel's last, header included.
     pub message_size: u64,
+    /// How every consumer read its job's producers: `interleaved`, `merge` or
+    /// `build-then-probe`.
+    pub consume_mode: ConsumeMode,
     /// The order in which each node asked for its jobs: `same` or `per-node-random`.
     pub arrival_order: ArrivalOrder,
     /// The seed of the run's randomness (`--seed`, or taken from the clock).
@@ -49,6 +53,11 @@ pub struct Report {
     pub throughput_bytes_per_s: f64,
     /// `messages_total / elapsed_s`.
     pub messages_per_s: f64,
+    /// With an ordered `consume_mode`, the throughput of the same shape read interleaved,
+    /// run right after this one (`null` otherwise, or if this run did not verify).
+    pub interleaved_throughput_bytes_per_s: Option<f64>,
+    /// `throughput_bytes_per_s / interleaved_throughput_bytes_per_s` (`null` without it).
+    pub ratio_vs_interleaved: Option<f64>,
     /// Median over the completed jobs of the time from the first endpoint of the job opened
     /// on any node to its last consumer ended, in ms (`null` without such jobs).
     pub job_latency_ms_p50: Option<f64>,
@@ -76,6 +85,10 @@ pub struct Report {
     /// Peak bytes granted and not yet read, for any one stalled consumer: an upper bound of
     /// what its channels held anywhere (sender queues, sockets, receive queue).
     pub stalled_buffered_bytes_max: u64,
+    /// The largest peak of credit outstanding of any consumer, stalled or not, read when it
+    /// ended: an upper bound of what its channels ever held, unread ones included. Never
+    /// above `credit_pool_bytes` (the run fails otherwise).
+    pub consumer_held_bytes_max: u64,
     /// Each consumer's credit pool.
     pub credit_pool_bytes: u64,
     /// Peak resident memory (`VmHWM`) of the bench process, or with `--spawn` the largest
@@ -211,6 +224,7 @@ impl Report {
             format_bytes(self.throughput_bytes_per_s as u64),
             self.messages_per_s
         );
+        self.print_consumption();
         println!(
             "  links per node (from the OS): max {}, where one connection per pair would need {}",
             self.links_per_node_max, self.naive_connections_per_node
@@ -268,6 +282,26 @@ impl Report {
         if !self.baselines.is_empty() {
             self.print_baselines();
         }
+    }
+
+    /// With an ordered reading, what it cost against interleaved reading, and what a
+    /// consumer held meanwhile.
+    fn print_consumption(&self) {
+        if !self.consume_mode.is_ordered() {
+            return;
+        }
+        let interleaved = self
+            .interleaved_throughput_bytes_per_s
+            .map_or("-".to_string(), |t| format!("{}/s", format_bytes(t as u64)));
+        let ratio = self
+            .ratio_vs_interleaved
+            .map_or("-".to_string(), |r| format!("{r:.2}×"));
+        println!(
+            "  read by {}: {ratio} the throughput of interleaved reading ({interleaved}); a consumer held at most {} of credit (pool {})",
+            self.consume_mode.name(),
+            format_bytes(self.consumer_held_bytes_max),
+            format_bytes(self.credit_pool_bytes)
+        );
     }
 
     /// How the jobs arrived, and with several waves what a job took and left behind.

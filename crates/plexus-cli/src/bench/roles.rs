@@ -1,6 +1,7 @@
 //! The workload's two roles, shared by the in-process and the one-process-per-node modes:
 //! a producer sends its plan to every consumer of its job, a consumer reads and verifies
-//! everything from every producer of its job. Also what each endpoint reports when it ends.
+//! everything from every producer of its job, in the order the shape's consumption mode
+//! says ([`super::consume`]). Also what each endpoint reports when it ends.
 //!
 //! Invariants: an endpoint stops at its first error and records it with the wall-clock
 //! time it saw it and the node the error names, if any; a consumer passes only if its
@@ -16,6 +17,7 @@ use plexus::{Endpoint, ExchangeError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::consume::{self, Reading};
 use super::delivered::Delivered;
 use super::shape::Shape;
 use super::workload::{MessageFactory, Plan};
@@ -298,6 +300,18 @@ impl ConsumerCtx {
         }
     }
 
+    /// Counts `bytes` this consumer received; once it has everything (`complete`), it is
+    /// done.
+    pub fn received(&mut self, bytes: u64, complete: bool) {
+        self.delivered.add(self.stalled, bytes);
+        if complete {
+            // Every planned message is in: the consumer's work is done, though its stream
+            // ends only when every producer has closed (after the stalled consumers
+            // drained).
+            self.mark_healthy_done();
+        }
+    }
+
     /// Announces this (non-stalled) consumer as done, once.
     fn mark_healthy_done(&mut self) {
         if self.stalled || self.announced {
@@ -318,44 +332,15 @@ pub async fn consume(
     ctx: &mut ConsumerCtx,
 ) -> (Moved, Option<EndpointError>) {
     let me = rx.endpoint();
-    let context = format!("job {} consumer {me}", Shape::job_id(job).0);
-    let mut verifier = shape.consumer_verifier(job, me);
-    let mut moved = Moved::default();
-    let mut error = None;
     if ctx.stalled {
         let _ = ctx.release.wait_for(|released| *released).await;
     }
-    while let Some(item) = rx.recv().await {
-        match item {
-            Ok((from, message)) => {
-                if let Err(e) = verifier.accept(shape.producer_id(from), &message) {
-                    error = Some(EndpointError::other(format!("{context}: {e}")));
-                    break;
-                }
-                moved.bytes += message.len() as u64;
-                moved.messages += 1;
-                ctx.delivered.add(ctx.stalled, message.len() as u64);
-                if verifier.is_complete() {
-                    // Every planned message is in: the consumer's work is done, though its
-                    // stream ends only when every producer has closed (after the stalled
-                    // consumers drained).
-                    ctx.mark_healthy_done();
-                }
-            }
-            Err(e) => {
-                error = Some(EndpointError::plexus(context.clone(), &e));
-                break;
-            }
-        }
-    }
-    if error.is_none() {
-        if let Err(e) = verifier.finish() {
-            error = Some(EndpointError::other(format!("{context}: {e}")));
-        }
-    }
+    let mut reading = Reading::new(shape, job, me, ctx);
+    let read = consume::read(rx, job, &mut reading).await;
+    let ended = reading.end(read);
     // A consumer that failed is done too: the run will not verify, but must not hang.
     ctx.mark_healthy_done();
-    (moved, error)
+    ended
 }
 
 #[cfg(test)]

@@ -4,13 +4,15 @@
 //! Job `j` (0-based index; its [`JobId`] is `j + 1`) uses `N = nodes_per_job` of the `n`
 //! nodes, spread round robin: nodes `(j·N + i) mod n` for `i` in `0..N`. Every node of a job
 //! runs `m_p` producers (slots `0..m_p`) and `m_c` consumers (slots `0..m_c`) for it, and the
-//! job is all-to-all over those endpoints. With `--waves`, indexes go on across waves: the
+//! job is all-to-all over those endpoints; every consumer reads its producers as the
+//! shape's [`ConsumeMode`] says. With `--waves`, indexes go on across waves: the
 //! `j`-th job of wave `w` has index `w·k + j` (its id one more) and is placed, and stalls,
 //! like job `j` of the first wave, so every wave runs the same jobs on the same nodes.
 //!
 //! Invariants: a [`Shape`] is only built through validation ([`Shape::new`], also on
 //! deserialisation), so every count is at least 1, `N <= n` (a job's nodes are distinct),
-//! fewer consumers stall than exist, and its [`Plan`] is valid. The coordinator and every
+//! fewer consumers stall than exist, a job read build side then probe side has at least two
+//! producers, and its [`Plan`] is valid. The coordinator and every
 //! node process derive the same jobs, topologies and stalled consumers from the same shape.
 
 use std::net::Ipv4Addr;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use plexus::{Config, Endpoint, JobId, NodeId, Topology};
 use serde::{Deserialize, Serialize};
 
+use super::consume::ConsumeMode;
 use super::workload::{ChannelVerifier, Plan};
 
 /// Beyond this many nodes on one machine, liveness timers are relaxed (see `node_config`).
@@ -56,6 +59,9 @@ pub struct ShapeSpec {
     /// Bytes each node may buffer in all, if limited.
     #[serde(default)]
     pub memory_budget: Option<u64>,
+    /// How every consumer reads the producers of its job.
+    #[serde(default)]
+    pub consume: ConsumeMode,
 }
 
 /// A validated run shape; see the module docs.
@@ -98,6 +104,12 @@ impl Shape {
             ));
         }
         let consumers_per_job = u64::from(nodes_per_job) * u64::from(spec.consumers);
+        let producers_per_job = u64::from(nodes_per_job) * u64::from(spec.producers);
+        if spec.consume == ConsumeMode::BuildThenProbe && producers_per_job < 2 {
+            return Err(format!(
+                "--consume build-then-probe splits each job's producers into a build side and a probe side: it needs at least 2 producers per job, not {producers_per_job}"
+            ));
+        }
         let total_consumers = consumers_per_job * u64::from(spec.jobs);
         if u64::from(spec.stall_consumers) >= total_consumers {
             return Err(format!(
@@ -171,6 +183,11 @@ impl Shape {
     /// Consumers that stall.
     pub fn stall_consumers(&self) -> u32 {
         self.spec.stall_consumers
+    }
+
+    /// How every consumer reads the producers of its job.
+    pub fn consume(&self) -> ConsumeMode {
+        self.spec.consume
     }
 
     /// What every channel carries.
@@ -392,6 +409,7 @@ pub(crate) mod tests {
             stall_consumers: 0,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
             memory_budget: None,
+            consume: ConsumeMode::Interleaved,
         }
     }
 
@@ -482,6 +500,20 @@ pub(crate) mod tests {
         let mut sp = spec(2, Some(1), 2);
         sp.stall_consumers = 2 * 3;
         assert!(Shape::new(sp).is_err());
+    }
+
+    #[test]
+    fn build_then_probe_needs_two_producers_per_job() {
+        let mut sp = spec(2, Some(1), 1);
+        sp.producers = 1;
+        sp.consume = ConsumeMode::BuildThenProbe;
+        let err = Shape::new(sp.clone()).expect_err("one producer per job");
+        assert!(err.contains("at least 2 producers"), "{err}");
+        sp.nodes_per_job = Some(2);
+        assert_eq!(
+            Shape::new(sp).expect("two producers").consume(),
+            ConsumeMode::BuildThenProbe
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Invariants: a job completes only if every one of its endpoints reported, without an
 //! error, and its consumers received all their bytes; a job using the killed node fails
 //! cleanly only if every one of its endpoints on a surviving node reported an error naming
-//! that node (none hung, none ended without error); the run verifies iff no error of any
+//! that node (none hung, none ended without error); no consumer's peak of credit
+//! outstanding exceeds its pool, whatever its job's fate; the run verifies iff no error of any
 //! kind was found (run-level errors included), so every failure that is not expected is
 //! listed in `errors`; a [`Tally`] keeps counts, a histogram of job latencies and only the
 //! ids and errors of failed jobs, so judging many waves does not grow with them.
@@ -129,6 +130,8 @@ pub struct Tally {
     messages: u64,
     healthy_bytes: u64,
     stalled_peak: u64,
+    /// The largest peak of credit outstanding of any consumer.
+    held_peak: u64,
     /// Per completed job, µs from its first endpoint opened to its last consumer ended.
     latency_us: Histogram<u64>,
 }
@@ -148,6 +151,7 @@ impl Tally {
             messages: 0,
             healthy_bytes: 0,
             stalled_peak: 0,
+            held_peak: 0,
             // Three significant digits; it grows to whatever latency comes.
             latency_us: Histogram::new(3).expect("3 significant digits are within 0..=5"),
         }
@@ -173,6 +177,17 @@ impl Tally {
         for o in outcomes.iter().filter(|o| o.role == Role::Consumer) {
             self.bytes += o.bytes;
             self.messages += o.messages;
+            self.held_peak = self.held_peak.max(o.peak_buffered);
+            if o.peak_buffered > shape.credit_pool() {
+                self.errors.push(format!(
+                    "job {}: consumer {}/{} held {} bytes of credit at its peak, more than its pool of {}",
+                    Shape::job_id(o.job).0,
+                    o.node,
+                    o.slot,
+                    o.peak_buffered,
+                    shape.credit_pool()
+                ));
+            }
             if o.stalled {
                 self.stalled_peak = self.stalled_peak.max(o.peak_buffered);
             } else {
@@ -284,6 +299,9 @@ impl Tally {
             errors,
             shape: ShapeFields::of(shape),
             message_size: u64::from(shape.plan().message_size()),
+            consume_mode: shape.consume(),
+            interleaved_throughput_bytes_per_s: None,
+            ratio_vs_interleaved: None,
             arrival_order: self.arrival.order,
             seed: self.arrival.seed,
             waves: self.waves,
@@ -302,6 +320,7 @@ impl Tally {
             healthy_throughput_bytes_per_s: self.healthy_bytes as f64 / healthy_elapsed,
             healthy_elapsed_s: healthy_elapsed,
             stalled_buffered_bytes_max: self.stalled_peak,
+            consumer_held_bytes_max: self.held_peak,
             credit_pool_bytes: shape.credit_pool(),
             rss_peak_bytes: run
                 .rss_peak_bytes_per_process
@@ -397,6 +416,7 @@ mod tests {
             stall_consumers: 0,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
             memory_budget: None,
+            consume: Default::default(),
         })
         .expect("valid shape")
     }
@@ -456,6 +476,32 @@ mod tests {
         assert!(r.verified, "{:?}", r.errors);
         assert_eq!((r.jobs_completed, r.jobs_failed), (2, 0));
         assert_eq!(r.failure_detect_ms_max, None);
+    }
+
+    #[test]
+    fn a_consumer_holding_more_than_its_pool_fails_the_run() {
+        let s = shape();
+        let pool = s.credit_pool();
+        let mut outcomes = all_ok(&s);
+        let consumer = |o: &EndpointOutcome| o.role == Role::Consumer;
+        for (i, o) in outcomes.iter_mut().filter(|o| consumer(o)).enumerate() {
+            o.peak_buffered = pool - i as u64;
+        }
+        let run = |outcomes| RunRecord {
+            outcomes,
+            elapsed_s: 1.0,
+            ..RunRecord::default()
+        };
+        let r = judge(&s, run(outcomes.clone()));
+        assert!(r.verified, "{:?}", r.errors);
+        assert_eq!(r.consumer_held_bytes_max, pool);
+        if let Some(o) = outcomes.iter_mut().rfind(|o| consumer(o)) {
+            o.peak_buffered = pool + 1;
+        }
+        let r = judge(&s, run(outcomes));
+        assert!(!r.verified);
+        assert_eq!(r.consumer_held_bytes_max, pool + 1);
+        assert!(r.errors[0].contains("more than its pool"), "{:?}", r.errors);
     }
 
     #[test]

@@ -500,6 +500,11 @@ impl ChannelVerifier {
         self.complete == self.next_seq.len()
     }
 
+    /// Whether `producer` is expected and has delivered its whole channel.
+    pub fn is_channel_complete(&self, producer: u32) -> bool {
+        self.next_seq.get(&producer) == Some(&self.plan.messages())
+    }
+
     /// Checks one message that the transport says came from
     /// `from_producer`, and records it if valid.
     ///
@@ -801,6 +806,8 @@ mod tests {
         }
         assert!(channels.iter_mut().all(|(_, msgs)| msgs.next().is_none()));
         assert!(v.is_complete());
+        assert!(PRODUCERS.iter().all(|&prod| v.is_channel_complete(prod)));
+        assert!(!v.is_channel_complete(CONSUMER));
         let s = v.finish().expect("complete");
         let n = PRODUCERS.len() as u64;
         assert_eq!(s.messages, n * u64::from(p.messages()));
@@ -877,6 +884,7 @@ mod tests {
             }
         }
         assert!(!v.is_complete());
+        assert!(v.is_channel_complete(1) && !v.is_channel_complete(2));
         assert_eq!(
             v.finish(),
             Err(VerifyError::Incomplete {

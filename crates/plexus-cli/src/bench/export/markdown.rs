@@ -249,6 +249,8 @@ pub fn throughput(r: &Report, bytes_per_producer: u64, ctx: &Context) -> String 
         &rows,
     );
 
+    consumption(&mut out, r);
+
     heading(&mut out, "Links");
     let fewer = (r.links_per_node_max > 0)
         .then(|| r.naive_connections_per_node as f64 / r.links_per_node_max as f64);
@@ -369,6 +371,44 @@ pub fn throughput(r: &Report, bytes_per_producer: u64, ctx: &Context) -> String 
 
     closing(&mut out, &r.errors, ctx);
     out
+}
+
+/// The section on how the consumers read: the order, what it cost against interleaved
+/// reading, and the most credit a consumer held.
+fn consumption(out: &mut String, r: &Report) {
+    heading(out, "Reading order");
+    out.push_str(
+        "How every consumer read its job's producers (`--consume`). An ordered reading is \
+         compared with the same shape read interleaved, run right after \
+         (`ratio_vs_interleaved`). A consumer's held credit is its peak of credit outstanding: \
+         an upper bound of what its channels ever held, unread ones included.\n\n",
+    );
+    let held = (r.credit_pool_bytes > 0)
+        .then(|| r.consumer_held_bytes_max as f64 / r.credit_pool_bytes as f64 * 100.0);
+    figures(
+        out,
+        &[
+            ("reading", r.consume_mode.name().to_string()),
+            ("goodput", rate(r.throughput_bytes_per_s)),
+            (
+                "goodput of the same shape read interleaved",
+                opt(r.interleaved_throughput_bytes_per_s, rate),
+            ),
+            (
+                "this run ÷ interleaved",
+                opt(r.ratio_vs_interleaved, |v| format!("{v:.2}")),
+            ),
+            (
+                "most credit a consumer held",
+                format_bytes(r.consumer_held_bytes_max),
+            ),
+            (
+                "credit pool per consumer",
+                format_bytes(r.credit_pool_bytes),
+            ),
+            ("held ÷ pool", opt(held, |h| format!("{h:.1} %"))),
+        ],
+    );
 }
 
 /// report.md of a `--latency` run.
