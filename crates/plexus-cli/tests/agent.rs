@@ -16,14 +16,17 @@ fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/plexus.toml")
 }
 
-/// A configuration for node `node` of a two-node cluster on `127.0.101.{1,2}:7101`.
+/// A configuration for node `node` of a two-node cluster on `127.0.101.{1,2}:7101`, whose
+/// processes attach at `dir/node{node}.sock`.
 fn write_config(dir: &Path, node: u32, extra: &str) -> PathBuf {
     let path = dir.join(format!("node{node}.toml"));
+    let socket = dir.join(format!("node{node}.sock"));
     let text = format!(
         "node = {node}\ncluster = 9\nlisten = \"127.0.101.{}:7101\"\n\
          members = [{{ id = 0, address = \"127.0.101.1:7101\" }}, {{ id = 1, address = \"127.0.101.2:7101\" }}]\n\
-         {extra}\n",
-        node + 1
+         socket = \"{}\"\n{extra}\n",
+        node + 1,
+        socket.display()
     );
     std::fs::write(&path, text).expect("write the configuration");
     path
@@ -105,6 +108,47 @@ fn stop(mut child: Child, signal: &str) -> (std::process::ExitStatus, String) {
     (status, log)
 }
 
+/// A job between processes attached to two agents: every message arrives.
+fn run_a_job_through(dir: &Path) {
+    use plexus::{Endpoint, JobId, Node, NodeId, Topology};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let p = Endpoint::new(NodeId(0), 0);
+        let c = Endpoint::new(NodeId(1), 0);
+        let topology = Topology::new([p], [c]);
+        let sender = Node::attach(dir.join("node0.sock"))
+            .await
+            .expect("attach to node 0");
+        let receiver = Node::attach(dir.join("node1.sock"))
+            .await
+            .expect("attach to node 1");
+        let mut rx = receiver
+            .job(JobId(1), topology.clone())
+            .consumer(0)
+            .await
+            .expect("consumer");
+        let mut tx = sender
+            .job(JobId(1), topology)
+            .producer(0)
+            .await
+            .expect("producer");
+        for i in 0..100u32 {
+            tx.send(c, bytes::Bytes::from(i.to_le_bytes().to_vec()))
+                .await
+                .expect("send");
+        }
+        tx.finish().await.expect("delivered");
+        let mut next = 0u32;
+        while let Some(item) = rx.recv().await {
+            let (from, message) = item.expect("no error");
+            assert_eq!(from, p);
+            assert_eq!(message.as_ref(), next.to_le_bytes());
+            next += 1;
+        }
+        assert_eq!(next, 100);
+    });
+}
+
 #[test]
 fn agents_run_until_sigterm_or_sigint_and_stop_cleanly() {
     let dir = temp_dir("run");
@@ -122,11 +166,13 @@ fn agents_run_until_sigterm_or_sigint_and_stop_cleanly() {
         wait_listening(&format!("127.0.101.{}:7101", node + 1), &mut child);
         agents.push(child);
     }
+    run_a_job_through(&dir);
     for (child, signal) in agents.into_iter().zip(["-TERM", "-INT"]) {
         let (status, log) = stop(child, signal);
         assert!(status.success(), "{status}: {log}");
         assert!(log.contains("agent started"), "{log}");
         assert!(log.contains("agent stopped"), "{log}");
+        assert!(log.contains("process attached"), "{log}");
     }
     std::fs::remove_dir_all(dir).ok();
 }

@@ -12,7 +12,7 @@ use crate::ids::{JobId, NodeId, WireChannel};
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Why a link is being closed, sent in [`Frame::GoAway`] before the socket is shut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GoAwayCode {
     /// The peer sent bytes that do not decode or break the protocol.
     ProtocolError,
@@ -83,7 +83,7 @@ impl GoAwayCode {
 }
 
 /// Why a channel was cancelled, sent in [`Frame::Cancel`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CancelCode {
     /// The consumer stopped reading before the end of the stream.
     ConsumerGone,
@@ -122,7 +122,7 @@ impl CancelCode {
 }
 
 /// Why a node could not admit a job, sent in [`Frame::JobRefused`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RefuseCode {
     /// The job waited for room in the node's memory budget past the admission timeout.
     AdmissionTimeout,

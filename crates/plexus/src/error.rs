@@ -22,6 +22,12 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(#[from] plexus_proto::config::ConfigError),
+    /// The connection of this process to its machine's agent is lost (or was refused).
+    #[error("the agent: {0}")]
+    AgentLost(String),
+    /// The agent could not do what this process asked.
+    #[error("the agent reports: {0}")]
+    Agent(String),
     /// The builder lacks a required setting.
     #[error("node builder: {0} is required")]
     Missing(&'static str),

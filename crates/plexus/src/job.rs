@@ -1,5 +1,8 @@
-//! Jobs and their endpoints: [`Producer`] sends to consumers under per-channel credit,
-//! [`Consumer`] is a stream of messages from every producer of its job.
+//! Jobs and their endpoints, as applications use them: [`Producer`] sends to consumers
+//! under per-channel credit, [`Consumer`] reads messages from every producer of its job,
+//! or from the producers it chooses. The same types serve a node embedded in the process
+//! ([`crate::Node`]) and a process attached to its machine's agent
+//! ([`crate::Node::attach`]); each wraps a backend (see `port`).
 //!
 //! Invariants: `Producer::send` waits only for the credit of the consumer it sends to;
 //! `try_send` never waits; a consumer's stream ends only after every producer of the job
@@ -9,41 +12,33 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use plexus_proto::node::{Admission, Arrival, ExchangeError, Recv, TrySendError};
 use plexus_proto::{Endpoint, JobId};
 
 use crate::error::Error;
-use crate::shared::{ProducerWake, Shared};
+use crate::port::{ConsumerPort, JobPort, ProducerPort};
 use crate::topology::Topology;
 
 /// One job as seen from one node. While a handle (or an endpoint) of the job is open, the
-/// node keeps the job's record; once all are gone, the job is over here and its id cannot
-/// be used again on this node.
+/// node keeps the job's record; once all are gone, the job is over there and its id
+/// cannot be used again on that node.
 #[derive(Debug)]
 pub struct Job {
-    shared: Arc<Shared>,
+    port: Box<dyn JobPort>,
     id: JobId,
     topology: Topology,
-    /// Whether the node took the handle: refused when the job finished here already or
-    /// is live with another topology (then every call returns that error).
-    opened: Result<(), ExchangeError>,
 }
 
 impl Job {
-    pub(crate) fn new(shared: Arc<Shared>, id: JobId, topology: Topology) -> Self {
-        let fingerprint = topology.fingerprint();
-        let nodes = topology.nodes();
-        let opened = shared.op(|st| st.core.open_job(id, fingerprint, nodes));
-        Self {
-            shared,
-            id,
-            topology,
-            opened,
-        }
+    pub(crate) fn new(port: Box<dyn JobPort>, id: JobId, topology: Topology) -> Self {
+        Self { port, id, topology }
+    }
+
+    /// Its backend.
+    pub(crate) fn into_port(self) -> Box<dyn JobPort> {
+        self.port
     }
 
     /// The job id.
@@ -63,107 +58,42 @@ impl Job {
     /// admission timeout or a refusal on any of its nodes, a cancel, a dead peer). Every
     /// task waiting for the same job gets the outcome. Opening an endpoint does this first.
     pub async fn admit(&self) -> Result<(), Error> {
-        let job = self.id;
-        let plan = self.topology.consumers_per_node();
-        poll_fn(|cx| {
-            if let Err(e) = &self.opened {
-                return Poll::Ready(Err(e.clone().into()));
-            }
-            self.shared.op(|st| match st.core.admit_job(job, &plan) {
-                Ok(Admission::Admitted) => Poll::Ready(Ok(())),
-                Err(e) => Poll::Ready(Err(e.into())),
-                Ok(Admission::Queued) => {
-                    // Asking again is harmless: the core keeps the job's place.
-                    let waiting = st.admissions.entry(job).or_default();
-                    if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                        waiting.push(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-            })
-        })
-        .await
+        poll_fn(|cx| self.port.poll_admit(cx)).await
     }
 
     /// Asks for admission without waiting: `true` if the job is admitted here; `false` if
     /// it waits (for its turn or for room), and [`Job::admit`] waits for the outcome.
     pub fn try_admit(&self) -> Result<bool, Error> {
-        self.opened.clone()?;
-        let plan = self.topology.consumers_per_node();
-        let admission = self.shared.op(|st| st.core.admit_job(self.id, &plan))?;
-        Ok(admission == Admission::Admitted)
+        self.port.try_admit()
     }
 
     /// Opens producer `slot` of this node (once the job is admitted here).
     pub async fn producer(&self, slot: u32) -> Result<Producer, Error> {
-        self.admit().await?;
-        let me = Endpoint::new(self.shared.node, slot);
-        if !self.topology.producers().contains(&me) {
-            return Err(self.not_in_topology(slot, "producer"));
-        }
-        let consumers = self.topology.consumers().iter().copied();
-        self.shared.op(|st| {
-            st.core.open_producer(self.id, slot, consumers)?;
-            st.producers
-                .insert((self.id, slot), ProducerWake::default());
-            Ok::<_, ExchangeError>(())
-        })?;
         Ok(Producer {
-            shared: self.shared.clone(),
-            job: self.id,
-            slot,
+            port: self.port.open_producer(slot).await?,
         })
     }
 
     /// Opens consumer `slot` of this node (once the job is admitted here).
     pub async fn consumer(&self, slot: u32) -> Result<Consumer, Error> {
-        self.admit().await?;
-        let me = Endpoint::new(self.shared.node, slot);
-        if !self.topology.consumers().contains(&me) {
-            return Err(self.not_in_topology(slot, "consumer"));
-        }
-        let producers = self.topology.producers().iter().copied();
-        self.shared
-            .op(|st| st.core.open_consumer(self.id, slot, producers))?;
         Ok(Consumer {
-            shared: self.shared.clone(),
-            job: self.id,
-            slot,
-            arrivals: VecDeque::new(),
-            error: None,
-            finished: false,
+            port: self.port.open_consumer(slot).await?,
         })
     }
 
     /// Cancels the job: its endpoints on every node it spans fail with
     /// [`crate::ExchangeError::JobCancelled`], and their buffers are released.
     pub fn cancel(&self) {
-        if self.opened.is_ok() {
-            self.shared.op(|st| st.core.cancel_job(self.id));
-        }
-    }
-
-    fn not_in_topology(&self, slot: u32, role: &'static str) -> Error {
-        Error::NotInTopology {
-            job: self.id.0,
-            node: self.shared.node.0,
-            slot,
-            role,
-        }
+        self.port.cancel();
     }
 }
 
 impl Clone for Job {
     fn clone(&self) -> Self {
-        Self::new(self.shared.clone(), self.id, self.topology.clone())
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if self.opened.is_ok() {
-            let job = self.id;
-            self.shared.op(|st| st.core.close_job(job));
+        Self {
+            port: self.port.reopen(),
+            id: self.id,
+            topology: self.topology.clone(),
         }
     }
 }
@@ -182,26 +112,18 @@ pub enum TrySend {
 /// A producer endpoint.
 #[derive(Debug)]
 pub struct Producer {
-    shared: Arc<Shared>,
-    job: JobId,
-    slot: u32,
+    port: Box<dyn ProducerPort>,
 }
 
 impl Producer {
     /// This producer's endpoint.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint::new(self.shared.node, self.slot)
+        self.port.endpoint()
     }
 
     /// Queues `message` for `consumer` if that consumer's channel has credit for it.
     pub fn try_send(&mut self, consumer: Endpoint, message: Bytes) -> Result<(), TrySend> {
-        let (job, slot) = (self.job, self.slot);
-        self.shared
-            .op(|st| st.core.try_send(job, slot, consumer, message))
-            .map_err(|e| match e {
-                TrySendError::NoCredit(m) => TrySend::NoCredit(m),
-                TrySendError::Failed(e, m) => TrySend::Failed(e.into(), m),
-            })
+        self.port.try_send(consumer, message)
     }
 
     /// Queues messages from the front of `messages` for `consumer` while its channel has
@@ -214,20 +136,14 @@ impl Producer {
         consumer: Endpoint,
         messages: &mut VecDeque<Bytes>,
     ) -> Result<usize, Error> {
-        let (job, slot) = (self.job, self.slot);
-        Ok(self
-            .shared
-            .op(|st| st.core.try_send_many(job, slot, consumer, messages))?)
+        self.port.try_send_many(consumer, messages)
     }
 
     /// Whether a message of `len` bytes to `consumer` would be taken now. If not, credit
     /// is asked for and [`Producer::ready`] later returns `consumer`. Lets a producer
     /// build (or fetch) a message only once it can go.
     pub fn has_credit(&mut self, consumer: Endpoint, len: usize) -> Result<bool, Error> {
-        let (job, slot) = (self.job, self.slot);
-        Ok(self
-            .shared
-            .op(|st| st.core.has_credit(job, slot, consumer, len))?)
+        self.port.has_credit(consumer, len)
     }
 
     /// Sends `message` to `consumer`, waiting while that consumer has no credit for it.
@@ -235,12 +151,12 @@ impl Producer {
     pub async fn send(&mut self, consumer: Endpoint, message: Bytes) -> Result<(), Error> {
         let mut message = message;
         loop {
-            match self.try_send(consumer, message) {
+            match self.port.try_send(consumer, message) {
                 Ok(()) => return Ok(()),
                 Err(TrySend::Failed(e, _)) => return Err(e),
                 Err(TrySend::NoCredit(m)) => {
                     message = m;
-                    self.wait_ready(Some(consumer)).await;
+                    poll_fn(|cx| self.port.poll_ready(cx, Some(consumer))).await;
                 }
             }
         }
@@ -250,38 +166,13 @@ impl Producer {
     /// arrived, or its channel failed, which the next `try_send` reports), and returns
     /// those consumers. Lets one producer serve whichever consumers can take data.
     pub async fn ready(&mut self) -> Vec<Endpoint> {
-        self.wait_ready(None).await
-    }
-
-    /// Waits for `only` (or, with `None`, for anyone) to be ready; takes what it waited for.
-    async fn wait_ready(&mut self, only: Option<Endpoint>) -> Vec<Endpoint> {
-        let key = (self.job, self.slot);
-        poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            let wake = st.producers.entry(key).or_default();
-            let taken: Vec<Endpoint> = match only {
-                None => std::mem::take(&mut wake.ready),
-                Some(c) => match wake.ready.iter().position(|e| *e == c) {
-                    Some(i) => vec![wake.ready.swap_remove(i)],
-                    None => Vec::new(),
-                },
-            };
-            if taken.is_empty() {
-                wake.waker = Some(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(taken)
-            }
-        })
-        .await
+        poll_fn(|cx| self.port.poll_ready(cx, None)).await
     }
 
     /// Closes every channel of the producer after the data already queued. Returns once
     /// the ends are queued; [`Producer::finish`] also waits for their delivery.
-    pub async fn close(self) -> Result<(), Error> {
-        let (job, slot) = (self.job, self.slot);
-        self.shared.op(|st| st.core.close_producer(job, slot))?;
-        Ok(())
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.port.close(false).await
     }
 
     /// Closes every channel of the producer, then waits until every consumer's node has
@@ -290,59 +181,21 @@ impl Producer {
     /// error of any channel that failed or was cancelled, or of the job. Bounded: a
     /// consumer's node that stops answering is declared dead within the grace period,
     /// which fails the job.
-    pub async fn finish(self) -> Result<(), Error> {
-        let key = (self.job, self.slot);
-        self.shared.op(|st| st.core.close_producer(key.0, key.1))?;
-        poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            match st.core.producer_delivered(key.0, key.1) {
-                Ok(true) => Poll::Ready(Ok(())),
-                Err(e) => Poll::Ready(Err(e.into())),
-                Ok(false) => {
-                    let wake = st.producers.entry(key).or_default();
-                    wake.ready.clear();
-                    wake.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+    pub async fn finish(mut self) -> Result<(), Error> {
+        self.port.close(true).await
     }
 }
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        let (job, slot) = (self.job, self.slot);
-        self.shared.op(|st| {
-            st.core.drop_producer(job, slot);
-            st.producers.remove(&(job, slot));
-        });
-    }
-}
-
-/// Credit worth of messages a consumer takes from the core per lock (whole arrivals, so a
-/// little more, or one large message).
-const RECV_BATCH_COST: u64 = 256 * 1024;
 
 /// A consumer endpoint: a stream of `(producer, message)`.
 #[derive(Debug)]
 pub struct Consumer {
-    shared: Arc<Shared>,
-    job: JobId,
-    slot: u32,
-    /// Messages taken from the core and not yet returned (about [`RECV_BATCH_COST`]).
-    arrivals: VecDeque<(Endpoint, Arrival)>,
-    /// A failure the core reported after the messages before it: returned once
-    /// `arrivals` is drained.
-    error: Option<ExchangeError>,
-    /// The core said the stream is over: it ends once `arrivals` is drained.
-    finished: bool,
+    port: Box<dyn ConsumerPort>,
 }
 
 impl Consumer {
     /// This consumer's endpoint.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint::new(self.shared.node, self.slot)
+        self.port.endpoint()
     }
 
     /// The next message, an error, or `None` once every producer has closed.
@@ -360,20 +213,7 @@ impl Consumer {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>> {
-        if self.arrivals.is_empty() && self.error.is_none() && !self.finished {
-            self.fill(cx);
-        }
-        if let Some(message) = self.next_message() {
-            return Poll::Ready(Some(Ok(message)));
-        }
-        if let Some(error) = self.error.take() {
-            return Poll::Ready(Some(Err(error.into())));
-        }
-        if self.finished {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
+        self.port.poll_recv(cx, None)
     }
 
     /// The next message of `producer`, an error that concerns it (its channel aborted,
@@ -416,85 +256,7 @@ impl Consumer {
         cx: &mut Context<'_>,
         producers: &[Endpoint],
     ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>> {
-        let kept = self
-            .error
-            .as_ref()
-            .is_some_and(|e| producers.iter().any(|p| e.concerns(*p)));
-        if kept {
-            if let Some(error) = self.error.take() {
-                return Poll::Ready(Some(Err(error.into())));
-            }
-        }
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        let key = (self.job, self.slot);
-        let arrivals = &mut self.arrivals;
-        self.shared.op(|st| {
-            if !arrivals.is_empty() {
-                st.core.give_back(key.0, key.1, arrivals);
-            }
-            st.core.finished_reading(key.0, key.1);
-            match st.core.poll_recv_from(key.0, key.1, producers) {
-                Recv::Message(from, message) => Poll::Ready(Some(Ok((from, message)))),
-                Recv::Error(e) => Poll::Ready(Some(Err(e.into()))),
-                Recv::Finished => Poll::Ready(None),
-                Recv::Pending => {
-                    st.consumers.insert(key, cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-    }
-
-    /// The first message of the arrivals taken, if any.
-    fn next_message(&mut self) -> Option<(Endpoint, Bytes)> {
-        let (from, arrival) = self.arrivals.front_mut()?;
-        let from = *from;
-        match arrival {
-            Arrival::Batch(batch) => {
-                let message = batch.pop_front();
-                if batch.is_empty() {
-                    self.arrivals.pop_front();
-                }
-                message.map(|m| (from, m))
-            }
-            Arrival::Message(_) => match self.arrivals.pop_front() {
-                Some((from, Arrival::Message(m))) => Some((from, m)),
-                _ => None,
-            },
-        }
-    }
-
-    /// Returns the credit of the messages handed out since the last fill (all of them: it
-    /// fills only when empty), then takes about [`RECV_BATCH_COST`] of messages from the
-    /// core under one lock; with none there, the failure or end that comes next, or
-    /// registers for a wake-up. So the messages buffered here count against the
-    /// consumer's pool until the application has them.
-    fn fill(&mut self, cx: &mut Context<'_>) {
-        let key = (self.job, self.slot);
-        let (arrivals, error, finished) = (&mut self.arrivals, &mut self.error, &mut self.finished);
-        self.shared.op(|st| {
-            // Everything taken before was handed out: its credit goes back now.
-            st.core.finished_reading(key.0, key.1);
-            if st
-                .core
-                .take_arrivals(key.0, key.1, RECV_BATCH_COST, arrivals)
-                > 0
-            {
-                return;
-            }
-            match st.core.poll_recv(key.0, key.1) {
-                Recv::Message(from, payload) => {
-                    arrivals.push_back((from, Arrival::Message(payload)));
-                }
-                Recv::Error(e) => *error = Some(e),
-                Recv::Finished => *finished = true,
-                Recv::Pending => {
-                    st.consumers.insert(key, cx.waker().clone());
-                }
-            }
-        });
+        self.port.poll_recv(cx, Some(producers))
     }
 }
 
@@ -503,15 +265,5 @@ impl futures_core::Stream for Consumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_recv(cx)
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        let (job, slot) = (self.job, self.slot);
-        self.shared.op(|st| {
-            st.core.drop_consumer(job, slot);
-            st.consumers.remove(&(job, slot));
-        });
     }
 }

@@ -25,16 +25,20 @@
 //! ```
 
 mod driver;
+mod embedded;
 mod error;
 mod job;
+mod local;
 mod membership;
 mod node;
+mod port;
 mod shared;
 pub mod sockets;
 mod topology;
 
 pub use error::{Error, ExchangeError, LinkCause, Scope};
 pub use job::{Consumer, Job, Producer, TrySend};
+pub use local::{AttachPolicy, AttachedNode};
 pub use membership::Membership;
 pub use node::{Node, NodeBuilder};
 pub use plexus_proto::config::ConfigError;

@@ -153,9 +153,41 @@ impl Node {
         self.local_addr
     }
 
+    /// Attaches this process to its machine's agent, listening on `socket`: jobs opened
+    /// from the returned handle run on the agent's node, with the same `Job`, `Producer`
+    /// and `Consumer` API as an embedded node.
+    pub async fn attach(socket: impl AsRef<std::path::Path>) -> Result<crate::AttachedNode, Error> {
+        crate::AttachedNode::connect(socket.as_ref()).await
+    }
+
+    /// Lets processes of this machine attach to this node (see [`Node::attach`]) through
+    /// a Unix socket at `socket`, created with owner-only permissions (or group ones, if
+    /// `policy` names a group); only processes of the users or group in `policy` are
+    /// accepted. Serves them until the node stops.
+    pub fn serve_local(
+        &self,
+        socket: impl AsRef<std::path::Path>,
+        policy: crate::AttachPolicy,
+    ) -> Result<(), Error> {
+        let listener =
+            crate::local::agent::bind(socket.as_ref(), &policy).map_err(|source| Error::Io {
+                node: self.shared.node.0,
+                what: "binding the local socket",
+                source,
+            })?;
+        let task = self.shared.runtime.spawn(crate::local::agent::accept_loop(
+            self.shared.clone(),
+            listener,
+            policy,
+        ));
+        self.shared.track(task.abort_handle());
+        Ok(())
+    }
+
     /// A handle to job `id` with the given topology. Endpoints are opened from it.
     pub fn job(&self, id: JobId, topology: Topology) -> Job {
-        Job::new(self.shared.clone(), id, topology)
+        let port = crate::embedded::EmbeddedJob::new(self.shared.clone(), id, topology.clone());
+        Job::new(Box::new(port), id, topology)
     }
 
     /// What the node's core holds right now.

@@ -24,8 +24,18 @@ struct File {
     cluster: u64,
     listen: String,
     members: Vec<Member>,
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    access: Access,
     #[serde(default)]
     limits: Limits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Access {
+    users: Option<Vec<u32>>,
+    group: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +65,12 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Every member's address, by node.
     pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Where local processes attach, if they may.
+    pub socket: Option<PathBuf>,
+    /// User ids allowed to attach (empty: the agent's own user).
+    pub users: Vec<u32>,
+    /// A group whose members may attach too.
+    pub group: Option<u32>,
 }
 
 /// Why a configuration file cannot be used.
@@ -175,10 +191,18 @@ impl AgentConfig {
         }
         core.validate()
             .map_err(|e| field(field_of(&e), e.to_string()))?;
+        if let Some(socket) = &raw.socket {
+            if socket.as_os_str().is_empty() {
+                return Err(field("socket", "an empty path".into()));
+            }
+        }
         Ok(Self {
             core,
             listen,
             members,
+            socket: raw.socket,
+            users: raw.access.users.unwrap_or_default(),
+            group: raw.access.group,
         })
     }
 }
@@ -220,6 +244,7 @@ mod tests {
         let config = parse(sample).expect("the sample configuration is valid");
         assert_eq!(config.members.len(), 2);
         assert_eq!(config.core.memory_budget, Some(1 << 30));
+        assert!(config.socket.is_some());
     }
 
     #[test]

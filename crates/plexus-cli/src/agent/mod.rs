@@ -1,8 +1,10 @@
 //! `plexus agent`: the daemon that runs one machine's node from a configuration file.
 //!
 //! It reads and checks the file (see [`config`]; `--check-config` stops there), starts the
-//! node on the configured address with the cluster's members, logs what it does (set
-//! `RUST_LOG`, e.g. `info`), and runs until SIGTERM or SIGINT, when it shuts the node down
+//! node on the configured address with the cluster's members, lets the machine's
+//! processes attach through its Unix socket (`Node::attach`; only the users and group the
+//! file allows, the socket owner-only or group-only), logs what it does (set `RUST_LOG`,
+//! e.g. `info`), and runs until SIGTERM or SIGINT, when it shuts the node down
 //! cleanly: every link sends `GoAway(Shutdown)`, so peers fail the jobs spanning this node
 //! at once. A configuration that cannot work stops it before anything starts, with the
 //! file, the field and the reason, and a non-zero exit status.
@@ -13,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use plexus::{Membership, Node};
+use plexus::{AttachPolicy, Membership, Node};
 
 use config::AgentConfig;
 
@@ -80,10 +82,21 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         .start()
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(socket) = &config.socket {
+        let mut policy =
+            AttachPolicy::owner_only().map_err(|e| format!("reading our own user: {e}"))?;
+        if !config.users.is_empty() {
+            policy.uids = config.users.clone();
+        }
+        policy.gid = config.group;
+        node.serve_local(socket, policy)
+            .map_err(|e| e.to_string())?;
+    }
     tracing::info!(
         node = id.0,
         listen = %node.local_addr(),
         members = config.members.len(),
+        socket = ?config.socket,
         "agent started"
     );
     let signal = wait_for_stop()
@@ -91,6 +104,9 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot watch signals: {e}"))?;
     tracing::info!(node = id.0, signal, "stopping: telling peers");
     node.shutdown().await;
+    if let Some(socket) = &config.socket {
+        let _ = std::fs::remove_file(socket);
+    }
     tracing::info!(node = id.0, "agent stopped");
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::consumers::{Consumer, Wanted};
+use super::error::Role;
 use super::state::{InChannel, InKey, LocalKey, Parked};
 use super::{Event, ExchangeError, NodeCore};
 use crate::batch::MessageBatch;
@@ -89,7 +90,7 @@ impl NodeCore {
             return Err(ExchangeError::SlotInUse {
                 job,
                 slot,
-                role: "consumer",
+                role: Role::Consumer,
             });
         }
         let mut expected: Vec<Endpoint> = producers.into_iter().collect();
@@ -177,7 +178,7 @@ impl NodeCore {
             return Recv::Error(ExchangeError::NoSuchEndpoint {
                 job: key.0,
                 slot: key.1,
-                role: "consumer",
+                role: Role::Consumer,
             });
         };
         if changed {

@@ -20,7 +20,7 @@ pub enum Scope {
 }
 
 /// Why a link failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LinkCause {
     /// Dialling failed every attempt; the last error is given.
     Unreachable(String),
@@ -70,8 +70,26 @@ impl fmt::Display for LinkCause {
     }
 }
 
+/// Which side of a channel an endpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// It sends.
+    Producer,
+    /// It receives.
+    Consumer,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        })
+    }
+}
+
 /// An error an endpoint sees.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ExchangeError {
     /// The link to a peer failed; every channel crossing it fails.
     #[error("link to {peer} failed: {cause}")]
@@ -116,8 +134,8 @@ pub enum ExchangeError {
         job: JobId,
         /// The endpoint named.
         endpoint: Endpoint,
-        /// "producer" or "consumer".
-        role: &'static str,
+        /// Producer or consumer.
+        role: Role,
     },
     /// The job's consumers here need more credit pool than the budget can ever hold.
     #[error(
@@ -186,8 +204,8 @@ pub enum ExchangeError {
         job: JobId,
         /// The slot.
         slot: u32,
-        /// "producer" or "consumer".
-        role: &'static str,
+        /// Producer or consumer.
+        role: Role,
     },
     /// A message above the configured maximum.
     #[error("message of {len} bytes exceeds the maximum of {max}")]
@@ -207,8 +225,8 @@ pub enum ExchangeError {
         job: JobId,
         /// The slot.
         slot: u32,
-        /// "producer" or "consumer".
-        role: &'static str,
+        /// Producer or consumer.
+        role: Role,
     },
 }
 

@@ -56,7 +56,7 @@ use crate::ids::{Endpoint, JobId, NodeId};
 
 pub use admission::Admission;
 pub use consumer::{Arrival, Recv};
-pub use error::{ExchangeError, LinkCause, Scope};
+pub use error::{ExchangeError, LinkCause, Role, Scope};
 pub use link::DialFailure;
 pub use producer::TrySendError;
 pub use state::LinkId;

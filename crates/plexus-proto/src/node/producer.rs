@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::error::Role;
 use super::state::{
     out_key, wire_of, ChannelSlot, LocalKey, OutChannel, OutItem, OutKey, OutState, Peer,
     PeerState, Producer,
@@ -45,7 +46,7 @@ impl NodeCore {
             return Err(ExchangeError::SlotInUse {
                 job,
                 slot,
-                role: "producer",
+                role: Role::Producer,
             });
         }
         let mut consumers: Vec<Endpoint> = consumers.into_iter().collect();
@@ -197,6 +198,24 @@ impl NodeCore {
         Ok(ok)
     }
 
+    /// The credit the channel from producer `(job, slot)` to `consumer` holds and has not
+    /// spent (opening the channel if it is not yet): how much may be queued on it now
+    /// without waiting. 0 while the node's send share is full.
+    pub fn credit_available(
+        &mut self,
+        job: JobId,
+        slot: u32,
+        consumer: Endpoint,
+    ) -> Result<u64, ExchangeError> {
+        let Some(key) = self.sendable_channel(job, slot, consumer, 0)? else {
+            return Ok(0);
+        };
+        Ok(self
+            .out_channels
+            .get(&key)
+            .map_or(0, |ch| ch.credit.available()))
+    }
+
     /// The open channel from producer `(job, slot)` to `consumer` that a message of `len`
     /// bytes may go on, as far as everything but its credit goes: `Ok(None)` while the
     /// node's send buffer is full (the producer is woken when it drains), an error when
@@ -251,7 +270,7 @@ impl NodeCore {
                 return Err(ExchangeError::NoSuchEndpoint {
                     job: producer.0,
                     slot: producer.1,
-                    role: "producer",
+                    role: Role::Producer,
                 })
             }
             Some(p) if p.closed => return Ok(()),
@@ -294,7 +313,7 @@ impl NodeCore {
             return Err(ExchangeError::NoSuchEndpoint {
                 job,
                 slot,
-                role: "producer",
+                role: Role::Producer,
             });
         };
         match p.channels.get(&consumer) {
@@ -310,7 +329,7 @@ impl NodeCore {
             return Err(ExchangeError::NotInJob {
                 job,
                 endpoint: consumer,
-                role: "consumer",
+                role: Role::Consumer,
             });
         }
         let quantum = self.config.quantum;
@@ -353,7 +372,7 @@ impl NodeCore {
             return Err(ExchangeError::NoSuchEndpoint {
                 job,
                 slot,
-                role: "producer",
+                role: Role::Producer,
             });
         };
         let mut all_ended = p.closed;

@@ -1,0 +1,572 @@
+//! The agent's side of the attach protocol: accepting processes on the Unix socket,
+//! checking who they are, and running their requests on the node.
+//!
+//! Each connection has a reader (this module's [`serve_connection`]), a writer task, and
+//! one task per endpoint the process opened, which owns the node's handle for it; a
+//! producer's task grants the process windows from its channels' credit, a consumer's
+//! task hands it arrivals when asked. When the connection ends, for whatever reason, the
+//! tasks end and their handles drop: producers not closed abort their channels,
+//! consumers cancel theirs, job handles close.
+//!
+//! Invariants: the windows a producer's process holds for a channel never exceed the
+//! channel's unspent credit (less what the agent holds back for lack of send room); a
+//! message a process sends beyond its window breaks the protocol and ends the connection;
+//! nothing a process sends is buffered beyond its windows and one request per endpoint.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use plexus_proto::credit::message_cost;
+use plexus_proto::{Endpoint, JobId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::frames::{
+    decode_from_client, encode_control, encode_delivery, Delivery, Failure, FromClient, Outcome,
+    ToAgent, ToClient, VERSION,
+};
+use crate::embedded::{EmbeddedJob, EmbeddedProducer, Taken};
+use crate::error::Error;
+use crate::job::TrySend;
+use crate::port::{JobPort, ProducerPort};
+use crate::shared::Shared;
+use crate::topology::Topology;
+
+/// Who may attach: processes of these users, or of this group.
+#[derive(Clone, Debug)]
+pub struct AttachPolicy {
+    /// User ids allowed to attach.
+    pub uids: Vec<u32>,
+    /// A group whose members may attach too; the socket is then readable and writable by
+    /// that group (otherwise by its owner only).
+    pub gid: Option<u32>,
+}
+
+impl AttachPolicy {
+    /// Processes of the user running the node only.
+    pub fn owner_only() -> std::io::Result<Self> {
+        let uid = std::fs::metadata("/proc/self")?.uid();
+        Ok(Self {
+            uids: vec![uid],
+            gid: None,
+        })
+    }
+
+    fn allows(&self, uid: u32, gid: u32) -> bool {
+        self.uids.contains(&uid) || self.gid == Some(gid)
+    }
+}
+
+/// Binds the agent's socket at `path` (replacing a stale one) with owner-only (or group)
+/// permissions.
+pub(crate) fn bind(path: &Path, policy: &AttachPolicy) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let mode = if policy.gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = policy.gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    Ok(listener)
+}
+
+/// Accepts processes until the node stops.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener, policy: AttachPolicy) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(node = shared.node.0, error = %e, "accepting a local process failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!(node = shared.node.0, error = %e, "no credentials for a local process");
+                continue;
+            }
+        };
+        let pid = cred.pid().unwrap_or(0);
+        if !policy.allows(cred.uid(), cred.gid()) {
+            tracing::warn!(
+                node = shared.node.0,
+                uid = cred.uid(),
+                gid = cred.gid(),
+                pid,
+                "refused a local process: its user may not attach"
+            );
+            continue;
+        }
+        tracing::info!(
+            node = shared.node.0,
+            uid = cred.uid(),
+            pid,
+            "process attached"
+        );
+        let task = shared
+            .runtime
+            .spawn(serve_connection(shared.clone(), stream, pid));
+        shared.track(task.abort_handle());
+    }
+}
+
+/// What the agent sends a process.
+enum Outgoing {
+    Control(ToClient),
+    Delivery(Delivery),
+}
+
+/// The writer's side of a connection, shared by the tasks of its endpoints.
+#[derive(Clone)]
+struct Out(mpsc::UnboundedSender<Outgoing>);
+
+impl Out {
+    fn control(&self, frame: ToClient) {
+        // A closed channel means the connection is ending: nothing is left to tell.
+        let _ = self.0.send(Outgoing::Control(frame));
+    }
+
+    fn done(&self, req: u64, outcome: Result<(), Error>) {
+        let outcome = outcome.map_err(failure);
+        self.control(ToClient::Done { req, outcome });
+    }
+}
+
+/// A request for a producer's task.
+enum ProducerCmd {
+    Send(Endpoint, Bytes),
+    WantCredit(Endpoint, u64),
+    Close { req: u64, finish: bool },
+}
+
+/// A request for a consumer's task.
+struct TakeCmd {
+    consumed: u64,
+    among: Option<Vec<Endpoint>>,
+}
+
+/// The endpoints one connection opened.
+#[derive(Default)]
+struct Endpoints {
+    jobs: HashMap<JobId, Vec<EmbeddedJob>>,
+    producers: HashMap<(JobId, u32), mpsc::UnboundedSender<ProducerCmd>>,
+    consumers: HashMap<(JobId, u32), mpsc::UnboundedSender<TakeCmd>>,
+}
+
+/// Serves one attached process until it goes (or breaks the protocol).
+async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let out = Out(tx);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(write_loop(wr, rx));
+    let limit = frame_limit(&shared);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut endpoints = Endpoints::default();
+    let mut hello = false;
+    let reason = 'conn: loop {
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break "the process closed the connection".to_string(),
+            Ok(_) => {}
+            Err(e) => break format!("read failed: {e}"),
+        }
+        loop {
+            let frame = match decode_from_client(&mut buf, limit) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => break 'conn format!("protocol violation: {e}"),
+            };
+            let result = match frame {
+                FromClient::Control(ToAgent::Hello { version, .. }) if !hello => {
+                    hello = true;
+                    if version != VERSION {
+                        break 'conn format!("attach protocol {version}, we speak {VERSION}");
+                    }
+                    out.control(ToClient::Welcome {
+                        node: shared.node,
+                        version: VERSION,
+                    });
+                    Ok(())
+                }
+                _ if !hello => Err("a request before Hello".to_string()),
+                FromClient::Control(request) => {
+                    handle_request(&shared, &out, &mut endpoints, &mut tasks, request)
+                }
+                FromClient::Send(send) => endpoints
+                    .producers
+                    .get(&(send.job, send.slot))
+                    .map(|p| {
+                        let _ = p.send(ProducerCmd::Send(send.consumer, send.payload));
+                    })
+                    .ok_or_else(|| "a message for a producer it did not open".to_string()),
+            };
+            if let Err(reason) = result {
+                break 'conn format!("protocol violation: {reason}");
+            }
+        }
+    };
+    tracing::info!(node = shared.node.0, pid, %reason, "process detached");
+    // Dropping the endpoints' tasks drops their handles: producers abort, consumers
+    // cancel, job handles close.
+    tasks.abort_all();
+}
+
+/// The largest frame a process may send.
+fn frame_limit(shared: &Shared) -> usize {
+    let max_message = shared.lock().core.config().max_message as usize;
+    (max_message + 64 * 1024).max(16 << 20)
+}
+
+fn handle_request(
+    shared: &Arc<Shared>,
+    out: &Out,
+    endpoints: &mut Endpoints,
+    tasks: &mut JoinSet<()>,
+    request: ToAgent,
+) -> Result<(), String> {
+    match request {
+        ToAgent::Hello { .. } => return Err("a second Hello".into()),
+        ToAgent::OpenJob {
+            req,
+            job,
+            producers,
+            consumers,
+        } => {
+            let handle = EmbeddedJob::new(shared.clone(), job, Topology::new(producers, consumers));
+            let outcome = handle.opened();
+            if outcome.is_ok() {
+                endpoints.jobs.entry(job).or_default().push(handle);
+            }
+            out.done(req, outcome);
+        }
+        ToAgent::CloseJob { job } => {
+            if let Some(handles) = endpoints.jobs.get_mut(&job) {
+                handles.pop();
+                if handles.is_empty() {
+                    endpoints.jobs.remove(&job);
+                }
+            }
+        }
+        ToAgent::Admit { req, job } => {
+            let handle = job_handle(endpoints, job)?;
+            let out = out.clone();
+            tasks.spawn(async move {
+                let outcome = handle.admit().await;
+                out.done(req, outcome);
+            });
+        }
+        ToAgent::Cancel { job } => {
+            if let Some(handle) = endpoints.jobs.get(&job).and_then(|h| h.first()) {
+                handle.cancel();
+            }
+        }
+        ToAgent::OpenProducer { req, job, slot } => {
+            let handle = job_handle(endpoints, job)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            endpoints.producers.insert((job, slot), tx);
+            tasks.spawn(run_producer(handle, slot, rx, out.clone(), req));
+        }
+        ToAgent::WantCredit {
+            job,
+            slot,
+            consumer,
+            len,
+        } => producer_cmd(endpoints, job, slot, ProducerCmd::WantCredit(consumer, len))?,
+        ToAgent::Close {
+            req,
+            job,
+            slot,
+            finish,
+        } => producer_cmd(endpoints, job, slot, ProducerCmd::Close { req, finish })?,
+        ToAgent::DropProducer { job, slot } => {
+            // Its task ends when its requests end, dropping the producer.
+            endpoints.producers.remove(&(job, slot));
+        }
+        ToAgent::OpenConsumer { req, job, slot } => {
+            let handle = job_handle(endpoints, job)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            endpoints.consumers.insert((job, slot), tx);
+            tasks.spawn(run_consumer(handle, slot, rx, out.clone(), req));
+        }
+        ToAgent::Take {
+            job,
+            slot,
+            consumed,
+            among,
+        } => {
+            let consumer = endpoints
+                .consumers
+                .get(&(job, slot))
+                .ok_or("a take for a consumer it did not open")?;
+            let _ = consumer.send(TakeCmd { consumed, among });
+        }
+        ToAgent::DropConsumer { job, slot } => {
+            endpoints.consumers.remove(&(job, slot));
+        }
+    }
+    Ok(())
+}
+
+/// Another handle on a job the process opened.
+fn job_handle(endpoints: &Endpoints, job: JobId) -> Result<EmbeddedJob, String> {
+    endpoints
+        .jobs
+        .get(&job)
+        .and_then(|h| h.first())
+        .map(EmbeddedJob::another)
+        .ok_or_else(|| format!("a request for {job}, which it did not open"))
+}
+
+fn producer_cmd(
+    endpoints: &Endpoints,
+    job: JobId,
+    slot: u32,
+    cmd: ProducerCmd,
+) -> Result<(), String> {
+    let producer = endpoints
+        .producers
+        .get(&(job, slot))
+        .ok_or("a request for a producer it did not open")?;
+    let _ = producer.send(cmd);
+    Ok(())
+}
+
+/// Writes what the agent sends a process, until the connection ends.
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut buf = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Everything already queued leaves in one write.
+        while let Some(item) = next {
+            match item {
+                Outgoing::Control(frame) => encode_control(&frame, &mut buf),
+                Outgoing::Delivery(delivery) => encode_delivery(&delivery, &mut buf),
+            }
+            next = rx.try_recv().ok();
+        }
+        if wr.write_all(&buf.split()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The windows a producer's process holds, and what the agent holds back for it.
+struct Windows {
+    /// Per consumer: bytes the process may still send.
+    given: HashMap<Endpoint, u64>,
+    /// Messages that had credit but not send room (the node's send share was full), in
+    /// order; their credit is not spent yet.
+    held: VecDeque<(Endpoint, Bytes)>,
+}
+
+impl Windows {
+    /// Grants the process the credit of `consumer`'s channel it does not hold yet.
+    fn top_up(&mut self, producer: &mut EmbeddedProducer, consumer: Endpoint, out: &Out) {
+        let (job, slot) = producer.key();
+        match producer.credit_available(consumer) {
+            Ok(available) => {
+                let held: u64 = self
+                    .held
+                    .iter()
+                    .filter(|(c, _)| *c == consumer)
+                    .map(|(_, m)| message_cost(m.len()))
+                    .sum();
+                let grantable = available.saturating_sub(held);
+                let given = self.given.entry(consumer).or_insert(0);
+                if grantable > *given {
+                    out.control(ToClient::Window {
+                        job,
+                        slot,
+                        consumer,
+                        bytes: grantable - *given,
+                    });
+                    *given = grantable;
+                }
+            }
+            Err(e) => out.control(ToClient::SendFailed {
+                job,
+                slot,
+                consumer,
+                error: failure(e),
+            }),
+        }
+    }
+
+    /// Queues what was held back, while the node takes it.
+    fn flush(&mut self, producer: &mut EmbeddedProducer, out: &Out) {
+        while let Some((consumer, message)) = self.held.pop_front() {
+            match producer.try_send(consumer, message) {
+                Ok(()) => {}
+                Err(TrySend::NoCredit(message)) => {
+                    self.held.push_front((consumer, message));
+                    return;
+                }
+                Err(TrySend::Failed(e, _)) => {
+                    let (job, slot) = producer.key();
+                    out.control(ToClient::SendFailed {
+                        job,
+                        slot,
+                        consumer,
+                        error: failure(e),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// An error as a process receives it.
+fn failure(e: Error) -> Failure {
+    match e {
+        Error::Exchange(e) => Failure::Exchange(e),
+        Error::NotInTopology {
+            job,
+            node,
+            slot,
+            role,
+        } => Failure::NotInTopology {
+            job,
+            node,
+            slot,
+            role: role.to_string(),
+        },
+        other => Failure::Other(other.to_string()),
+    }
+}
+
+/// Runs a producer for its process: opens it, then queues what the process sends within
+/// its windows, grants windows as credit comes, and closes it when asked.
+async fn run_producer(
+    job: EmbeddedJob,
+    slot: u32,
+    mut cmds: mpsc::UnboundedReceiver<ProducerCmd>,
+    out: Out,
+    req: u64,
+) {
+    let mut producer = match job.producer(slot).await {
+        Ok(producer) => {
+            out.done(req, Ok(()));
+            producer
+        }
+        Err(e) => {
+            out.done(req, Err(e));
+            return;
+        }
+    };
+    drop(job);
+    let mut windows = Windows {
+        given: HashMap::new(),
+        held: VecDeque::new(),
+    };
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                // The process dropped the producer, or went away: an unclosed producer
+                // aborts its channels as it drops.
+                None => return,
+                Some(ProducerCmd::Send(consumer, message)) => {
+                    let given = windows.given.entry(consumer).or_insert(0);
+                    let cost = message_cost(message.len());
+                    if cost > *given {
+                        tracing::warn!(
+                            node = producer.endpoint().node.0,
+                            "an attached producer sent beyond its window: its messages stop"
+                        );
+                        return;
+                    }
+                    *given -= cost;
+                    windows.held.push_back((consumer, message));
+                    windows.flush(&mut producer, &out);
+                    windows.top_up(&mut producer, consumer, &out);
+                }
+                Some(ProducerCmd::WantCredit(consumer, len)) => {
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    match producer.has_credit(consumer, len) {
+                        Ok(true) => windows.top_up(&mut producer, consumer, &out),
+                        // `ready` reports the channel when credit comes.
+                        Ok(false) => {}
+                        Err(e) => {
+                            let (job, slot) = producer.key();
+                            out.control(ToClient::SendFailed { job, slot, consumer, error: failure(e) });
+                        }
+                    }
+                }
+                Some(ProducerCmd::Close { req, finish }) => {
+                    while !windows.held.is_empty() {
+                        producer.ready().await;
+                        windows.flush(&mut producer, &out);
+                    }
+                    let outcome = producer.close_now(finish).await;
+                    out.done(req, outcome);
+                }
+            },
+            ready = producer.ready() => {
+                windows.flush(&mut producer, &out);
+                for consumer in ready {
+                    windows.top_up(&mut producer, consumer, &out);
+                }
+            }
+        }
+    }
+}
+
+/// Runs a consumer for its process: opens it, then answers each `Take` with what comes
+/// next.
+async fn run_consumer(
+    job: EmbeddedJob,
+    slot: u32,
+    mut cmds: mpsc::UnboundedReceiver<TakeCmd>,
+    out: Out,
+    req: u64,
+) {
+    let mut consumer = match job.consumer(slot).await {
+        Ok(consumer) => {
+            out.done(req, Ok(()));
+            consumer
+        }
+        Err(e) => {
+            out.done(req, Err(e));
+            return;
+        }
+    };
+    drop(job);
+    let (job, slot) = consumer.key();
+    while let Some(TakeCmd { consumed, among }) = cmds.recv().await {
+        consumer.mark_read(consumed);
+        let taken = tokio::select! {
+            taken = poll_fn(|cx| consumer.poll_take(cx, among.as_deref())) => taken,
+            // Dropped (or gone) while waiting.
+            _ = cmds.recv() => return,
+        };
+        match taken {
+            Taken::Messages(messages) => {
+                let _ = out.0.send(Outgoing::Delivery(Delivery {
+                    job,
+                    slot,
+                    messages,
+                }));
+            }
+            Taken::Error(error) => out.control(ToClient::Taken {
+                job,
+                slot,
+                outcome: Outcome::Error(Failure::Exchange(error)),
+            }),
+            Taken::Finished => out.control(ToClient::Taken {
+                job,
+                slot,
+                outcome: Outcome::Finished,
+            }),
+        }
+    }
+}
