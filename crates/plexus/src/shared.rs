@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use plexus_proto::node::Event;
+use plexus_proto::frame::GoAwayCode;
+use plexus_proto::node::{Event, LinkCause};
 use plexus_proto::{Endpoint, JobId, LinkId, NodeCore, NodeId};
 use smallvec::SmallVec;
 use tokio::sync::Notify;
@@ -154,13 +155,20 @@ impl Shared {
                         cause,
                         jobs_failed,
                     } => {
-                        tracing::warn!(
-                            node = self.node.0,
-                            peer = peer.0,
-                            %cause,
-                            jobs_failed = ?jobs_failed,
-                            "peer declared dead"
-                        );
+                        let orderly = jobs_failed.is_empty()
+                            && cause == LinkCause::GoAway(GoAwayCode::Shutdown);
+                        if orderly {
+                            // A peer that shut down cleanly with no job here spanning it.
+                            tracing::info!(node = self.node.0, peer = peer.0, "peer shut down");
+                        } else {
+                            tracing::warn!(
+                                node = self.node.0,
+                                peer = peer.0,
+                                %cause,
+                                jobs_failed = ?jobs_failed,
+                                "peer declared dead"
+                            );
+                        }
                     }
                     Event::ConsumerReady { job, slot } => {
                         if let Some(waker) = st.consumers.remove(&(job, slot)) {
