@@ -33,7 +33,6 @@ mod membership;
 mod node;
 mod port;
 mod shared;
-pub mod sockets;
 mod topology;
 
 pub use error::{Error, ExchangeError, LinkCause, Scope};

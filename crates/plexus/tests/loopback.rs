@@ -73,12 +73,8 @@ async fn all_to_all_delivers_everything_once_in_order_over_one_link_per_pair() {
 
 /// Most established connections any node of `127.0.<subnet>.1..=n` holds, per the OS.
 fn max_links(subnet: u8, n: u32) -> usize {
-    let counts = plexus::sockets::established_by_local_ip().expect("read /proc/net/tcp");
     (1..=n)
-        .map(|i| {
-            let ip = Ipv4Addr::new(127, 0, subnet, i as u8);
-            counts.get(&ip).copied().unwrap_or(0)
-        })
+        .map(|i| common::established_at(Ipv4Addr::new(127, 0, subnet, i as u8)))
         .max()
         .unwrap_or(0)
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus::sockets;
+use super::sockets;
 use tokio::task::JoinHandle;
 
 use super::roles::wall_ms;

@@ -46,6 +46,7 @@ mod monitor;
 mod report;
 mod roles;
 mod shape;
+mod sockets;
 pub mod size;
 mod spawn;
 mod timeline;

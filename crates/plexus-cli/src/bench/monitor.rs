@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use plexus::sockets;
+use super::sockets;
 use tokio::task::JoinHandle;
 
 use super::delivered::Delivered;

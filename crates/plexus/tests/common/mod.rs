@@ -73,3 +73,22 @@ pub async fn drain(mut rx: plexus::Consumer) -> Result<HashMap<Endpoint, u32>, E
     }
     Ok(next)
 }
+
+/// Established TCP connections whose local address is `ip`, per the kernel's IPv4 socket
+/// table (the nodes of these tests bind their dials to their own address, so each link
+/// end counts under its node's address). A connection seen twice in one read (the kernel
+/// prints a changing table) counts once.
+pub fn established_at(ip: std::net::Ipv4Addr) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!("{:08X}:", u32::from_le_bytes(ip.octets()));
+    let ends: std::collections::HashSet<(&str, &str)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (addr, remote, state) = (*fields.get(1)?, *fields.get(2)?, *fields.get(3)?);
+            (state == "01" && addr.starts_with(&local)).then_some((addr, remote))
+        })
+        .collect();
+    ends.len()
+}
