@@ -34,7 +34,6 @@ use super::frames::{
 };
 use crate::embedded::{EmbeddedJob, EmbeddedProducer, Taken};
 use crate::error::Error;
-use crate::job::TrySend;
 use crate::port::{JobPort, ProducerPort};
 use crate::shared::Shared;
 use crate::topology::Topology;
@@ -362,26 +361,74 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outg
 }
 
 /// The windows a producer's process holds, and what the agent holds back for it.
+#[derive(Default)]
 struct Windows {
     /// Per consumer: bytes the process may still send.
     given: HashMap<Endpoint, u64>,
-    /// Messages that had credit but not send room (the node's send share was full), in
-    /// order; their credit is not spent yet.
-    held: VecDeque<(Endpoint, Bytes)>,
+    /// Per consumer: messages received from the process and not yet queued on the
+    /// channel (a batch in the making, or held back while the node's send share is full),
+    /// in order, with their credit (not spent yet).
+    held: HashMap<Endpoint, (VecDeque<Bytes>, u64)>,
 }
 
 impl Windows {
+    /// Takes a message the process sent within its window; `false` if beyond it.
+    fn take(&mut self, consumer: Endpoint, message: Bytes) -> bool {
+        let cost = message_cost(message.len());
+        let given = self.given.entry(consumer).or_insert(0);
+        if cost > *given {
+            return false;
+        }
+        *given -= cost;
+        let (queue, held) = self.held.entry(consumer).or_default();
+        queue.push_back(message);
+        *held += cost;
+        true
+    }
+
+    /// Queues what is held for each consumer (one lock per consumer), as far as the node
+    /// takes it, then grants the process what credit it does not hold yet.
+    fn flush(&mut self, producer: &mut EmbeddedProducer, out: &Out) {
+        let consumers: Vec<Endpoint> = self.held.keys().copied().collect();
+        for consumer in consumers {
+            self.flush_one(producer, consumer, out);
+            self.top_up(producer, consumer, out);
+        }
+    }
+
+    fn flush_one(&mut self, producer: &mut EmbeddedProducer, consumer: Endpoint, out: &Out) {
+        let Some((queue, held)) = self.held.get_mut(&consumer) else {
+            return;
+        };
+        match producer.try_send_many(consumer, queue) {
+            Ok(_) => {
+                *held = queue.iter().map(|m| message_cost(m.len())).sum();
+            }
+            Err(e) => {
+                // The channel takes no more: what is held for it is dropped, as an
+                // embedded producer's failed message is.
+                queue.clear();
+                *held = 0;
+                let (job, slot) = producer.key();
+                out.control(ToClient::SendFailed {
+                    job,
+                    slot,
+                    consumer,
+                    error: failure(e),
+                });
+            }
+        }
+        if queue.is_empty() {
+            self.held.remove(&consumer);
+        }
+    }
+
     /// Grants the process the credit of `consumer`'s channel it does not hold yet.
     fn top_up(&mut self, producer: &mut EmbeddedProducer, consumer: Endpoint, out: &Out) {
         let (job, slot) = producer.key();
         match producer.credit_available(consumer) {
             Ok(available) => {
-                let held: u64 = self
-                    .held
-                    .iter()
-                    .filter(|(c, _)| *c == consumer)
-                    .map(|(_, m)| message_cost(m.len()))
-                    .sum();
+                let held = self.held.get(&consumer).map_or(0, |(_, held)| *held);
                 let grantable = available.saturating_sub(held);
                 let given = self.given.entry(consumer).or_insert(0);
                 if grantable > *given {
@@ -400,28 +447,6 @@ impl Windows {
                 consumer,
                 error: failure(e),
             }),
-        }
-    }
-
-    /// Queues what was held back, while the node takes it.
-    fn flush(&mut self, producer: &mut EmbeddedProducer, out: &Out) {
-        while let Some((consumer, message)) = self.held.pop_front() {
-            match producer.try_send(consumer, message) {
-                Ok(()) => {}
-                Err(TrySend::NoCredit(message)) => {
-                    self.held.push_front((consumer, message));
-                    return;
-                }
-                Err(TrySend::Failed(e, _)) => {
-                    let (job, slot) = producer.key();
-                    out.control(ToClient::SendFailed {
-                        job,
-                        slot,
-                        consumer,
-                        error: failure(e),
-                    });
-                }
-            }
         }
     }
 }
@@ -465,10 +490,7 @@ async fn run_producer(
         }
     };
     drop(job);
-    let mut windows = Windows {
-        given: HashMap::new(),
-        held: VecDeque::new(),
-    };
+    let mut windows = Windows::default();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
@@ -476,40 +498,34 @@ async fn run_producer(
                 // aborts its channels as it drops.
                 None => return,
                 Some(ProducerCmd::Send(consumer, message)) => {
-                    let given = windows.given.entry(consumer).or_insert(0);
-                    let cost = message_cost(message.len());
-                    if cost > *given {
+                    let mut within = windows.take(consumer, message);
+                    // Whatever else the process sent already goes in the same batch.
+                    let mut others = Vec::new();
+                    while within {
+                        match cmds.try_recv() {
+                            Ok(ProducerCmd::Send(consumer, message)) => {
+                                within = windows.take(consumer, message);
+                            }
+                            Ok(other) => {
+                                others.push(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if !within {
                         tracing::warn!(
                             node = producer.endpoint().node.0,
                             "an attached producer sent beyond its window: its messages stop"
                         );
                         return;
                     }
-                    *given -= cost;
-                    windows.held.push_back((consumer, message));
                     windows.flush(&mut producer, &out);
-                    windows.top_up(&mut producer, consumer, &out);
-                }
-                Some(ProducerCmd::WantCredit(consumer, len)) => {
-                    let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    match producer.has_credit(consumer, len) {
-                        Ok(true) => windows.top_up(&mut producer, consumer, &out),
-                        // `ready` reports the channel when credit comes.
-                        Ok(false) => {}
-                        Err(e) => {
-                            let (job, slot) = producer.key();
-                            out.control(ToClient::SendFailed { job, slot, consumer, error: failure(e) });
-                        }
+                    for cmd in others {
+                        other_cmd(&mut producer, &mut windows, cmd, &out).await;
                     }
                 }
-                Some(ProducerCmd::Close { req, finish }) => {
-                    while !windows.held.is_empty() {
-                        producer.ready().await;
-                        windows.flush(&mut producer, &out);
-                    }
-                    let outcome = producer.close_now(finish).await;
-                    out.done(req, outcome);
-                }
+                Some(cmd) => other_cmd(&mut producer, &mut windows, cmd, &out).await,
             },
             ready = producer.ready() => {
                 windows.flush(&mut producer, &out);
@@ -517,6 +533,43 @@ async fn run_producer(
                     windows.top_up(&mut producer, consumer, &out);
                 }
             }
+        }
+    }
+}
+
+/// Handles a producer's request other than a message.
+async fn other_cmd(
+    producer: &mut EmbeddedProducer,
+    windows: &mut Windows,
+    cmd: ProducerCmd,
+    out: &Out,
+) {
+    match cmd {
+        ProducerCmd::Send(..) => {}
+        ProducerCmd::WantCredit(consumer, len) => {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            match producer.has_credit(consumer, len) {
+                Ok(true) => windows.top_up(producer, consumer, out),
+                // `ready` reports the channel when credit comes.
+                Ok(false) => {}
+                Err(e) => {
+                    let (job, slot) = producer.key();
+                    out.control(ToClient::SendFailed {
+                        job,
+                        slot,
+                        consumer,
+                        error: failure(e),
+                    });
+                }
+            }
+        }
+        ProducerCmd::Close { req, finish } => {
+            while !windows.held.is_empty() {
+                producer.ready().await;
+                windows.flush(producer, out);
+            }
+            let outcome = producer.close_now(finish).await;
+            out.done(req, outcome);
         }
     }
 }
