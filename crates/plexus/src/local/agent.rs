@@ -25,7 +25,7 @@ use plexus_proto::{Endpoint, JobId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::frames::{
@@ -123,7 +123,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener, pol
 /// What the agent sends a process.
 enum Outgoing {
     Control(ToClient),
-    Delivery(Delivery),
+    /// Messages for a consumer, and who to tell once they are written to the socket.
+    Delivery(Delivery, oneshot::Sender<()>),
 }
 
 /// The writer's side of a connection, shared by the tasks of its endpoints.
@@ -155,12 +156,16 @@ struct TakeCmd {
     among: Option<Vec<Endpoint>>,
 }
 
+/// Takes a consumer's process may have outstanding: one (the protocol asks no more), and
+/// a margin; beyond, it floods the agent and is cut off.
+const TAKES_QUEUED: usize = 4;
+
 /// The endpoints one connection opened.
 #[derive(Default)]
 struct Endpoints {
     jobs: HashMap<JobId, Vec<EmbeddedJob>>,
     producers: HashMap<(JobId, u32), mpsc::UnboundedSender<ProducerCmd>>,
-    consumers: HashMap<(JobId, u32), mpsc::UnboundedSender<TakeCmd>>,
+    consumers: HashMap<(JobId, u32), mpsc::Sender<TakeCmd>>,
 }
 
 /// Serves one attached process until it goes (or breaks the protocol).
@@ -294,7 +299,7 @@ fn handle_request(
         }
         ToAgent::OpenConsumer { req, job, slot } => {
             let handle = job_handle(endpoints, job)?;
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(TAKES_QUEUED);
             endpoints.consumers.insert((job, slot), tx);
             tasks.spawn(run_consumer(handle, slot, rx, out.clone(), req));
         }
@@ -308,7 +313,11 @@ fn handle_request(
                 .consumers
                 .get(&(job, slot))
                 .ok_or("a take for a consumer it did not open")?;
-            let _ = consumer.send(TakeCmd { consumed, among });
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                consumer.try_send(TakeCmd { consumed, among })
+            {
+                return Err("takes while earlier ones are unanswered".into());
+            }
         }
         ToAgent::DropConsumer { job, slot } => {
             endpoints.consumers.remove(&(job, slot));
@@ -346,16 +355,23 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outg
     let mut buf = BytesMut::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let mut written = Vec::new();
         // Everything already queued leaves in one write.
         while let Some(item) = next {
             match item {
                 Outgoing::Control(frame) => encode_control(&frame, &mut buf),
-                Outgoing::Delivery(delivery) => encode_delivery(&delivery, &mut buf),
+                Outgoing::Delivery(delivery, done) => {
+                    encode_delivery(&delivery, &mut buf);
+                    written.push(done);
+                }
             }
             next = rx.try_recv().ok();
         }
         if wr.write_all(&buf.split()).await.is_err() {
             return;
+        }
+        for done in written {
+            let _ = done.send(());
         }
     }
 }
@@ -579,7 +595,7 @@ async fn other_cmd(
 async fn run_consumer(
     job: EmbeddedJob,
     slot: u32,
-    mut cmds: mpsc::UnboundedReceiver<TakeCmd>,
+    mut cmds: mpsc::Receiver<TakeCmd>,
     out: Out,
     req: u64,
 ) {
@@ -604,11 +620,21 @@ async fn run_consumer(
         };
         match taken {
             Taken::Messages(messages) => {
-                let _ = out.0.send(Outgoing::Delivery(Delivery {
-                    job,
-                    slot,
-                    messages,
-                }));
+                // The next take (which returns this one's credit) waits until these are
+                // in the socket: a process that does not read its socket holds at most
+                // one delivery in the agent, whatever it claims to have read.
+                let (done, written) = oneshot::channel();
+                let _ = out.0.send(Outgoing::Delivery(
+                    Delivery {
+                        job,
+                        slot,
+                        messages,
+                    },
+                    done,
+                ));
+                if written.await.is_err() {
+                    return;
+                }
             }
             Taken::Error(error) => out.control(ToClient::Taken {
                 job,

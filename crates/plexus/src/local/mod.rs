@@ -27,3 +27,86 @@ pub(crate) mod frames;
 
 pub use agent::AttachPolicy;
 pub use client::AttachedNode;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use plexus_proto::{Endpoint, JobId, NodeId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::frames::{encode_control, ToAgent, VERSION};
+    use crate::{AttachPolicy, Config, Membership, Node};
+
+    /// A process that floods its agent with requests it may not have outstanding is cut
+    /// off: the agent closes its connection (and drops its endpoints) instead of queuing
+    /// without bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_flooding_takes_is_cut_off() {
+        let node = Node::builder()
+            .config(Config::new(NodeId(0), 7))
+            .listen("127.0.105.1:0".parse().expect("address"))
+            .membership(Membership::new())
+            .start()
+            .await
+            .expect("node starts");
+        let path = std::env::temp_dir().join(format!("plexus-flood-{}.sock", std::process::id()));
+        node.serve_local(&path, AttachPolicy::owner_only().expect("own uid"))
+            .expect("serve");
+        let mut raw = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        let me = Endpoint::new(NodeId(0), 0);
+        let mut out = BytesMut::new();
+        encode_control(
+            &ToAgent::Hello {
+                version: VERSION,
+                pid: 1,
+            },
+            &mut out,
+        );
+        encode_control(
+            &ToAgent::OpenJob {
+                req: 1,
+                job: JobId(1),
+                producers: vec![me],
+                consumers: vec![me],
+            },
+            &mut out,
+        );
+        encode_control(
+            &ToAgent::OpenConsumer {
+                req: 2,
+                job: JobId(1),
+                slot: 0,
+            },
+            &mut out,
+        );
+        for _ in 0..64 {
+            encode_control(
+                &ToAgent::Take {
+                    job: JobId(1),
+                    slot: 0,
+                    consumed: 0,
+                    among: None,
+                },
+                &mut out,
+            );
+        }
+        raw.write_all(&out).await.expect("write");
+        // Read (and drop) what the agent says until it closes the connection.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut sink = vec![0u8; 4096];
+            loop {
+                match raw.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the flooding process was not cut off");
+        std::fs::remove_file(&path).ok();
+    }
+}
