@@ -40,7 +40,7 @@ async fn agents(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attached_endpoints_exchange_everything_once_in_order() {
     tokio::time::timeout(BOUND, async {
-        let (_nodes, sockets) = agents(101, "all", |_| {}).await;
+        let (nodes, sockets) = agents(101, "all", |_| {}).await;
         let ids = [NodeId(0), NodeId(1)];
         let topology = Topology::all_to_all(&ids, 2, 2);
         let per_channel = 200u32;
@@ -77,6 +77,20 @@ async fn attached_endpoints_exchange_everything_once_in_order() {
         for task in tasks {
             task.await.unwrap().expect("every endpoint succeeds");
         }
+        // The processes dropped their handles: the agents keep nothing of the job.
+        let mut retired = false;
+        for _ in 0..500 {
+            if nodes.iter().all(|n| n.stats().jobs == 0) {
+                retired = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            retired,
+            "{:?}",
+            nodes.iter().map(Node::stats).collect::<Vec<_>>()
+        );
     })
     .await
     .expect("bounded");

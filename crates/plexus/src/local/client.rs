@@ -86,7 +86,9 @@ impl AttachedNode {
             state: Mutex::new(State::default()),
         });
         tokio::spawn(write_loop(wr, rx));
-        tokio::spawn(read_loop(conn.clone(), rd, buf));
+        // The reader holds the connection weakly: once the process dropped every handle,
+        // the writer ends, the agent sees the connection close, and so does the reader.
+        tokio::spawn(read_loop(Arc::downgrade(&conn), rd, buf));
         Ok(Self { conn })
     }
 
@@ -272,14 +274,17 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outg
 
 /// Reads what the agent sends, until the connection ends; then fails every wait.
 async fn read_loop(
-    conn: Arc<Connection>,
+    conn: std::sync::Weak<Connection>,
     mut rd: tokio::net::unix::OwnedReadHalf,
     mut buf: BytesMut,
 ) {
     let reason = 'conn: loop {
         loop {
             match decode_from_agent(&mut buf, FRAME_LIMIT) {
-                Ok(Some(frame)) => file(&conn, frame),
+                Ok(Some(frame)) => match conn.upgrade() {
+                    Some(conn) => file(&conn, frame),
+                    None => return,
+                },
                 Ok(None) => break,
                 Err(e) => break 'conn format!("the agent broke the attach protocol: {e}"),
             }
@@ -289,6 +294,9 @@ async fn read_loop(
             Ok(_) => {}
             Err(e) => break format!("the connection to the agent failed: {e}"),
         }
+    };
+    let Some(conn) = conn.upgrade() else {
+        return;
     };
     let mut wakers = Vec::new();
     {
