@@ -495,15 +495,8 @@ async fn run_producer(
     out: Out,
     req: u64,
 ) {
-    let mut producer = match job.producer(slot).await {
-        Ok(producer) => {
-            out.done(req, Ok(()));
-            producer
-        }
-        Err(e) => {
-            out.done(req, Err(e));
-            return;
-        }
+    let Some(mut producer) = answer_open(job.producer(slot).await, req, &out) else {
+        return;
     };
     drop(job);
     let mut windows = Windows::default();
@@ -590,6 +583,20 @@ async fn other_cmd(
     }
 }
 
+/// Answers the request that opened an endpoint; the endpoint if it opened.
+fn answer_open<T>(opened: Result<T, Error>, req: u64, out: &Out) -> Option<T> {
+    match opened {
+        Ok(endpoint) => {
+            out.done(req, Ok(()));
+            Some(endpoint)
+        }
+        Err(e) => {
+            out.done(req, Err(e));
+            None
+        }
+    }
+}
+
 /// Runs a consumer for its process: opens it, then answers each `Take` with what comes
 /// next.
 async fn run_consumer(
@@ -599,15 +606,8 @@ async fn run_consumer(
     out: Out,
     req: u64,
 ) {
-    let mut consumer = match job.consumer(slot).await {
-        Ok(consumer) => {
-            out.done(req, Ok(()));
-            consumer
-        }
-        Err(e) => {
-            out.done(req, Err(e));
-            return;
-        }
+    let Some(mut consumer) = answer_open(job.consumer(slot).await, req, &out) else {
+        return;
     };
     drop(job);
     let (job, slot) = consumer.key();

@@ -20,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use plexus_proto::credit::message_cost;
+use plexus_proto::node::Role;
 use plexus_proto::{Endpoint, ExchangeError, JobId, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -393,6 +394,34 @@ impl AttachedJob {
     }
 }
 
+impl AttachedJob {
+    /// Waits for admission, then opens endpoint `slot` in `role` on the agent's node, with
+    /// the place where the agent's news for it will be filed.
+    async fn open(&self, slot: u32, role: Role) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_admit(cx)).await?;
+        let key = (self.id, slot);
+        let (job, conn) = (self.id, &self.conn);
+        match role {
+            Role::Producer => drop(conn.lock().producers.insert(key, ProducerSide::default())),
+            Role::Consumer => drop(conn.lock().consumers.insert(key, ConsumerSide::default())),
+        }
+        let opened = conn
+            .call(|req| match role {
+                Role::Producer => ToAgent::OpenProducer { req, job, slot },
+                Role::Consumer => ToAgent::OpenConsumer { req, job, slot },
+            })
+            .await;
+        if opened.is_err() {
+            let mut st = conn.lock();
+            match role {
+                Role::Producer => drop(st.producers.remove(&key)),
+                Role::Consumer => drop(st.consumers.remove(&key)),
+            }
+        }
+        opened
+    }
+}
+
 impl JobPort for AttachedJob {
     fn poll_admit(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut progress = self.progress();
@@ -434,24 +463,7 @@ impl JobPort for AttachedJob {
 
     fn open_producer(&self, slot: u32) -> BoxFuture<'_, Result<Box<dyn ProducerPort>, Error>> {
         Box::pin(async move {
-            poll_fn(|cx| self.poll_admit(cx)).await?;
-            let key = (self.id, slot);
-            self.conn
-                .lock()
-                .producers
-                .insert(key, ProducerSide::default());
-            let opened = self
-                .conn
-                .call(|req| ToAgent::OpenProducer {
-                    req,
-                    job: self.id,
-                    slot,
-                })
-                .await;
-            if let Err(e) = opened {
-                self.conn.lock().producers.remove(&key);
-                return Err(e);
-            }
+            self.open(slot, Role::Producer).await?;
             Ok(Box::new(AttachedProducer {
                 conn: self.conn.clone(),
                 job: self.id,
@@ -462,24 +474,7 @@ impl JobPort for AttachedJob {
 
     fn open_consumer(&self, slot: u32) -> BoxFuture<'_, Result<Box<dyn ConsumerPort>, Error>> {
         Box::pin(async move {
-            poll_fn(|cx| self.poll_admit(cx)).await?;
-            let key = (self.id, slot);
-            self.conn
-                .lock()
-                .consumers
-                .insert(key, ConsumerSide::default());
-            let opened = self
-                .conn
-                .call(|req| ToAgent::OpenConsumer {
-                    req,
-                    job: self.id,
-                    slot,
-                })
-                .await;
-            if let Err(e) = opened {
-                self.conn.lock().consumers.remove(&key);
-                return Err(e);
-            }
+            self.open(slot, Role::Consumer).await?;
             Ok(Box::new(AttachedConsumer {
                 conn: self.conn.clone(),
                 job: self.id,
