@@ -24,6 +24,10 @@ enum Command {
     /// One node of `plexus bench --spawn`, driven by the bench over stdin and stdout.
     #[command(hide = true, name = "bench-node")]
     BenchNode(bench::child::NodeArgs),
+    /// One endpoint of `plexus bench --agent`, attached to its node's agent, driven by the
+    /// bench over stdin and stdout.
+    #[command(hide = true, name = "bench-endpoint")]
+    BenchEndpoint(bench::endpoint::EndpointArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +43,6 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::main(args),
         Command::Bench(args) => bench::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
+        Command::BenchEndpoint(args) => bench::endpoint::main(args),
     }
 }

@@ -10,6 +10,10 @@
 //! under /proc, pipes to node processes). A link between two nodes of one process costs two
 //! descriptors there, one for each end, and is counted once for each.
 //!
+//! Through agents (`--agent`, [`check_attached`]), an agent holds its node's sockets, its
+//! Unix listener and one Unix connection per endpoint process attached to it, and the
+//! bench two pipes per endpoint process and one per agent.
+//!
 //! Invariants: the soft limit ("Max open files", first number) is the one that counts (the
 //! bench does not raise it); `unlimited` reads as `u64::MAX`; an unreadable or malformed file
 //! gives `None`, never a guessed number, and then nothing is skipped or refused for want of
@@ -159,6 +163,47 @@ pub fn check_nodes(
     Ok(())
 }
 
+/// Refuses a run through agents (`--agent`) whose processes cannot hold their descriptors
+/// under `limits` (which the agents inherit): the busiest agent, and this process with its
+/// pipes. Nothing is refused when the limits are unknown.
+pub fn check_attached(shape: &Shape, limits: Option<OpenFiles>) -> Result<(), String> {
+    let Some(limits) = limits else {
+        return Ok(());
+    };
+    let endpoints = shape.endpoints();
+    let mut attached = vec![0u64; shape.nodes() as usize];
+    for e in &endpoints {
+        if let Some(count) = attached.get_mut(e.node as usize) {
+            *count += 1;
+        }
+    }
+    let busiest = links_per_node(shape)
+        .into_iter()
+        .zip(attached)
+        .enumerate()
+        .map(|(node, (links, attached))| {
+            let need = PROCESS_ALLOWANCE + node_fds(links) + 1 + attached;
+            (need, node, links, attached)
+        })
+        .max();
+    if let Some((need, node, links, attached)) = busiest.filter(|b| b.0 > limits.soft) {
+        return Err(format!(
+            "the agent of node {node} needs about {need} file descriptors ({links} links, {attached} attached endpoint processes); a process may open {}",
+            limits.soft
+        ));
+    }
+    let need = PROCESS_ALLOWANCE + 2 * endpoints.len() as u64 + u64::from(shape.nodes());
+    if need > limits.soft {
+        return Err(format!(
+            "{} endpoint processes and {} agents need about {need} file descriptors in this process (two pipes per endpoint process, one per agent); it may open {}",
+            endpoints.len(),
+            shape.nodes(),
+            limits.soft
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::shape::tests::spec;
@@ -226,6 +271,22 @@ mod tests {
             "{error}"
         );
         assert!(check_nodes(&big, None, None).is_ok());
+    }
+
+    #[test]
+    fn agents_count_their_attached_processes_and_the_bench_its_pipes() {
+        // 4 nodes, 2 jobs, 2 + 3 endpoints per node and job: 40 endpoint processes.
+        let s = shape(4, None, 2);
+        assert!(check_attached(&s, limits(1024, 1024)).is_ok());
+        assert!(check_attached(&s, None).is_ok());
+        // An agent: 64 + (1 + 3 + 1) + 1 + 10 = 80; the bench: 64 + 80 + 4 = 148.
+        let error = check_attached(&s, limits(79, 79)).expect_err("agent");
+        assert!(error.starts_with("the agent of node"), "{error}");
+        let error = check_attached(&s, limits(100, 100)).expect_err("pipes");
+        assert!(
+            error.starts_with("40 endpoint processes and 4 agents need about 148"),
+            "{error}"
+        );
     }
 
     #[test]

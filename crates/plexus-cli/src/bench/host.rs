@@ -289,7 +289,7 @@ impl JobOnNode {
     ) {
         let outcome = EndpointOutcome {
             error: Some(error),
-            ..outcome(self.j, endpoint, role, stalled, None)
+            ..EndpointOutcome::ending_now(self.j, endpoint, role, stalled, None)
         };
         let _ = self.events.send(EndpointEvent::Finished(outcome));
     }
@@ -321,7 +321,7 @@ impl Ending {
             messages: moved.messages,
             peak_buffered,
             error,
-            ..outcome(self.j, me, role, stalled, Some(self.opened_us))
+            ..EndpointOutcome::ending_now(self.j, me, role, stalled, Some(self.opened_us))
         };
         let _ = self.events.send(EndpointEvent::Finished(outcome));
         self.linger.finish(failed).await;
@@ -329,31 +329,15 @@ impl Ending {
 }
 
 async fn producer_task(
-    mut tx: plexus::Producer,
+    tx: plexus::Producer,
     shape: Shape,
     factory: Arc<MessageFactory>,
     close_gate: watch::Receiver<bool>,
     ending: Ending,
 ) {
     let me = tx.endpoint();
-    let job = ending.j;
-    let produced = match roles::produce(&mut tx, &shape, job, &factory).await {
-        Ok(moved) => roles::hold_close(&mut tx, job, close_gate)
-            .await
-            .map(|()| moved)
-            .map_err(|e| (moved, e)),
-        Err(failed) => Err(failed),
-    };
-    let (moved, error, held) = match produced {
-        Ok(moved) => match tx.close().await {
-            Ok(()) => (moved, None, None),
-            Err(e) => {
-                let context = format!("job {} producer {me}: closing", Shape::job_id(job).0);
-                (moved, Some(roles::EndpointError::plexus(context, &e)), None)
-            }
-        },
-        Err((moved, error)) => (moved, Some(error), Some(tx)),
-    };
+    let (moved, error, held) =
+        roles::run_producer(tx, &shape, ending.j, &factory, close_gate).await;
     ending
         .report(me, Role::Producer, false, moved, 0, error)
         .await;
@@ -377,28 +361,4 @@ async fn consumer_task(
         .report(me, Role::Consumer, ctx.stalled, moved, peak, error)
         .await;
     drop(rx);
-}
-
-/// The outcome of endpoint `me` of job `j`, ending now, before what it moved and how it
-/// failed are filled in.
-fn outcome(
-    j: u32,
-    me: plexus::Endpoint,
-    role: Role,
-    stalled: bool,
-    opened_us: Option<u64>,
-) -> EndpointOutcome {
-    EndpointOutcome {
-        job: j,
-        node: me.node.0,
-        role,
-        slot: me.slot,
-        stalled,
-        bytes: 0,
-        messages: 0,
-        peak_buffered: 0,
-        error: None,
-        opened_us,
-        ended_us: wall_us(),
-    }
 }

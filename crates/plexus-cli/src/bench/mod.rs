@@ -2,8 +2,12 @@
 //!
 //! n nodes run, node i listening on its own loopback address `127.0.0.(i+1)`, so the
 //! operating system attributes every socket to a node: all in this process
-//! ([`inproc`], the default), or each in a process of its own (`--spawn`: [`spawn`] is the
-//! coordinator, [`child`] a node process). Each of the k jobs uses N of the nodes (see
+//! ([`inproc`], the default), each in a process of its own (`--spawn`: [`spawn`] is the
+//! coordinator, [`child`] a node process), or as a machine's processes use plexus
+//! (`--agent`: one agent per node, [`agents`], and every endpoint in a process of its own
+//! attached to its node's agent, [`endpoint`]; [`attached`] is the coordinator). The
+//! processes of both multi-process modes are children the bench never leaves behind
+//! ([`fleet`]). Each of the k jobs uses N of the nodes (see
 //! [`shape`]), with m producers and m consumers on each; every producer spreads its bytes
 //! over every consumer of its job, and every consumer verifies that it got every message of
 //! every producer exactly once, in order, intact ([`roles`], [`workload`]), reading them
@@ -22,22 +26,28 @@
 //! the run to DIR, in Markdown, JSON and SVG charts ([`export`]), among them the bytes
 //! delivered over time, sampled while the plexus run goes ([`timeline`]).
 //!
-//! Invariants: options are checked before anything starts (a kill needs `--spawn`, chaos
-//! needs `ss`, baselines and latency run in one process without failures or stalls, zmq
-//! and rabbitmq need their features, the broker's URL is on loopback, waves repeat the
-//! plain workload, an ordered reading goes without stalls, kills, baselines and latency),
-//! and so is the shape against the file descriptors each process may open ([`fds`]); both
-//! modes share the roles, the hosting of endpoints and the judging, so they report the
-//! same fields with the same meaning.
+//! Invariants: options are checked before anything starts (a node kill needs `--spawn` or
+//! `--agent`, an endpoint kill `--agent`, chaos needs `ss`, baselines and latency run
+//! without failures or stalls, the `embedded` baseline needs `--agent`, zmq and rabbitmq
+//! need their features, the broker's URL is on loopback, waves repeat the plain workload,
+//! an ordered reading goes without stalls, kills, baselines and latency, `--agent` goes
+//! without `--spawn`, waves, random arrivals, a memory budget, latency and crowds of
+//! nodes), and so is the shape against the file descriptors each process may open
+//! ([`fds`]); every mode shares the roles and the judging, so they report the same fields
+//! with the same meaning.
 
+mod agents;
 mod arrival;
+mod attached;
 mod baseline;
 mod chaos;
 pub mod child;
 mod consume;
 mod delivered;
+pub mod endpoint;
 mod export;
 mod fds;
+mod fleet;
 mod host;
 mod inproc;
 mod latency;
@@ -46,8 +56,8 @@ mod monitor;
 mod report;
 mod roles;
 mod shape;
-mod sockets;
 pub mod size;
+mod sockets;
 mod spawn;
 mod timeline;
 mod transport;
@@ -119,12 +129,24 @@ pub struct BenchArgs {
     /// more nodes than one process's file descriptors allow can run on one machine.
     #[arg(long, default_value_t = 1)]
     pub nodes_per_process: u32,
-    /// SIGKILL this node's process (needs --spawn and --kill-at-ms).
+    /// SIGKILL this node's process, or with --agent its agent (needs --spawn or --agent,
+    /// and --kill-at-ms).
     #[arg(long)]
     pub kill_node: Option<u32>,
-    /// When to kill --kill-node, in ms after the nodes were told to start.
+    /// With --agent, SIGKILL the process of this endpoint (needs --kill-at-ms). Endpoints
+    /// are numbered from 0 by job, then node (ascending id), then producers before
+    /// consumers, then slot.
+    #[arg(long)]
+    pub kill_endpoint: Option<usize>,
+    /// When to kill --kill-node or --kill-endpoint, in ms after the endpoints were told to
+    /// start.
     #[arg(long)]
     pub kill_at_ms: Option<u64>,
+    /// Run plexus as a machine's processes use it: one `plexus agent` per node (its
+    /// configuration and Unix socket in a temporary directory), and every endpoint in an
+    /// OS process of its own, attached to its node's agent.
+    #[arg(long)]
+    pub agent: bool,
     /// Bytes each node may buffer in all (send share plus its consumers' credit pools);
     /// jobs whose pools do not fit wait for admission.
     #[arg(long, value_parser = parse_size_arg)]
@@ -132,10 +154,11 @@ pub struct BenchArgs {
     /// Every this many ms, abort one random live link between nodes with `ss -K`.
     #[arg(long)]
     pub chaos_link_kill_ms: Option<u64>,
-    /// After the plexus run, run the same workload over these systems too, in this
-    /// process, and compare: raw-tcp (one connection per node pair), naive-tcp (one per
-    /// channel), zmq (needs the `zmq` feature), rabbitmq (a broker at --amqp-url; needs
-    /// the `rabbitmq` feature). Comma-separated.
+    /// After the plexus run, run the same workload over these systems too, and compare:
+    /// raw-tcp (one connection per node pair), naive-tcp (one per channel), zmq (needs the
+    /// `zmq` feature), rabbitmq (a broker at --amqp-url; needs the `rabbitmq` feature), all
+    /// in this process; embedded (with --agent only: plexus embedded, one node per
+    /// process, as --spawn runs it). Comma-separated.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub baseline: Vec<baseline::System>,
     /// The RabbitMQ broker of `--baseline rabbitmq` (on loopback only; see
@@ -208,31 +231,11 @@ impl BenchArgs {
     fn check(&self) -> Result<(), String> {
         self.check_waves()?;
         self.check_consume()?;
+        self.check_agent()?;
         if self.nodes_per_process == 0 || (self.nodes_per_process > 1 && !self.spawn) {
             return Err("--nodes-per-process needs --spawn and must be at least 1".into());
         }
-        match (self.kill_node, self.kill_at_ms) {
-            (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => {
-                return Err("--kill-node and --kill-at-ms go together".into())
-            }
-            (Some(_), Some(_)) if self.nodes_per_process > 1 => {
-                return Err("--kill-node needs one node per process (--nodes-per-process 1)".into())
-            }
-            (Some(_), Some(_)) if !self.spawn => {
-                return Err(
-                    "--kill-node needs --spawn: only a node in a process of its own can be killed"
-                        .into(),
-                )
-            }
-            (Some(node), Some(_)) if node >= self.nodes => {
-                return Err(format!(
-                    "--kill-node {node}: there are only nodes 0 to {}",
-                    self.nodes.saturating_sub(1)
-                ))
-            }
-            (Some(_), Some(_)) => {}
-        }
+        self.check_kill()?;
         if let Some(ms) = self.chaos_link_kill_ms {
             if ms == 0 {
                 return Err("--chaos-link-kill-ms must be at least 1".into());
@@ -248,6 +251,9 @@ impl BenchArgs {
             }
             if self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
                 return Err("--baseline compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
+            }
+            if self.baseline.contains(&baseline::System::Embedded) && !self.agent {
+                return Err("--baseline embedded compares plexus through agents with plexus embedded: it needs --agent".into());
             }
             baseline::check(&self.baseline, &self.amqp_url)?;
         }
@@ -268,6 +274,78 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// Checks the kills: one at most, each with its time, a node's only where nodes have
+    /// processes of their own, an endpoint's only where endpoints do (`--agent`).
+    fn check_kill(&self) -> Result<(), String> {
+        if self.kill_node.is_some() && self.kill_endpoint.is_some() {
+            return Err(
+                "--kill-node and --kill-endpoint do not go together: one kill per run".into(),
+            );
+        }
+        let kill = self.kill_node.is_some() || self.kill_endpoint.is_some();
+        match (kill, self.kill_at_ms.is_some()) {
+            (false, false) => return Ok(()),
+            (false, true) => {
+                return Err(
+                    "--kill-at-ms says when to kill --kill-node or --kill-endpoint: give one"
+                        .into(),
+                )
+            }
+            (true, false) => {
+                return Err("--kill-node and --kill-endpoint go together with --kill-at-ms".into())
+            }
+            (true, true) => {}
+        }
+        if let Some(node) = self.kill_node {
+            if self.nodes_per_process > 1 {
+                return Err(
+                    "--kill-node needs one node per process (--nodes-per-process 1)".into(),
+                );
+            }
+            if !self.spawn && !self.agent {
+                return Err("--kill-node needs --spawn or --agent: only a node in a process of its own can be killed".into());
+            }
+            if node >= self.nodes {
+                return Err(format!(
+                    "--kill-node {node}: there are only nodes 0 to {}",
+                    self.nodes.saturating_sub(1)
+                ));
+            }
+        }
+        if self.kill_endpoint.is_some() && !self.agent {
+            return Err("--kill-endpoint needs --agent: only an endpoint in a process of its own can be killed".into());
+        }
+        Ok(())
+    }
+
+    /// Checks `--agent` against the options it does not go with.
+    fn check_agent(&self) -> Result<(), String> {
+        if !self.agent {
+            return Ok(());
+        }
+        let refused = [
+            (self.spawn, "--spawn: the agents are the nodes' processes"),
+            (self.waves > 1, "--waves: it runs one wave of jobs"),
+            (
+                self.arrival_order != ArrivalOrder::Same,
+                "--arrival-order per-node-random: each endpoint process opens its own job",
+            ),
+            (
+                self.memory_budget.is_some(),
+                "--memory-budget: the agents' configuration sets no budget",
+            ),
+            (self.latency.is_some(), "--latency: it measures throughput"),
+            (
+                self.nodes > shape::CROWDED_NODES,
+                "more than 64 nodes: the relaxed liveness timers such crowds need are not in an agent's configuration",
+            ),
+        ];
+        match refused.iter().find(|(refused, _)| *refused) {
+            Some((_, why)) => Err(format!("--agent does not go with {why}")),
+            None => Ok(()),
+        }
+    }
+
     /// Checks an ordered `--consume` against the options it does not go with: it is
     /// compared with an interleaved run of the plain workload, which stalls, a kill, other
     /// systems and latency would not be.
@@ -275,6 +353,7 @@ impl BenchArgs {
         if self.consume.is_ordered()
             && (self.stall_consumers > 0
                 || self.kill_node.is_some()
+                || self.kill_endpoint.is_some()
                 || !self.baseline.is_empty()
                 || self.latency.is_some())
         {
@@ -301,6 +380,7 @@ impl BenchArgs {
         }
         if self.waves > 1
             && (self.kill_node.is_some()
+                || self.kill_endpoint.is_some()
                 || self.stall_consumers > 0
                 || !self.baseline.is_empty()
                 || self.latency.is_some())
@@ -335,8 +415,25 @@ pub fn main(args: BenchArgs) -> ExitCode {
 fn run(args: &BenchArgs) -> Result<bool, String> {
     args.check()?;
     let shape = args.shape()?;
-    let group = args.spawn.then_some(args.nodes_per_process);
-    fds::check_nodes(&shape, group, fds::open_files())?;
+    if args.agent {
+        fds::check_attached(&shape, fds::open_files())?;
+    } else {
+        let group = args.spawn.then_some(args.nodes_per_process);
+        fds::check_nodes(&shape, group, fds::open_files())?;
+    }
+    if args.baseline.contains(&baseline::System::Embedded) {
+        // The same shape as --spawn runs it.
+        fds::check_nodes(&shape, Some(1), fds::open_files())?;
+    }
+    if let Some(index) = args.kill_endpoint {
+        let endpoints = shape.endpoints().len();
+        if index >= endpoints {
+            return Err(format!(
+                "--kill-endpoint {index}: the run has endpoints 0 to {}",
+                endpoints.saturating_sub(1)
+            ));
+        }
+    }
     if let Some(dir) = &args.report {
         export::prepare(dir)?;
     }
@@ -366,16 +463,23 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
     baseline::run_all(&shape, args, &mut report);
     report.print(args.json);
     if let Some(dir) = &args.report {
-        export::throughput(dir, &report, args.bytes_per_producer, args.spawn)?;
+        export::throughput(
+            dir,
+            &report,
+            args.bytes_per_producer,
+            args.spawn || args.agent,
+        )?;
         written(dir, args.json);
     }
     Ok(report.verified)
 }
 
-/// Runs the nodes of `shape` in the mode `args` ask for (in this process, or one process
-/// per node) and judges the run.
+/// Runs the nodes of `shape` in the mode `args` ask for (in this process, one process per
+/// node, or agents with one process per endpoint) and judges the run.
 fn run_nodes(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, String> {
-    if args.spawn {
+    if args.agent {
+        attached::run(shape, args, arrival)
+    } else if args.spawn {
         spawn::run(shape, args, arrival)
     } else {
         inproc::run(shape, args, arrival)

@@ -1,7 +1,7 @@
 //! The bench's results: one JSON object, or a human summary.
 //!
 //! Invariants: the JSON object has the same fields whichever mode ran the nodes (in this
-//! process, or one process per node with `--spawn`); optional figures are `null`, never
+//! process, one process per node with `--spawn`, or agents with `--agent`); optional figures are `null`, never
 //! left out, except `errors`, present only when there are some, and the comparisons with
 //! `--baseline` systems (`ratio_vs_<system>`, `msgs_ratio_vs_<system>`), present for each
 //! system asked for.
@@ -17,6 +17,7 @@ use super::consume::ConsumeMode;
 use super::shape::Shape;
 use super::size::format_bytes;
 use super::timeline::Series;
+use super::verdict::KilledEndpoint;
 
 /// Everything a bench run measured.
 #[derive(Clone, Debug, Serialize)]
@@ -99,8 +100,13 @@ pub struct Report {
     /// a process that did not report it (the killed one).
     pub rss_peak_bytes_per_process: Vec<Option<u64>>,
     /// OS processes that ran nodes: 1, or with `--spawn` one per group of
-    /// `--nodes-per-process` nodes.
+    /// `--nodes-per-process` nodes, or with `--agent` one agent per node.
     pub processes: usize,
+    /// Agent processes (`plexus agent`), one per node, with `--agent`; 0 otherwise.
+    pub agents: usize,
+    /// Processes that each ran one endpoint attached to its node's agent, with `--agent`;
+    /// 0 otherwise.
+    pub endpoint_processes: usize,
     /// Jobs whose every endpoint finished without error and whose every consumer verified.
     pub jobs_completed: u32,
     /// Jobs that did not complete (the ids are in `failed_job_ids`). A job that uses the
@@ -111,8 +117,11 @@ pub struct Report {
     pub failed_job_ids: Vec<u64>,
     /// Ids of the jobs that use the killed node: those expected to fail.
     pub affected_job_ids: Vec<u64>,
-    /// The node whose process was killed (`--kill-node`), if it was.
+    /// The node whose process (or with `--agent`, whose agent) was killed
+    /// (`--kill-node`), if it was.
     pub killed_node: Option<u32>,
+    /// The endpoint whose process was killed (`--agent --kill-endpoint`), if it was.
+    pub killed_endpoint: Option<KilledEndpoint>,
     /// Max over the endpoints of affected jobs on surviving nodes of (time the endpoint saw
     /// its error − time of the kill), in ms; `null` without a kill (or without such errors).
     pub failure_detect_ms_max: Option<u64>,
@@ -209,10 +218,17 @@ impl Report {
             return;
         }
         let verdict = if self.verified { "VERIFIED" } else { "FAILED" };
-        println!(
-            "plexus bench: {verdict}: {}, in {} process(es)",
-            self.shape, self.processes
-        );
+        if self.agents > 0 {
+            println!(
+                "plexus bench: {verdict}: {}, through {} agents, every endpoint in a process of its own ({})",
+                self.shape, self.agents, self.endpoint_processes
+            );
+        } else {
+            println!(
+                "plexus bench: {verdict}: {}, in {} process(es)",
+                self.shape, self.processes
+            );
+        }
         for e in &self.errors {
             println!("  error: {e}");
         }
@@ -230,12 +246,17 @@ impl Report {
             self.links_per_node_max, self.naive_connections_per_node
         );
         if self.stalled_consumers > 0 {
+            // Through agents, the credit figures stay in the agents.
+            let held = if self.agents > 0 {
+                "(not measured through agents)".to_string()
+            } else {
+                format!("at most {}", format_bytes(self.stalled_buffered_bytes_max))
+            };
             println!(
-                "  {} stalled consumers: healthy consumers finished in {:.2} s at {}/s; a stalled consumer held at most {} (credit pool {})",
+                "  {} stalled consumers: healthy consumers finished in {:.2} s at {}/s; what a stalled consumer held: {held} (credit pool {})",
                 self.stalled_consumers,
                 self.healthy_elapsed_s,
                 format_bytes(self.healthy_throughput_bytes_per_s as u64),
-                format_bytes(self.stalled_buffered_bytes_max),
                 format_bytes(self.credit_pool_bytes)
             );
         }
@@ -244,14 +265,24 @@ impl Report {
             self.jobs_completed, self.jobs_failed, self.failed_job_ids
         );
         self.print_waves();
-        if let Some(node) = self.killed_node {
+        let killed = match (self.killed_node, self.killed_endpoint) {
+            (Some(node), _) if self.agents > 0 => Some(format!("the agent of node {node}")),
+            (Some(node), _) => Some(format!("node {node}")),
+            (None, Some(e)) => Some(format!(
+                "endpoint {} ({:?} {}/{} of job {})",
+                e.index, e.role, e.node, e.slot, e.job
+            )),
+            (None, None) => None,
+        };
+        if let Some(killed) = killed {
             let detect = self
                 .failure_detect_ms_max
                 .map_or("never".to_string(), |ms| {
                     format!("at most {ms} ms after the kill")
                 });
             println!(
-                "  killed node {node}: affected jobs {:?}; their endpoints saw it {detect}",
+                "  killed {}: affected jobs {:?}; their endpoints saw it {detect}",
+                killed.to_lowercase(),
                 self.affected_job_ids
             );
         }
@@ -296,10 +327,15 @@ impl Report {
         let ratio = self
             .ratio_vs_interleaved
             .map_or("-".to_string(), |r| format!("{r:.2}×"));
+        // Through agents, the credit figures stay in the agents.
+        let held = if self.agents > 0 {
+            "(not measured through agents)".to_string()
+        } else {
+            format!("at most {}", format_bytes(self.consumer_held_bytes_max))
+        };
         println!(
-            "  read by {}: {ratio} the throughput of interleaved reading ({interleaved}); a consumer held at most {} of credit (pool {})",
+            "  read by {}: {ratio} the throughput of interleaved reading ({interleaved}); a consumer held {held} of credit (pool {})",
             self.consume_mode.name(),
-            format_bytes(self.consumer_held_bytes_max),
             format_bytes(self.credit_pool_bytes)
         );
     }

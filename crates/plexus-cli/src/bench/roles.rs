@@ -23,7 +23,7 @@ use super::shape::Shape;
 use super::workload::{MessageFactory, Plan};
 
 /// Which role an endpoint plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Sends to every consumer of its job.
@@ -41,6 +41,14 @@ pub struct EndpointError {
     pub at_ms: u64,
     /// The node the error names (the peer of a failed link, say), if it names one.
     pub names_node: Option<u32>,
+    /// The endpoint the error names, as (node, slot), if it names one: the consumer of a
+    /// cancelled channel, or the producer of an aborted one.
+    #[serde(default)]
+    pub names_endpoint: Option<(u32, u32)>,
+    /// The process lost its connection to its agent (`--agent`): the error concerns the
+    /// agent's node, which the process fills in as `names_node`.
+    #[serde(default)]
+    pub agent_lost: bool,
 }
 
 impl EndpointError {
@@ -50,6 +58,8 @@ impl EndpointError {
             message: format!("{context}: {error}"),
             at_ms: wall_ms(),
             names_node: named_node(error),
+            names_endpoint: named_endpoint(error).map(|e| (e.node.0, e.slot)),
+            agent_lost: matches!(error, plexus::Error::AgentLost(_)),
         }
     }
 
@@ -59,7 +69,43 @@ impl EndpointError {
             message,
             at_ms: wall_ms(),
             names_node: None,
+            names_endpoint: None,
+            agent_lost: false,
         }
+    }
+}
+
+/// One endpoint of a run: its job (index), role, node and slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Job index (the job's id is one more).
+    pub job: u32,
+    /// Producer or consumer.
+    pub role: Role,
+    /// Its node.
+    pub node: u32,
+    /// Its slot on the node.
+    pub slot: u32,
+}
+
+impl EndpointKey {
+    /// "producer 1/2 of job 1".
+    pub fn describe(&self) -> String {
+        let role = match self.role {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        };
+        format!(
+            "{role} {}/{} of job {}",
+            self.node,
+            self.slot,
+            Shape::job_id(self.job).0
+        )
+    }
+
+    /// The library's name of the endpoint.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(plexus::NodeId(self.node), self.slot)
     }
 }
 
@@ -93,6 +139,42 @@ pub struct EndpointOutcome {
     pub ended_us: u64,
 }
 
+impl EndpointOutcome {
+    /// The outcome of endpoint `me` of job `j`, ending now, before what it moved and how
+    /// it failed are filled in.
+    pub fn ending_now(
+        j: u32,
+        me: Endpoint,
+        role: Role,
+        stalled: bool,
+        opened_us: Option<u64>,
+    ) -> EndpointOutcome {
+        EndpointOutcome {
+            job: j,
+            node: me.node.0,
+            role,
+            slot: me.slot,
+            stalled,
+            bytes: 0,
+            messages: 0,
+            peak_buffered: 0,
+            error: None,
+            opened_us,
+            ended_us: wall_us(),
+        }
+    }
+
+    /// Which endpoint this is.
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey {
+            job: self.job,
+            role: self.role,
+            node: self.node,
+            slot: self.slot,
+        }
+    }
+}
+
 /// Wall-clock time in ms since the UNIX epoch (0 if the clock is before it).
 pub fn wall_ms() -> u64 {
     SystemTime::now()
@@ -116,6 +198,16 @@ pub fn named_node(error: &plexus::Error) -> Option<u32> {
         Some(ExchangeError::Cancelled { consumer, .. }) => Some(consumer.node.0),
         Some(ExchangeError::ProducerAborted { producer }) => Some(producer.node.0),
         _ => node_in_text(&error.to_string()),
+    }
+}
+
+/// The endpoint a plexus error names: the consumer of a cancelled channel, or the
+/// producer of an aborted one.
+fn named_endpoint(error: &plexus::Error) -> Option<Endpoint> {
+    match error.exchange() {
+        Some(ExchangeError::Cancelled { consumer, .. }) => Some(*consumer),
+        Some(ExchangeError::ProducerAborted { producer }) => Some(*producer),
+        _ => None,
     }
 }
 
@@ -177,8 +269,18 @@ pub async fn produce(
     while unfinished > 0 {
         if runnable.is_empty() {
             for consumer in tx.ready().await {
-                if let Some(&i) = index.get(&consumer) {
-                    runnable.push(i);
+                let Some(&i) = index.get(&consumer) else {
+                    continue;
+                };
+                if next_seq[i] < messages {
+                    // `ready` may name a consumer twice.
+                    if !runnable.contains(&i) {
+                        runnable.push(i);
+                    }
+                } else if let Err(e) = tx.has_credit(consumer, 0) {
+                    // A consumer that has its whole plan already: only its failure
+                    // matters (credit for it goes unused).
+                    return fail(moved, EndpointError::plexus(context(), &e));
                 }
             }
             continue;
@@ -256,6 +358,37 @@ pub async fn hold_close(
                 }
             }
         }
+    }
+}
+
+/// A producer's whole run: sends its plan, holds its close until `close_gate` opens, and
+/// closes. Returns what it queued and its first error; a producer that failed comes back
+/// unclosed, to be dropped only once its failure is reported (dropping it aborts its
+/// channels, which would show its consumers an error of its own first).
+pub async fn run_producer(
+    mut tx: plexus::Producer,
+    shape: &Shape,
+    job: u32,
+    factory: &MessageFactory,
+    close_gate: watch::Receiver<bool>,
+) -> (Moved, Option<EndpointError>, Option<plexus::Producer>) {
+    let me = tx.endpoint();
+    let produced = match produce(&mut tx, shape, job, factory).await {
+        Ok(moved) => hold_close(&mut tx, job, close_gate)
+            .await
+            .map(|()| moved)
+            .map_err(|e| (moved, e)),
+        Err(failed) => Err(failed),
+    };
+    match produced {
+        Ok(moved) => match tx.close().await {
+            Ok(()) => (moved, None, None),
+            Err(e) => {
+                let context = format!("job {} producer {me}: closing", Shape::job_id(job).0);
+                (moved, Some(EndpointError::plexus(context, &e)), None)
+            }
+        },
+        Err((moved, error)) => (moved, Some(error), Some(tx)),
     }
 }
 

@@ -22,10 +22,11 @@ use plexus::{Config, Endpoint, JobId, NodeId, Topology};
 use serde::{Deserialize, Serialize};
 
 use super::consume::ConsumeMode;
+use super::roles::{EndpointKey, Role};
 use super::workload::{ChannelVerifier, Plan};
 
 /// Beyond this many nodes on one machine, liveness timers are relaxed (see `node_config`).
-const CROWDED_NODES: u32 = 64;
+pub const CROWDED_NODES: u32 = 64;
 
 /// How long a job may wait for admission to a node's memory budget.
 const ADMISSION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -293,6 +294,35 @@ impl Shape {
         Topology::all_to_all(&self.job_nodes(j), self.spec.producers, self.spec.consumers)
     }
 
+    /// Every endpoint of job `j`: its nodes in ascending id, on each its producers before
+    /// its consumers, each in slot order.
+    pub fn job_endpoints(&self, j: u32) -> Vec<EndpointKey> {
+        let mut nodes: Vec<u32> = self.job_nodes(j).iter().map(|n| n.0).collect();
+        nodes.sort_unstable();
+        let mut out = Vec::with_capacity(
+            nodes.len() * (self.spec.producers as usize + self.spec.consumers as usize),
+        );
+        for node in nodes {
+            let at = |role, slot| EndpointKey {
+                job: j,
+                role,
+                node,
+                slot,
+            };
+            out.extend((0..self.spec.producers).map(|s| at(Role::Producer, s)));
+            out.extend((0..self.spec.consumers).map(|s| at(Role::Consumer, s)));
+        }
+        out
+    }
+
+    /// Every endpoint of the first wave, in one fixed order (that of `--kill-endpoint`):
+    /// jobs, then nodes in ascending id, then producers before consumers, then slots.
+    pub fn endpoints(&self) -> Vec<EndpointKey> {
+        (0..self.spec.jobs)
+            .flat_map(|j| self.job_endpoints(j))
+            .collect()
+    }
+
     /// Whether consumer `c` of job `j` stalls.
     pub fn is_stalled(&self, j: u32, c: Endpoint) -> bool {
         self.stalled.contains(&(self.in_wave(j), c))
@@ -468,6 +498,26 @@ pub(crate) mod tests {
         assert_eq!(s.channels(), 3 * 4 * 6);
         // Node 0 is in two jobs: 2 · (2·2·3 + 3·2·2).
         assert_eq!(s.naive_connections_per_node(), 48);
+    }
+
+    #[test]
+    fn endpoints_are_numbered_by_job_node_role_and_slot() {
+        // Job 2 uses nodes 4 and 0: node 0 comes first.
+        let s = Shape::new(spec(5, Some(2), 3)).expect("valid");
+        let all = s.endpoints();
+        assert_eq!(all.len(), 3 * 2 * (2 + 3));
+        let key = |job, role, node, slot| EndpointKey {
+            job,
+            role,
+            node,
+            slot,
+        };
+        assert_eq!(all[0], key(0, Role::Producer, 0, 0));
+        assert_eq!(all[2], key(0, Role::Consumer, 0, 0));
+        assert_eq!(all[5], key(0, Role::Producer, 1, 0));
+        assert_eq!(all[10], key(1, Role::Producer, 2, 0));
+        assert_eq!(all[20], key(2, Role::Producer, 0, 0));
+        assert_eq!(all[29], key(2, Role::Consumer, 4, 2));
     }
 
     #[test]

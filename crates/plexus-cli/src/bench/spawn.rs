@@ -15,8 +15,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,21 +24,22 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use super::arrival::Arrival;
 use super::chaos::Chaos;
 use super::delivered::Delivered;
+use super::fleet::{self, Fleet};
 use super::monitor::Monitor;
 use super::report::Report;
-use super::roles::{wall_ms, EndpointOutcome};
+use super::roles::wall_ms;
 use super::shape::Shape;
 use super::timeline::Timeline;
-use super::verdict::{HealthyTally, Kill, RunRecord, Tally};
+use super::verdict::{CloseRelease, HealthyTally, Kill, Killed, RunRecord, Tally};
 use super::waves::{self, RssGrowth};
-use super::wire::{self, FromNode, Line, ToNode};
+use super::wire::{FromNode, Line, ToNode};
 use super::BenchArgs;
 
 /// How long node processes get to exit after `exit` before they are killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// A line from node process `.0`.
-type Inbound = (usize, Line<FromNode>);
+type Inbound = fleet::Inbound<FromNode>;
 
 /// Runs the bench with one process per node.
 pub fn run(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, String> {
@@ -54,142 +53,25 @@ pub fn run(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, 
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let group = args.nodes_per_process.max(1);
-    let mut fleet = Fleet::spawn(&exe, shape.nodes(), group, &shape_json, &inbox_tx)?;
+    let mut fleet = Fleet::new("node process");
+    for i in 0..shape.nodes().div_ceil(group) {
+        let first = (i * group).to_string();
+        let count = group.to_string();
+        let node_args = [
+            "bench-node",
+            "--node",
+            &first,
+            "--count",
+            &count,
+            "--shape",
+            &shape_json,
+        ];
+        fleet.start(&exe, &node_args, Some(&inbox_tx))?;
+    }
     drop(inbox_tx);
     let result = runtime.block_on(coordinate(shape, args, arrival, &mut fleet, inbox));
     fleet.shut_down(EXIT_GRACE);
     result
-}
-
-/// One node process.
-struct NodeProcess {
-    child: Child,
-    /// `None` once closed (or found broken).
-    stdin: Option<ChildStdin>,
-    /// The child was waited for.
-    reaped: bool,
-}
-
-/// Every node process; kills and reaps whatever still runs when dropped.
-struct Fleet {
-    procs: Vec<NodeProcess>,
-}
-
-impl Fleet {
-    /// Starts `nodes` node processes of `exe`, each with a thread that turns its stdout
-    /// into [`Inbound`] lines.
-    fn spawn(
-        exe: &Path,
-        nodes: u32,
-        group: u32,
-        shape_json: &str,
-        inbox: &mpsc::UnboundedSender<Inbound>,
-    ) -> Result<Fleet, String> {
-        let mut fleet = Fleet { procs: Vec::new() };
-        for i in 0..nodes.div_ceil(group) {
-            let mut child = Command::new(exe)
-                .args([
-                    "bench-node",
-                    "--node",
-                    &(i * group).to_string(),
-                    "--count",
-                    &group.to_string(),
-                    "--shape",
-                    shape_json,
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| format!("cannot start node process {i}: {e}"))?;
-            let stdin = child.stdin.take();
-            let stdout = child.stdout.take();
-            fleet.procs.push(NodeProcess {
-                child,
-                stdin,
-                reaped: false,
-            });
-            let stdout = stdout.ok_or(format!("node process {i} has no stdout pipe"))?;
-            let tx = inbox.clone();
-            let index = i as usize;
-            wire::read_lines(stdout, move |line| tx.send((index, line)).is_ok());
-        }
-        Ok(fleet)
-    }
-
-    /// Sends `msg` to node `i`; a node that cannot be written to is left alone (its
-    /// output tells what happened to it).
-    fn send(&mut self, i: usize, msg: &ToNode) {
-        let Some(p) = self.procs.get_mut(i) else {
-            return;
-        };
-        if let Some(stdin) = p.stdin.as_mut() {
-            if wire::write_line(stdin, msg).is_err() {
-                p.stdin = None;
-            }
-        }
-    }
-
-    fn broadcast(&mut self, msg: &ToNode) {
-        for i in 0..self.procs.len() {
-            self.send(i, msg);
-        }
-    }
-
-    /// SIGKILLs node `i`'s process and reaps it.
-    fn kill(&mut self, i: usize) -> Result<(), String> {
-        let p = self
-            .procs
-            .get_mut(i)
-            .ok_or(format!("no node process {i} to kill"))?;
-        p.child
-            .kill()
-            .map_err(|e| format!("cannot kill node process {i}: {e}"))?;
-        p.stdin = None;
-        p.child
-            .wait()
-            .map_err(|e| format!("cannot reap node process {i}: {e}"))?;
-        p.reaped = true;
-        Ok(())
-    }
-
-    /// Closes every node's stdin (which makes it exit), waits up to `grace`, then kills
-    /// and reaps the rest.
-    fn shut_down(&mut self, grace: Duration) {
-        for p in &mut self.procs {
-            p.stdin = None;
-        }
-        let deadline = std::time::Instant::now() + grace;
-        loop {
-            let mut running = false;
-            for p in self.procs.iter_mut().filter(|p| !p.reaped) {
-                match p.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => p.reaped = true,
-                    Ok(None) => running = true,
-                }
-            }
-            if !running || std::time::Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.reap_all();
-    }
-
-    /// Kills and waits for every process not reaped yet.
-    fn reap_all(&mut self) {
-        for p in self.procs.iter_mut().filter(|p| !p.reaped) {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-            p.reaped = true;
-        }
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.reap_all();
-    }
 }
 
 /// Where a node process is in the run.
@@ -351,7 +233,7 @@ async fn coordinate(
         let kill_at = pending_kill.map(|(_, at)| at);
         if close_release
             .as_ref()
-            .is_some_and(|r| r.due(&record.outcomes))
+            .is_some_and(|r| r.due(shape, &record.outcomes))
         {
             close_release = None;
             fleet.broadcast(&ToNode::CloseProducers);
@@ -404,7 +286,10 @@ async fn coordinate(
                         record.errors.push(format!("node process {i} said something unreadable: {e}"));
                     }
                     Line::Closed => {
-                        let killed = record.kill.is_some_and(|k| k.node as usize == i);
+                        let killed = record
+                            .kill
+                            .and_then(|k| k.what.node())
+                            .is_some_and(|node| node as usize == i);
                         if !killed {
                             record.errors.push(format!(
                                 "node process {i}'s process (pid {}) exited unexpectedly",
@@ -424,8 +309,9 @@ async fn coordinate(
                     let at_ms = wall_ms();
                     match fleet.kill(node as usize) {
                         Ok(()) => {
-                            record.kill = Some(Kill { node, at_ms });
-                            close_release = Some(CloseRelease::after_killing(shape, node));
+                            let what = Killed::Node { node, endpoints_survive: false };
+                            record.kill = Some(Kill { what, at_ms });
+                            close_release = Some(CloseRelease::after(shape, what));
                         }
                         Err(e) => {
                             record.errors.push(e);
@@ -463,47 +349,6 @@ async fn coordinate(
     fleet.broadcast(&ToNode::Exit);
     collect_byes(&mut inbox, &mut state, &mut record).await;
     Ok(verdicts.report(shape, record))
-}
-
-/// The longest producers hold their close after a kill, should some endpoint never
-/// report its failure (the run then reports that endpoint as hung).
-const CLOSE_RELEASE_BOUND: Duration = Duration::from_secs(5);
-
-/// When producers, held open while a node is killed, may close.
-struct CloseRelease {
-    /// The surviving endpoints of the jobs the killed node spans.
-    expected: usize,
-    /// The jobs the killed node spans.
-    jobs: Vec<u32>,
-    /// The node killed.
-    killed: u32,
-    deadline: Instant,
-}
-
-impl CloseRelease {
-    fn after_killing(shape: &Shape, killed: u32) -> Self {
-        let jobs = shape.jobs_of(killed);
-        let per_node = (shape.producers() + shape.consumers()) as usize;
-        let expected = jobs
-            .iter()
-            .map(|&j| (shape.job_nodes(j).len() - 1) * per_node)
-            .sum();
-        Self {
-            expected,
-            jobs,
-            killed,
-            deadline: Instant::now() + CLOSE_RELEASE_BOUND,
-        }
-    }
-
-    /// Whether every surviving endpoint of the affected jobs has reported.
-    fn due(&self, outcomes: &[EndpointOutcome]) -> bool {
-        let reported = outcomes
-            .iter()
-            .filter(|o| o.node != self.killed && self.jobs.contains(&o.job))
-            .count();
-        reported >= self.expected
-    }
 }
 
 /// Gathers the `bye` of every node process still up (its peak memory and link resumes),

@@ -3,9 +3,13 @@
 //! Shared by both modes.
 //!
 //! Invariants: a job completes only if every one of its endpoints reported, without an
-//! error, and its consumers received all their bytes; a job using the killed node fails
-//! cleanly only if every one of its endpoints on a surviving node reported an error naming
-//! that node (none hung, none ended without error); no consumer's peak of credit
+//! error, and its consumers received all their bytes; a job a kill affects (one using the
+//! killed node, or the job of the killed endpoint) fails cleanly only if every one of its
+//! endpoints that outlived the kill reported an error (none hung, none ended without
+//! error) naming what was killed: the node, or for the other role of a killed endpoint's
+//! job that endpoint (a consumer of a killed producer sees it abort, a producer of a
+//! killed consumer sees it cancel; the endpoints of the killed one's own role fail only in
+//! turn, and any error will do); no consumer's peak of credit
 //! outstanding exceeds its pool, whatever its job's fate; the run verifies iff no error of any
 //! kind was found (run-level errors included), so every failure that is not expected is
 //! listed in `errors`; a [`Tally`] keeps counts, a histogram of job latencies and only the
@@ -15,23 +19,165 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use super::arrival::Arrival;
 use super::report::{Report, ShapeFields};
-use super::roles::{EndpointOutcome, Role};
+use super::roles::{EndpointError, EndpointKey, EndpointOutcome, Role};
 use super::shape::Shape;
 use super::timeline::Series;
 
 /// Errors listed per job at most; the rest are counted.
 const MAX_ERRORS_PER_JOB: usize = 8;
 
-/// A node's process killed during the run.
+/// A kill during the run.
 #[derive(Clone, Copy, Debug)]
 pub struct Kill {
-    /// The node.
-    pub node: u32,
+    /// What was killed.
+    pub what: Killed,
     /// Wall-clock time of the kill, in ms since the UNIX epoch.
     pub at_ms: u64,
+}
+
+/// What a kill hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Killed {
+    /// Node `node`: its process (`--spawn`; its endpoints die with it), or its agent
+    /// (`--agent`; the endpoint processes attached to it live on, and must fail too).
+    Node {
+        /// The node.
+        node: u32,
+        /// The node's endpoints live on (in processes of their own).
+        endpoints_survive: bool,
+    },
+    /// One endpoint's process (`--agent --kill-endpoint`), the `index`-th of
+    /// [`Shape::endpoints`].
+    Endpoint {
+        /// Its place in [`Shape::endpoints`].
+        index: usize,
+        /// The endpoint.
+        endpoint: EndpointKey,
+    },
+}
+
+impl Killed {
+    /// Whether the kill affects job `j`: it uses the killed node, or is the killed
+    /// endpoint's.
+    pub fn affects(&self, shape: &Shape, j: u32) -> bool {
+        match self {
+            Killed::Node { node, .. } => shape.job_uses(j, *node),
+            Killed::Endpoint { endpoint, .. } => endpoint.job == j,
+        }
+    }
+
+    /// Whether endpoint `e` (of an affected job) lived on after the kill, and so must
+    /// report the failure.
+    pub fn survives(&self, e: &EndpointKey) -> bool {
+        match self {
+            Killed::Node {
+                node,
+                endpoints_survive,
+            } => *endpoints_survive || e.node != *node,
+            Killed::Endpoint { endpoint, .. } => e != endpoint,
+        }
+    }
+
+    /// Why `error`, reported by `e`, a survivor of an affected job, is not an error the
+    /// kill explains, if it is not.
+    fn unexplained(&self, e: &EndpointKey, error: &EndpointError) -> Option<String> {
+        match self {
+            Killed::Node { node, .. } => (error.names_node != Some(*node)).then(|| {
+                format!(
+                    "{} (an error that does not name the killed node {node})",
+                    error.message
+                )
+            }),
+            // The killed endpoint's own role fails in turn, as the other role gives up.
+            Killed::Endpoint { endpoint: k, .. } if e.role == k.role => None,
+            Killed::Endpoint { endpoint: k, .. } => {
+                (error.names_endpoint != Some((k.node, k.slot))).then(|| {
+                    format!(
+                        "{} (an error that does not name the killed {})",
+                        error.message,
+                        k.describe()
+                    )
+                })
+            }
+        }
+    }
+
+    /// The node killed, if a node was.
+    pub fn node(&self) -> Option<u32> {
+        match self {
+            Killed::Node { node, .. } => Some(*node),
+            Killed::Endpoint { .. } => None,
+        }
+    }
+
+    /// What was killed, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Killed::Node { node, .. } => format!("node {node}"),
+            Killed::Endpoint { endpoint, .. } => endpoint.describe(),
+        }
+    }
+}
+
+/// The endpoint killed by `--kill-endpoint`, as the report gives it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KilledEndpoint {
+    /// Its place in the kill order: jobs, then nodes, then producers before consumers,
+    /// then slots.
+    pub index: usize,
+    /// Its job's id.
+    pub job: u64,
+    /// Its node.
+    pub node: u32,
+    /// Producer or consumer.
+    pub role: Role,
+    /// Its slot on the node.
+    pub slot: u32,
+}
+
+/// The longest producers hold their close after a kill, should some endpoint never
+/// report its failure (the run then reports that endpoint as hung).
+const CLOSE_RELEASE_BOUND: Duration = Duration::from_secs(5);
+
+/// When producers, held open while something is killed, may close: once every endpoint
+/// of the affected jobs that outlived the kill has reported (with its error), or
+/// [`CLOSE_RELEASE_BOUND`] after the kill.
+#[derive(Debug)]
+pub struct CloseRelease {
+    killed: Killed,
+    /// The affected jobs' endpoints that outlived the kill.
+    expected: usize,
+    /// When producers close, whatever was reported.
+    pub deadline: tokio::time::Instant,
+}
+
+impl CloseRelease {
+    /// Just after `killed` was killed, in the first wave of `shape`.
+    pub fn after(shape: &Shape, killed: Killed) -> CloseRelease {
+        let expected = shape
+            .endpoints()
+            .iter()
+            .filter(|e| killed.affects(shape, e.job) && killed.survives(e))
+            .count();
+        CloseRelease {
+            killed,
+            expected,
+            deadline: tokio::time::Instant::now() + CLOSE_RELEASE_BOUND,
+        }
+    }
+
+    /// Whether every endpoint of the affected jobs that outlived the kill has reported.
+    pub fn due(&self, shape: &Shape, outcomes: &[EndpointOutcome]) -> bool {
+        let reported = outcomes
+            .iter()
+            .filter(|o| self.killed.affects(shape, o.job) && self.killed.survives(&o.key()))
+            .count();
+        reported >= self.expected
+    }
 }
 
 /// Everything a run gathered, before judging.
@@ -52,6 +198,10 @@ pub struct RunRecord {
     pub link_kills: u64,
     /// OS processes that ran nodes.
     pub processes: usize,
+    /// Agent processes (`--agent`), one per node; 0 otherwise.
+    pub agents: usize,
+    /// Processes that each ran one endpoint (`--agent`); 0 otherwise.
+    pub endpoint_processes: usize,
     /// Peak resident memory of each process that ran nodes, in process order; `None` for
     /// one that did not report it (it was killed, or the OS does not tell).
     pub rss_peak_bytes_per_process: Vec<Option<u64>>,
@@ -167,10 +317,8 @@ impl Tally {
         kill: Option<Kill>,
     ) -> bool {
         let errors_before = self.errors.len();
-        let by_endpoint: HashMap<(u32, Role, u32, u32), &EndpointOutcome> = outcomes
-            .iter()
-            .map(|o| ((o.job, o.role, o.node, o.slot), o))
-            .collect();
+        let by_endpoint: HashMap<EndpointKey, &EndpointOutcome> =
+            outcomes.iter().map(|o| (o.key(), o)).collect();
         for j in shape.wave_jobs(wave) {
             self.judge_job(shape, j, &by_endpoint, kill);
         }
@@ -202,26 +350,26 @@ impl Tally {
         &mut self,
         shape: &Shape,
         j: u32,
-        by_endpoint: &HashMap<(u32, Role, u32, u32), &EndpointOutcome>,
+        by_endpoint: &HashMap<EndpointKey, &EndpointOutcome>,
         kill: Option<Kill>,
     ) {
         let id = Shape::job_id(j).0;
-        let killed = kill.filter(|k| shape.job_uses(j, k.node));
+        let killed = kill.filter(|k| k.what.affects(shape, j));
         if killed.is_some() {
             self.affected_job_ids.push(id);
         }
         let mut problems = Vec::new();
         let mut unexpected = Vec::new();
         let mut span = JobSpan::default();
-        for (role, node, slot) in job_endpoints(shape, j) {
-            let name = format!("job {id}: {role:?} {node}/{slot}").to_lowercase();
-            let outcome = by_endpoint.get(&(j, role, node, slot));
+        for e in shape.job_endpoints(j) {
+            let name = format!("job {id}: {:?} {}/{}", e.role, e.node, e.slot).to_lowercase();
+            let outcome = by_endpoint.get(&e);
             match (outcome, outcome.and_then(|o| o.error.as_ref())) {
                 (None, _) => problems.push(format!("{name} never finished")),
                 (Some(_), Some(e)) => problems.push(e.message.clone()),
                 (Some(o), None) => {
                     span.add(o);
-                    if role == Role::Consumer && o.bytes != shape.bytes_per_consumer() {
+                    if e.role == Role::Consumer && o.bytes != shape.bytes_per_consumer() {
                         problems.push(format!(
                             "{name} received {} bytes, expected {}",
                             o.bytes,
@@ -230,25 +378,20 @@ impl Tally {
                     }
                 }
             }
-            let Some(kill) = killed.filter(|k| k.node != node) else {
+            let Some(kill) = killed.filter(|k| k.what.survives(&e)) else {
                 continue;
             };
-            // A surviving endpoint of a job that uses the killed node must fail naming it.
+            // An endpoint of an affected job that outlived the kill must fail, for it.
+            let what = kill.what.describe();
             match outcome.map(|o| &o.error) {
-                None => unexpected.push(format!("{name} hung after node {} was killed", kill.node)),
+                None => unexpected.push(format!("{name} hung after {what} was killed")),
                 Some(None) => unexpected.push(format!(
-                    "{name} ended without an error though node {} was killed",
-                    kill.node
+                    "{name} ended without an error though {what} was killed"
                 )),
-                Some(Some(e)) => {
-                    let after = e.at_ms.saturating_sub(kill.at_ms);
+                Some(Some(error)) => {
+                    let after = error.at_ms.saturating_sub(kill.at_ms);
                     self.detect_ms = Some(self.detect_ms.map_or(after, |d| d.max(after)));
-                    if e.names_node != Some(kill.node) {
-                        unexpected.push(format!(
-                            "{} (an error that does not name the killed node {})",
-                            e.message, kill.node
-                        ));
-                    }
+                    unexpected.extend(kill.what.unexplained(&e, error));
                 }
             }
         }
@@ -260,8 +403,8 @@ impl Tally {
             }
             if let Some(kill) = killed {
                 self.errors.push(format!(
-                    "job {id} uses node {} but completed: the kill came too late",
-                    kill.node
+                    "job {id} lost {} but completed: the kill came too late",
+                    kill.what.describe()
                 ));
             }
             return;
@@ -335,7 +478,19 @@ impl Tally {
             jobs_failed: u32::try_from(self.failed_job_ids.len()).unwrap_or(u32::MAX),
             failed_job_ids: self.failed_job_ids,
             affected_job_ids: self.affected_job_ids,
-            killed_node: run.kill.map(|k| k.node),
+            killed_node: run.kill.and_then(|k| k.what.node()),
+            killed_endpoint: run.kill.and_then(|k| match k.what {
+                Killed::Endpoint { index, endpoint } => Some(KilledEndpoint {
+                    index,
+                    job: Shape::job_id(endpoint.job).0,
+                    node: endpoint.node,
+                    role: endpoint.role,
+                    slot: endpoint.slot,
+                }),
+                Killed::Node { .. } => None,
+            }),
+            agents: run.agents,
+            endpoint_processes: run.endpoint_processes,
             failure_detect_ms_max: run.kill.and(self.detect_ms),
             link_kills: run.link_kills,
             link_resumes: resume_ms.len(),
@@ -377,16 +532,6 @@ impl JobSpan {
                 .saturating_sub(self.first_opened_us?),
         )
     }
-}
-
-/// Every endpoint of job `j`: (role, node, slot).
-fn job_endpoints(shape: &Shape, j: u32) -> Vec<(Role, u32, u32)> {
-    let mut out = Vec::new();
-    for node in shape.job_nodes(j) {
-        out.extend((0..shape.producers()).map(|s| (Role::Producer, node.0, s)));
-        out.extend((0..shape.consumers()).map(|s| (Role::Consumer, node.0, s)));
-    }
-    out
 }
 
 /// The nearest-rank `p`-th percentile of sorted `values`, `None` if there are none.
@@ -447,6 +592,8 @@ mod tests {
                 message: format!("link to node {names} failed"),
                 at_ms,
                 names_node: Some(names),
+                names_endpoint: None,
+                agent_lost: false,
             }),
             ..ok(&shape(), j, role, node)
         }
@@ -455,8 +602,8 @@ mod tests {
     fn all_ok(shape: &Shape) -> Vec<EndpointOutcome> {
         let mut out = Vec::new();
         for j in 0..2 {
-            for (role, node, _) in job_endpoints(shape, j) {
-                out.push(ok(shape, j, role, node));
+            for e in shape.job_endpoints(j) {
+                out.push(ok(shape, j, e.role, e.node));
             }
         }
         out
@@ -512,7 +659,10 @@ mod tests {
         outcomes.push(failed(0, Role::Producer, 0, 1, 1040));
         outcomes.push(failed(0, Role::Consumer, 0, 1, 1075));
         let kill = Some(Kill {
-            node: 1,
+            what: Killed::Node {
+                node: 1,
+                endpoints_survive: false,
+            },
             at_ms: 1000,
         });
         let run = |outcomes| RunRecord {
@@ -535,6 +685,129 @@ mod tests {
         let r = judge(&s, run(outcomes));
         assert!(!r.verified);
         assert!(r.errors[0].contains("does not name"), "{:?}", r.errors);
+    }
+
+    /// The outcome of `e` failing at `at_ms` with an error naming endpoint `names` (node,
+    /// slot), if any.
+    fn failed_naming(e: &EndpointKey, names: Option<(u32, u32)>, at_ms: u64) -> EndpointOutcome {
+        EndpointOutcome {
+            error: Some(EndpointError {
+                message: format!("{} failed", e.describe()),
+                at_ms,
+                names_node: names.map(|n| n.0),
+                names_endpoint: names,
+                agent_lost: false,
+            }),
+            ..ok(&shape(), e.job, e.role, e.node)
+        }
+    }
+
+    #[test]
+    fn a_killed_endpoint_fails_its_job_whose_other_role_names_it() {
+        let s = shape();
+        // Job 0: producers 0/0 and 1/0, consumers 0/0 and 1/0; consumer 1/0 dies at 1000.
+        let killed = EndpointKey {
+            job: 0,
+            role: Role::Consumer,
+            node: 1,
+            slot: 0,
+        };
+        let what = Killed::Endpoint {
+            index: 3,
+            endpoint: killed,
+        };
+        assert_eq!(s.endpoints()[3], killed);
+        let kill = Some(Kill { what, at_ms: 1000 });
+        let others = |s: &Shape| -> Vec<EndpointKey> {
+            s.job_endpoints(0)
+                .into_iter()
+                .filter(|e| *e != killed)
+                .collect()
+        };
+        let mut outcomes: Vec<_> = all_ok(&s).into_iter().filter(|o| o.job == 1).collect();
+        for e in others(&s) {
+            // Producers see the killed consumer cancel; the other consumer sees a producer
+            // give up in turn.
+            let names = match e.role {
+                Role::Producer => (killed.node, killed.slot),
+                Role::Consumer => (0, 0),
+            };
+            outcomes.push(failed_naming(&e, Some(names), 1200));
+        }
+        let run = |outcomes| RunRecord {
+            outcomes,
+            elapsed_s: 1.0,
+            kill,
+            ..RunRecord::default()
+        };
+        let r = judge(&s, run(outcomes.clone()));
+        assert!(r.verified, "{:?}", r.errors);
+        assert_eq!(r.failed_job_ids, [1]);
+        assert_eq!(r.affected_job_ids, [1]);
+        assert_eq!(r.killed_node, None);
+        let k = r.killed_endpoint.expect("the killed endpoint");
+        assert_eq!(
+            (k.index, k.job, k.node, k.role, k.slot),
+            (3, 1, 1, Role::Consumer, 0)
+        );
+        assert_eq!(r.failure_detect_ms_max, Some(200));
+        // A producer whose error names another consumer is not explained by the kill.
+        let mut blamed = outcomes.clone();
+        if let Some(o) = blamed
+            .iter_mut()
+            .find(|o| o.job == 0 && o.role == Role::Producer)
+        {
+            *o = failed_naming(&o.key(), Some((0, 0)), 1200);
+        }
+        let r = judge(&s, run(blamed));
+        assert!(!r.verified);
+        assert!(
+            r.errors[0].contains("does not name the killed consumer 1/0"),
+            "{:?}",
+            r.errors
+        );
+        // A survivor that never reports hangs the job.
+        outcomes.retain(|o| !(o.job == 0 && o.role == Role::Consumer));
+        let r = judge(&s, run(outcomes));
+        assert!(!r.verified);
+        assert!(
+            r.errors.iter().any(|e| e.contains("hung")),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[test]
+    fn a_killed_agent_leaves_its_endpoints_to_fail_too() {
+        let s = shape();
+        let what = Killed::Node {
+            node: 1,
+            endpoints_survive: true,
+        };
+        let kill = Some(Kill { what, at_ms: 1000 });
+        let mut outcomes: Vec<_> = all_ok(&s).into_iter().filter(|o| o.job == 1).collect();
+        outcomes.push(failed(0, Role::Producer, 0, 1, 1040));
+        outcomes.push(failed(0, Role::Consumer, 0, 1, 1050));
+        let run = |outcomes| RunRecord {
+            outcomes,
+            elapsed_s: 1.0,
+            kill,
+            ..RunRecord::default()
+        };
+        // The endpoints attached to node 1's agent live on: they must report too.
+        let r = judge(&s, run(outcomes.clone()));
+        assert!(!r.verified);
+        assert!(
+            r.errors.iter().any(|e| e.contains("hung")),
+            "{:?}",
+            r.errors
+        );
+        outcomes.push(failed(0, Role::Producer, 1, 1, 1010));
+        outcomes.push(failed(0, Role::Consumer, 1, 1, 1020));
+        let r = judge(&s, run(outcomes));
+        assert!(r.verified, "{:?}", r.errors);
+        assert_eq!(r.killed_node, Some(1));
+        assert_eq!(r.failure_detect_ms_max, Some(50));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The messages between the `--spawn` coordinator and its node processes: one JSON object
-//! per line, on the node process's stdin (coordinator to node) and stdout (node to
-//! coordinator); the node process logs on stderr only.
+//! The messages between the coordinator and its processes (the node processes of
+//! `--spawn`, the endpoint processes of `--agent`): one JSON object per line, on the
+//! process's stdin (coordinator to process) and stdout (process to coordinator); the
+//! process logs on stderr only.
 //!
 //! A node process's conversation:
 //!
@@ -23,6 +24,28 @@
 //! ```
 //!
 //! A node process whose stdin ends exits at once, without `bye`.
+//!
+//! An endpoint process of `--agent` (one endpoint, attached to its node's agent) speaks a
+//! shorter conversation of the same kind:
+//!
+//! ```text
+//! endpoint → {"type":"ready","pid":4242}                      attached, its job handle open
+//! coord → {"type":"start","hold_close":b}                      open the endpoint and run:
+//!                                                              consumers first, producers
+//!                                                              once every consumer opened
+//! endpoint → {"type":"opened"}                                 a consumer is open (or could
+//!                                                              not open: its outcome follows)
+//! coord → {"type":"close_producers"}                           a producer holding may close
+//! endpoint → {"type":"progress","healthy":…,"stalled":…}       a consumer, every 250 ms and
+//!                                                              before its healthy_done
+//! endpoint → {"type":"healthy_done"}                           a non-stalled consumer is done
+//! coord → {"type":"release"}                                   every healthy consumer is done
+//! endpoint → {"type":"endpoint","outcome":{…}}                 once, as its endpoint ends
+//! coord → {"type":"exit"}                                      the run is over: exit
+//! endpoint → {"type":"failed","error":"…"}                     instead, when it cannot go on
+//! ```
+//!
+//! An endpoint process whose stdin ends exits at once.
 //!
 //! Invariants: a line is written whole and flushed; a reader delivers every line in
 //! order, then [`Line::Closed`] exactly once, when its stream ends or breaks.
@@ -121,6 +144,56 @@ pub enum ToNode {
     Exit,
 }
 
+/// From an endpoint process (`--agent`) to the coordinator.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromEndpoint {
+    /// The process attached to its agent and opened its job handle.
+    Ready {
+        /// Its process id.
+        pid: u32,
+    },
+    /// Its consumer is open (or could not open; its outcome follows).
+    Opened,
+    /// Its endpoint ended.
+    Endpoint {
+        /// How.
+        outcome: EndpointOutcome,
+    },
+    /// Its consumer, which does not stall, is done.
+    HealthyDone,
+    /// Payload bytes its consumer received so far.
+    Progress {
+        /// Received, if the consumer does not stall.
+        healthy: u64,
+        /// Received, if it stalls.
+        stalled: u64,
+    },
+    /// The process cannot go on.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// From the coordinator to an endpoint process (`--agent`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToEndpoint {
+    /// Open the endpoint and run it.
+    Start {
+        /// A producer holds its close until `close_producers` (something is to be killed
+        /// while every job is still in progress).
+        hold_close: bool,
+    },
+    /// A stalled consumer may read now.
+    Release,
+    /// A producer holding its close may close now.
+    CloseProducers,
+    /// The run is over: exit.
+    Exit,
+}
+
 /// What a line reader delivers.
 #[derive(Debug)]
 pub enum Line<T> {
@@ -183,6 +256,21 @@ mod tests {
             text,
             "{\"type\":\"release\"}\n{\"type\":\"progress\",\"healthy\":7,\"stalled\":2}\n"
         );
+    }
+
+    #[test]
+    fn endpoint_messages_are_tagged_lines_too() {
+        let mut out = Vec::new();
+        write_line(&mut out, &ToEndpoint::Start { hold_close: true }).expect("write");
+        write_line(&mut out, &FromEndpoint::Opened).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(
+            text,
+            "{\"type\":\"start\",\"hold_close\":true}\n{\"type\":\"opened\"}\n"
+        );
+        let back: FromEndpoint =
+            serde_json::from_str("{\"type\":\"ready\",\"pid\":7}").expect("decode");
+        assert!(matches!(back, FromEndpoint::Ready { pid: 7 }));
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //!   PULL socket per consumer and a PUSH socket per channel;
 //! - `rabbitmq` (`rabbitmq`, only with the cargo feature `rabbitmq`): a RabbitMQ broker on
 //!   loopback (`--amqp-url`, checked by [`amqp_url`]), a connection per node, a queue per
-//!   consumer; skipped, with a note, when no broker answers.
+//!   consumer; skipped, with a note, when no broker answers;
+//! - `embedded` (with `--agent` only): plexus itself embedded, one node per OS process, as
+//!   `--spawn` runs it ([`super::spawn`]), to see what going through the agents costs.
 //!
-//! Each system runs on a fresh runtime with every node on its own loopback address, its
-//! links counted from the OS socket table like plexus's, and is judged by the same
-//! [`verdict`] as plexus.
+//! Each system runs on a fresh runtime with every node on its own loopback address (in
+//! this process, or for `embedded` in node processes), its links counted from the OS
+//! socket table like plexus's, and is judged by the same [`verdict`] as plexus.
 //!
 //! Invariants: a system runs at most once per bench run, in the order asked; a skipped
 //! system is reported with its reason and no figures, and counts neither for nor against
@@ -63,6 +65,8 @@ pub enum System {
     Zmq,
     /// A RabbitMQ broker at `--amqp-url` (needs the `rabbitmq` feature).
     Rabbitmq,
+    /// plexus embedded, one node per process, as `--spawn` runs it (with `--agent` only).
+    Embedded,
 }
 
 impl System {
@@ -73,6 +77,7 @@ impl System {
             System::NaiveTcp => "naive-tcp",
             System::Zmq => "zmq",
             System::Rabbitmq => "rabbitmq",
+            System::Embedded => "embedded",
         }
     }
 
@@ -83,6 +88,7 @@ impl System {
             System::NaiveTcp => "naive_tcp",
             System::Zmq => "zmq",
             System::Rabbitmq => "rabbitmq",
+            System::Embedded => "embedded",
         }
     }
 }
@@ -162,7 +168,11 @@ impl BaselineResult {
 
     /// A system that ran, as its run was judged.
     pub fn judged(system: System, shape: &Shape, record: RunRecord, connections: u64) -> Self {
-        let report = verdict::judge(shape, record);
+        Self::reported(system, verdict::judge(shape, record), connections)
+    }
+
+    /// A system that ran, as its `report` says.
+    fn reported(system: System, report: Report, connections: u64) -> Self {
         BaselineResult {
             system: system.name(),
             skipped: false,
@@ -187,6 +197,9 @@ fn how_it_connects(system: System) -> &'static str {
         System::Zmq => "a PUSH socket per channel to each consumer's PULL socket",
         System::Rabbitmq => {
             "one broker connection per node, a channel per endpoint, a queue per consumer"
+        }
+        System::Embedded => {
+            "plexus embedded, one node per process (as --spawn runs it): one link per node pair"
         }
     }
 }
@@ -248,6 +261,29 @@ fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
         System::Rabbitmq => {
             BaselineResult::skipped(system, "built without the rabbitmq feature".into())
         }
+        System::Embedded => run_embedded(shape, args),
+    }
+}
+
+/// The workload of `shape` with plexus embedded, one node per process, as `--spawn` runs
+/// it; the links it opens are one per pair of nodes that share a job.
+fn run_embedded(shape: &Shape, args: &BenchArgs) -> BaselineResult {
+    let spawned = BenchArgs {
+        agent: false,
+        spawn: true,
+        nodes_per_process: 1,
+        baseline: Vec::new(),
+        report: None,
+        kill_node: None,
+        kill_endpoint: None,
+        kill_at_ms: None,
+        chaos_link_kill_ms: None,
+        ..args.clone()
+    };
+    let connections = fds::links_per_node(shape).iter().sum::<u64>() / 2;
+    match super::spawn::run(shape, &spawned, spawned.arrival()) {
+        Ok(report) => BaselineResult::reported(System::Embedded, report, connections),
+        Err(e) => failed(System::Embedded, e),
     }
 }
 

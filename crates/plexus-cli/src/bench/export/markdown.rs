@@ -348,14 +348,26 @@ pub fn throughput(r: &Report, bytes_per_producer: u64, ctx: &Context) -> String 
         );
     }
 
-    if r.killed_node.is_some() || r.link_kills > 0 || r.link_resumes > 0 {
+    if r.killed_node.is_some()
+        || r.killed_endpoint.is_some()
+        || r.link_kills > 0
+        || r.link_resumes > 0
+    {
         heading(&mut out, "Failures");
         let ms = |v: Option<f64>| opt(v, |v| format!("{v:.1} ms"));
+        let endpoint = r.killed_endpoint.map(|e| {
+            format!(
+                "{} ({:?} {}/{} of job {})",
+                e.index, e.role, e.node, e.slot, e.job
+            )
+            .to_lowercase()
+        });
         figures(
             &mut out,
             &[
                 ("killed node", opt(r.killed_node, |n| n.to_string())),
-                ("jobs using it", format!("{:?}", r.affected_job_ids)),
+                ("killed endpoint", opt(endpoint, |e| e)),
+                ("jobs it affected", format!("{:?}", r.affected_job_ids)),
                 ("jobs failed", format!("{:?}", r.failed_job_ids)),
                 (
                     "failure seen by every affected endpoint within",

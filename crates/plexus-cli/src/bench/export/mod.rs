@@ -116,7 +116,7 @@ pub fn throughput(
             ));
             if spawned {
                 notes.push(format!(
-                    "With `--spawn`, the node processes report what their consumers received every {} ms (and when a healthy consumer is done), so the curves move in such steps.",
+                    "With `--spawn` (or `--agent`), the node processes (or the consumers' processes) report what their consumers received every {} ms (and when a healthy consumer is done), so the curves move in such steps.",
                     PROGRESS_EVERY.as_millis()
                 ));
             }
@@ -126,6 +126,12 @@ pub fn throughput(
         }
     }
 
+    if report.agents > 0 {
+        notes.push(format!(
+            "The run went through {} agents, every endpoint in a process of its own ({} endpoint processes); the consumers' credit figures stay inside the agents and read 0 here.",
+            report.agents, report.endpoint_processes
+        ));
+    }
     let markdown = with_context(&files, &notes, |ctx| {
         markdown::throughput(report, bytes_per_producer, ctx)
     });
