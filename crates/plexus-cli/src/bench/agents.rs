@@ -258,19 +258,21 @@ fn free_port(ips: &[Ipv4Addr]) -> Result<u16, String> {
         .unwrap_or(32768);
     let span = u64::from(ephemeral.saturating_sub(FIRST_PORT).max(1));
     let mut seed = wall_us() ^ u64::from(std::process::id()).rotate_left(24);
+    let mut last = String::new();
     for _ in 0..PORT_ATTEMPTS {
         let port =
             FIRST_PORT.saturating_add(u16::try_from(splitmix64(&mut seed) % span).unwrap_or(0));
-        let held: Result<Vec<TcpListener>, _> = ips
+        let held: Result<Vec<TcpListener>, String> = ips
             .iter()
-            .map(|&ip| TcpListener::bind((ip, port)))
+            .map(|&ip| TcpListener::bind((ip, port)).map_err(|e| format!("{ip}:{port}: {e}")))
             .collect();
-        if held.is_ok() {
-            return Ok(port);
+        match held {
+            Ok(_) => return Ok(port),
+            Err(e) => last = e,
         }
     }
     Err(format!(
-        "found no TCP port free on every node address ({} from {}) in {PORT_ATTEMPTS} tries",
+        "found no TCP port free on every node address ({} from {}) in {PORT_ATTEMPTS} tries; the last: {last}",
         ips.len(),
         ips.first().map_or("-".to_string(), Ipv4Addr::to_string)
     ))
