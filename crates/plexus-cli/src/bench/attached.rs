@@ -203,9 +203,8 @@ impl Coordinator<'_> {
             }
             (None, None) => None,
         };
-        let mut pending_kill = target
-            .zip(args.kill_at_ms)
-            .map(|(target, ms)| (target, start + Duration::from_millis(ms)));
+        let kill_at = start + Duration::from_millis(args.kill_delay_ms());
+        let mut pending_kill = target.map(|target| (target, kill_at));
 
         let mut record = RunRecord {
             processes: shape.nodes() as usize,
@@ -369,7 +368,7 @@ impl Coordinator<'_> {
             record.errors.push(format!(
                 "the run ended after {:.0} ms, before --kill-at-ms {}: {target:?} was not killed",
                 record.elapsed_s * 1000.0,
-                args.kill_at_ms.unwrap_or(0)
+                args.kill_delay_ms()
             ));
         }
         record.timeline = timeline.map(Timeline::stop);

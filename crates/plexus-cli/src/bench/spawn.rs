@@ -170,10 +170,8 @@ async fn coordinate(
     let chaos = args
         .chaos_link_kill_ms
         .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
-    let mut pending_kill = args
-        .kill_node
-        .zip(args.kill_at_ms)
-        .map(|(node, ms)| (node, start + Duration::from_millis(ms)));
+    let kill_at = start + Duration::from_millis(args.kill_delay_ms());
+    let mut pending_kill = args.kill_node.map(|node| (node, kill_at));
 
     let mut record = RunRecord {
         processes: distinct_pids,
@@ -340,7 +338,7 @@ async fn coordinate(
         record.errors.push(format!(
             "the run ended after {:.0} ms, before --kill-at-ms {}: node {node} was not killed",
             record.elapsed_s * 1000.0,
-            args.kill_at_ms.unwrap_or(0)
+            args.kill_delay_ms()
         ));
     }
     record.timeline = timeline.map(Timeline::stop);
