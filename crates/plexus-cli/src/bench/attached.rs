@@ -232,11 +232,13 @@ impl Coordinator<'_> {
             _ => format!("endpoint process {i}"),
         };
         while state.iter().any(|s| !s.reported && !s.gone) {
-            let consumers_open = endpoints
-                .iter()
-                .zip(&state)
-                .all(|(e, s)| e.role == Role::Producer || s.opened || s.reported || s.gone);
-            if !producers_started && consumers_open {
+            let consumers_open = || {
+                endpoints
+                    .iter()
+                    .zip(&state)
+                    .all(|(e, s)| e.role == Role::Producer || s.opened || s.reported || s.gone)
+            };
+            if !producers_started && consumers_open() {
                 producers_started = true;
                 for (i, e) in endpoints.iter().enumerate() {
                     if e.role == Role::Producer {
