@@ -211,3 +211,31 @@ async fn a_user_the_policy_does_not_name_is_refused() {
     .await
     .expect("bounded");
 }
+
+/// `ready` names a consumer only when a send to it was refused (or its channel failed),
+/// as for an embedded producer: credit topped up while sending wakes nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_only_consumers_a_send_waited_for() {
+    tokio::time::timeout(BOUND, async {
+        let (_nodes, sockets) = agents(106, "ready", |_| {}).await;
+        let me = Endpoint::new(NodeId(0), 0);
+        let topology = Topology::new([me], [me]);
+        let attached = Node::attach(&sockets[0]).await.unwrap();
+        let job = attached.job(JobId(1), topology);
+        let mut rx = job.consumer(0).await.unwrap();
+        let mut tx = job.producer(0).await.unwrap();
+        for seq in 0..10 {
+            tx.send(me, message(me, seq, 100)).await.unwrap();
+        }
+        for _ in 0..10 {
+            assert!(rx.recv().await.unwrap().is_ok());
+        }
+        let ready = tokio::time::timeout(Duration::from_millis(300), tx.ready()).await;
+        assert!(
+            ready.is_err(),
+            "ready() named {ready:?} though nothing waited"
+        );
+    })
+    .await
+    .expect("bounded");
+}

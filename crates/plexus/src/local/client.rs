@@ -331,9 +331,14 @@ fn file(conn: &Connection, frame: FromAgent) {
             bytes,
         }) => st.producers.get_mut(&(job, slot)).and_then(|p| {
             *p.windows.entry(consumer).or_insert(0) += bytes;
-            p.asked.remove(&consumer);
-            p.ready.push(consumer);
-            p.waker.take()
+            // Ready, as for an embedded producer, only if a send was refused for want of
+            // it (a top-up while sending needs no wake-up).
+            if p.asked.remove(&consumer) {
+                p.ready.push(consumer);
+                p.waker.take()
+            } else {
+                None
+            }
         }),
         FromAgent::Control(ToClient::SendFailed {
             job,
