@@ -317,11 +317,13 @@ async fn linger_while_others_run(shared: &Shared, link: LinkId) {
 }
 
 /// Writes every chunk, in order, using as few `writev` calls as the socket allows; leaves
-/// `chunks` empty.
-async fn write_all_vectored(
-    wr: &mut OwnedWriteHalf,
+/// `chunks` empty. (Links, and the local connections of attached processes.)
+pub(crate) async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
     chunks: &mut Vec<Bytes>,
 ) -> std::io::Result<()> {
+    // An empty chunk would read as a write of nothing.
+    chunks.retain(|c| !c.is_empty());
     let mut first = 0;
     while first < chunks.len() {
         let mut written = {

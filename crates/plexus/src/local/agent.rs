@@ -22,15 +22,15 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use plexus_proto::credit::message_cost;
 use plexus_proto::{Endpoint, JobId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::frames::{
-    decode_from_client, encode_control, encode_delivery, Delivery, Failure, FromClient, Outcome,
-    ToAgent, ToClient, VERSION,
+    decode_from_client, encode_control, encode_delivery_chunks, reserve_for_frame, Delivery,
+    Failure, FromClient, Outcome, ToAgent, ToClient, VERSION,
 };
 use crate::embedded::{EmbeddedJob, EmbeddedProducer, Taken};
 use crate::error::Error;
@@ -156,6 +156,9 @@ struct TakeCmd {
     among: Option<Vec<Endpoint>>,
 }
 
+/// Bytes a connection's reader asks the socket for at least, per read.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Takes a consumer's process may have outstanding: one (the protocol asks no more), and
 /// a margin; beyond, it floods the agent and is cut off.
 const TAKES_QUEUED: usize = 4;
@@ -180,6 +183,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
     let mut endpoints = Endpoints::default();
     let mut hello = false;
     let reason = 'conn: loop {
+        reserve_for_frame(&mut buf, READ_CHUNK, limit);
         match rd.read_buf(&mut buf).await {
             Ok(0) => break "the process closed the connection".to_string(),
             Ok(_) => {}
@@ -353,21 +357,26 @@ fn producer_cmd(
 /// Writes what the agent sends a process, until the connection ends.
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut written = Vec::new();
-        // Everything already queued leaves in one write.
+        // Everything already queued leaves in one vectored write.
         while let Some(item) = next {
             match item {
                 Outgoing::Control(frame) => encode_control(&frame, &mut buf),
                 Outgoing::Delivery(delivery, done) => {
-                    encode_delivery(&delivery, &mut buf);
+                    encode_delivery_chunks(&delivery, &mut buf, &mut chunks);
                     written.push(done);
                 }
             }
             next = rx.try_recv().ok();
         }
-        if wr.write_all(&buf.split()).await.is_err() {
+        chunks.push(buf.split().freeze());
+        if crate::driver::write_all_vectored(&mut wr, &mut chunks)
+            .await
+            .is_err()
+        {
             return;
         }
         for done in written {

@@ -28,8 +28,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{
-    decode_from_agent, encode_control, encode_send_header, Failure, FromAgent, Outcome, Send,
-    ToAgent, ToClient, VERSION,
+    decode_from_agent, encode_control, encode_send_chunks, reserve_for_frame, Failure, FromAgent,
+    Outcome, Send, ToAgent, ToClient, VERSION,
 };
 use crate::error::Error;
 use crate::job::{Job, TrySend};
@@ -39,6 +39,9 @@ use crate::topology::Topology;
 /// Largest frame the agent may send: a delivery of up to 256 KiB of whole arrivals, or one
 /// large message, with room to spare.
 const FRAME_LIMIT: usize = 1 << 30;
+
+/// Bytes the reader asks the socket for at least, per read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// A process attached to its machine's agent: opens jobs on the agent's node.
 #[derive(Clone, Debug)]
@@ -242,33 +245,31 @@ fn from_failure(failure: Failure) -> Error {
 
 /// Writes what the handles queue, until the connection ends.
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut buf = BytesMut::new();
-    let mut payloads: Vec<Bytes> = Vec::new();
+    let mut scratch = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let mut queued = 0;
+        // What is already queued leaves in one vectored write (up to about 1 MiB).
         while let Some(item) = next {
             match item {
-                Outgoing::Control(frame) => encode_control(&frame, &mut buf),
+                Outgoing::Control(frame) => encode_control(&frame, &mut scratch),
                 Outgoing::Send(send) => {
-                    encode_send_header(&send, &mut buf);
-                    if send.payload.len() < 4096 {
-                        buf.extend_from_slice(&send.payload);
-                    } else {
-                        payloads.push(buf.split().freeze());
-                        payloads.push(send.payload);
-                    }
+                    queued += send.payload.len();
+                    encode_send_chunks(&send, &mut scratch, &mut chunks);
                 }
             }
-            if buf.len() + payloads.len() * 4096 > 1 << 20 {
+            if queued > 1 << 20 {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        payloads.push(buf.split().freeze());
-        for chunk in payloads.drain(..) {
-            if wr.write_all(&chunk).await.is_err() {
-                return;
-            }
+        chunks.push(scratch.split().freeze());
+        if crate::driver::write_all_vectored(&mut wr, &mut chunks)
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -290,6 +291,7 @@ async fn read_loop(
                 Err(e) => break 'conn format!("the agent broke the attach protocol: {e}"),
             }
         }
+        reserve_for_frame(&mut buf, READ_CHUNK, FRAME_LIMIT);
         match rd.read_buf(&mut buf).await {
             Ok(0) => break "the agent closed the connection".to_string(),
             Ok(_) => {}

@@ -192,8 +192,17 @@ pub(crate) fn encode_send_header(send: &Send, out: &mut BytesMut) {
     out.put_u32_le(send.consumer.slot);
 }
 
-/// Appends a delivery.
-pub(crate) fn encode_delivery(delivery: &Delivery, out: &mut BytesMut) {
+/// Payloads at least this long travel by reference in a vectored write; shorter ones are
+/// copied next to their header.
+const BY_REFERENCE: usize = 512;
+
+/// Appends a delivery as chunks for a vectored write: headers in `scratch`, large messages
+/// by reference.
+pub(crate) fn encode_delivery_chunks(
+    delivery: &Delivery,
+    scratch: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+) {
     let body: usize = 1
         + 8
         + 4
@@ -202,16 +211,44 @@ pub(crate) fn encode_delivery(delivery: &Delivery, out: &mut BytesMut) {
             .iter()
             .map(|(_, m)| 12 + m.len())
             .sum::<usize>();
-    out.reserve(4 + body);
-    out.put_u32_le(body as u32);
-    out.put_u8(KIND_DELIVERY);
-    out.put_u64_le(delivery.job.0);
-    out.put_u32_le(delivery.slot);
+    scratch.put_u32_le(body as u32);
+    scratch.put_u8(KIND_DELIVERY);
+    scratch.put_u64_le(delivery.job.0);
+    scratch.put_u32_le(delivery.slot);
     for (from, message) in &delivery.messages {
-        out.put_u32_le(from.node.0);
-        out.put_u32_le(from.slot);
-        out.put_u32_le(message.len() as u32);
-        out.put_slice(message);
+        scratch.put_u32_le(from.node.0);
+        scratch.put_u32_le(from.slot);
+        scratch.put_u32_le(message.len() as u32);
+        put_payload(message, scratch, chunks);
+    }
+}
+
+/// Appends a `Send` as chunks for a vectored write.
+pub(crate) fn encode_send_chunks(send: &Send, scratch: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+    encode_send_header(send, scratch);
+    put_payload(&send.payload, scratch, chunks);
+}
+
+fn put_payload(payload: &Bytes, scratch: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+    if payload.len() < BY_REFERENCE {
+        scratch.put_slice(payload);
+    } else {
+        chunks.push(scratch.split().freeze());
+        chunks.push(payload.clone());
+    }
+}
+
+/// Makes room in `buf` for the rest of the frame it starts with (at least `min` bytes),
+/// so a large frame is read into place rather than grown into piece by piece.
+pub(crate) fn reserve_for_frame(buf: &mut BytesMut, min: usize, limit: usize) {
+    let want = if buf.len() >= 4 {
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        (4 + len.min(limit)).saturating_sub(buf.len()).max(min)
+    } else {
+        min
+    };
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
     }
 }
 
@@ -339,8 +376,12 @@ mod tests {
             consumer: ep,
             payload: Bytes::from_static(b"payload"),
         };
-        encode_send_header(&send, &mut wire);
-        wire.extend_from_slice(&send.payload);
+        let mut chunks = Vec::new();
+        encode_send_chunks(&send, &mut wire, &mut chunks);
+        assert!(
+            chunks.is_empty(),
+            "a small payload is copied beside its header"
+        );
         // Fed a byte at a time, the frames still come out whole and in order.
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -360,8 +401,17 @@ mod tests {
             slot: 4,
             messages: vec![(ep, Bytes::from_static(b"a")), (ep, Bytes::new())],
         };
+        let big = Bytes::from(vec![7u8; 2 * BY_REFERENCE]);
+        let mut delivery = delivery;
+        delivery.messages.push((ep, big));
+        let mut scratch = BytesMut::new();
+        let mut chunks = Vec::new();
+        encode_delivery_chunks(&delivery, &mut scratch, &mut chunks);
+        chunks.push(scratch.split().freeze());
         let mut wire = BytesMut::new();
-        encode_delivery(&delivery, &mut wire);
+        for chunk in chunks {
+            wire.extend_from_slice(&chunk);
+        }
         let taken = ToClient::Taken {
             job: JobId(1),
             slot: 4,
