@@ -60,14 +60,7 @@ type Inbound = fleet::Inbound<FromEndpoint>;
 
 /// Runs the bench through agents, every endpoint in a process of its own.
 pub fn run(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, String> {
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find this executable to start the agents: {e}"))?;
-    let shape_json =
-        serde_json::to_string(shape).map_err(|e| format!("cannot encode the shape: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (exe, shape_json, runtime) = fleet::coordinator_parts(shape, "agents")?;
     let timeout = Duration::from_secs(args.timeout_s);
     let deadline = Instant::now() + timeout;
     let mut agents =

@@ -189,3 +189,21 @@ impl Drop for Fleet {
         self.reap_all();
     }
 }
+
+/// What a coordinator of child processes starts from: this executable (the children run
+/// it too, as `what`), the shape as the children receive it, and a runtime for the
+/// coordinator's own waits.
+pub fn coordinator_parts(
+    shape: &super::shape::Shape,
+    what: &str,
+) -> Result<(std::path::PathBuf, String, tokio::runtime::Runtime), String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable to start the {what}: {e}"))?;
+    let shape_json =
+        serde_json::to_string(shape).map_err(|e| format!("cannot encode the shape: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    Ok((exe, shape_json, runtime))
+}

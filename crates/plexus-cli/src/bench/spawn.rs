@@ -43,14 +43,7 @@ type Inbound = fleet::Inbound<FromNode>;
 
 /// Runs the bench with one process per node.
 pub fn run(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, String> {
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find this executable to start the nodes: {e}"))?;
-    let shape_json =
-        serde_json::to_string(shape).map_err(|e| format!("cannot encode the shape: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (exe, shape_json, runtime) = fleet::coordinator_parts(shape, "nodes")?;
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let group = args.nodes_per_process.max(1);
     let mut fleet = Fleet::new("node process");
