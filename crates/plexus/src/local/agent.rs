@@ -145,9 +145,13 @@ impl Out {
 
 /// A request for a producer's task.
 enum ProducerCmd {
-    Send(Endpoint, Bytes),
+    /// Messages for a consumer, in order.
+    Send(Endpoint, Vec<Bytes>),
     WantCredit(Endpoint, u64),
-    Close { req: u64, finish: bool },
+    Close {
+        req: u64,
+        finish: bool,
+    },
 }
 
 /// A request for a consumer's task.
@@ -215,9 +219,16 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
                     .producers
                     .get(&(send.job, send.slot))
                     .map(|p| {
-                        let _ = p.send(ProducerCmd::Send(send.consumer, send.payload));
+                        let _ = p.send(ProducerCmd::Send(send.consumer, vec![send.payload]));
                     })
                     .ok_or_else(|| "a message for a producer it did not open".to_string()),
+                FromClient::SendMany(many) => endpoints
+                    .producers
+                    .get(&(many.job, many.slot))
+                    .map(|p| {
+                        let _ = p.send(ProducerCmd::Send(many.consumer, many.messages));
+                    })
+                    .ok_or_else(|| "messages for a producer it did not open".to_string()),
             };
             if let Err(reason) = result {
                 break 'conn format!("protocol violation: {reason}");
@@ -411,6 +422,11 @@ impl Windows {
         true
     }
 
+    /// Takes messages the process sent within its window; `false` if beyond it.
+    fn take_all(&mut self, consumer: Endpoint, messages: Vec<Bytes>) -> bool {
+        messages.into_iter().all(|m| self.take(consumer, m))
+    }
+
     /// Queues what is held for each consumer (one lock per consumer), as far as the node
     /// takes it, then grants the process what credit it does not hold yet.
     fn flush(&mut self, producer: &mut EmbeddedProducer, out: &Out) {
@@ -515,14 +531,14 @@ async fn run_producer(
                 // The process dropped the producer, or went away: an unclosed producer
                 // aborts its channels as it drops.
                 None => return,
-                Some(ProducerCmd::Send(consumer, message)) => {
-                    let mut within = windows.take(consumer, message);
+                Some(ProducerCmd::Send(consumer, messages)) => {
+                    let mut within = windows.take_all(consumer, messages);
                     // Whatever else the process sent already goes in the same batch.
                     let mut others = Vec::new();
                     while within {
                         match cmds.try_recv() {
-                            Ok(ProducerCmd::Send(consumer, message)) => {
-                                within = windows.take(consumer, message);
+                            Ok(ProducerCmd::Send(consumer, messages)) => {
+                                within = windows.take_all(consumer, messages);
                             }
                             Ok(other) => {
                                 others.push(other);

@@ -28,8 +28,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{
-    decode_from_agent, encode_control, encode_send_chunks, reserve_for_frame, Failure, FromAgent,
-    Outcome, Send, ToAgent, ToClient, VERSION,
+    decode_from_agent, encode_control, encode_send_chunks, encode_send_many, reserve_for_frame,
+    Failure, FromAgent, Outcome, Send, SendMany, ToAgent, ToClient, VERSION,
 };
 use crate::error::Error;
 use crate::job::{Job, TrySend};
@@ -247,16 +247,26 @@ fn from_failure(failure: Failure) -> Error {
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut scratch = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
+    let mut run: Option<SendMany> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut queued = 0;
-        // What is already queued leaves in one vectored write (up to about 1 MiB).
+        // What is already queued leaves in one vectored write (up to about 1 MiB), small
+        // messages of one channel that follow each other in one frame.
         while let Some(item) = next {
             match item {
-                Outgoing::Control(frame) => encode_control(&frame, &mut scratch),
+                Outgoing::Control(frame) => {
+                    flush_run(&mut run, &mut scratch);
+                    encode_control(&frame, &mut scratch);
+                }
                 Outgoing::Send(send) => {
                     queued += send.payload.len();
-                    encode_send_chunks(&send, &mut scratch, &mut chunks);
+                    if send.payload.len() < SMALL {
+                        add_to_run(&mut run, send, &mut scratch);
+                    } else {
+                        flush_run(&mut run, &mut scratch);
+                        encode_send_chunks(&send, &mut scratch, &mut chunks);
+                    }
                 }
             }
             if queued > 1 << 20 {
@@ -264,6 +274,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outg
             }
             next = rx.try_recv().ok();
         }
+        flush_run(&mut run, &mut scratch);
         chunks.push(scratch.split().freeze());
         if crate::driver::write_all_vectored(&mut wr, &mut chunks)
             .await
@@ -271,6 +282,40 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outg
         {
             return;
         }
+    }
+}
+
+/// Messages below this size travel in runs (one frame per run of one channel).
+const SMALL: usize = 4096;
+/// The most messages one run carries (under 1 MiB, since each is below [`SMALL`]).
+const RUN_MESSAGES: usize = 256;
+
+/// Adds a small message to the run being built, starting a new one if it is for another
+/// channel or the run is full.
+fn add_to_run(run: &mut Option<SendMany>, send: Send, scratch: &mut BytesMut) {
+    let same = run.as_ref().is_some_and(|r| {
+        r.job == send.job
+            && r.slot == send.slot
+            && r.consumer == send.consumer
+            && r.messages.len() < RUN_MESSAGES
+    });
+    if !same {
+        flush_run(run, scratch);
+    }
+    run.get_or_insert_with(|| SendMany {
+        job: send.job,
+        slot: send.slot,
+        consumer: send.consumer,
+        messages: Vec::new(),
+    })
+    .messages
+    .push(send.payload);
+}
+
+/// Encodes the run being built, if any.
+fn flush_run(run: &mut Option<SendMany>, scratch: &mut BytesMut) {
+    if let Some(many) = run.take() {
+        encode_send_many(&many, scratch);
     }
 }
 

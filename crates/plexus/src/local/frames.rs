@@ -19,6 +19,7 @@ pub(crate) const VERSION: u16 = 1;
 const KIND_CONTROL: u8 = 1;
 const KIND_SEND: u8 = 2;
 const KIND_DELIVERY: u8 = 3;
+const KIND_SEND_MANY: u8 = 4;
 
 /// Bytes of a `Send` frame before its payload: length, kind, job, slot, consumer.
 const SEND_HEADER: usize = 4 + 1 + 8 + 4 + 4 + 4;
@@ -141,6 +142,15 @@ pub(crate) struct Send {
     pub payload: Bytes,
 }
 
+/// Small messages of a producer for one consumer, in order, in one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SendMany {
+    pub job: JobId,
+    pub slot: u32,
+    pub consumer: Endpoint,
+    pub messages: Vec<Bytes>,
+}
+
 /// Messages for a consumer: the answer to its `Take`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Delivery {
@@ -154,6 +164,7 @@ pub(crate) struct Delivery {
 pub(crate) enum FromClient {
     Control(ToAgent),
     Send(Send),
+    SendMany(SendMany),
 }
 
 /// A frame read from the client's side of a connection.
@@ -220,6 +231,22 @@ pub(crate) fn encode_delivery_chunks(
         scratch.put_u32_le(from.slot);
         scratch.put_u32_le(message.len() as u32);
         put_payload(message, scratch, chunks);
+    }
+}
+
+/// Appends small messages of one producer for one consumer as one frame.
+pub(crate) fn encode_send_many(many: &SendMany, out: &mut BytesMut) {
+    let body = 1 + 8 + 4 + 4 + 4 + many.messages.iter().map(|m| 4 + m.len()).sum::<usize>();
+    out.reserve(4 + body);
+    out.put_u32_le(body as u32);
+    out.put_u8(KIND_SEND_MANY);
+    out.put_u64_le(many.job.0);
+    out.put_u32_le(many.slot);
+    out.put_u32_le(many.consumer.node.0);
+    out.put_u32_le(many.consumer.slot);
+    for message in &many.messages {
+        out.put_u32_le(message.len() as u32);
+        out.put_slice(message);
     }
 }
 
@@ -307,6 +334,32 @@ pub(crate) fn decode_from_client(
                 slot,
                 consumer,
                 payload: body.freeze(),
+            })))
+        }
+        KIND_SEND_MANY => {
+            if body.len() < SEND_HEADER - 5 {
+                return Err(malformed(kind, "short header"));
+            }
+            let job = JobId(body.get_u64_le());
+            let slot = body.get_u32_le();
+            let consumer = Endpoint::new(NodeId(body.get_u32_le()), body.get_u32_le());
+            let mut body = body.freeze();
+            let mut messages = Vec::new();
+            while !body.is_empty() {
+                if body.len() < 4 {
+                    return Err(malformed(kind, "short message header"));
+                }
+                let len = body.get_u32_le() as usize;
+                if body.len() < len {
+                    return Err(malformed(kind, "message beyond the frame"));
+                }
+                messages.push(body.split_to(len));
+            }
+            Ok(Some(FromClient::SendMany(SendMany {
+                job,
+                slot,
+                consumer,
+                messages,
             })))
         }
         other => Err(malformed(other, "unknown kind")),
