@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use plexus_proto::node::{Admission, Arrival, ExchangeError, Recv, TrySendError};
+use plexus_proto::node::{Admission, Arrival, ConsumerCredit, ExchangeError, Recv, TrySendError};
 use plexus_proto::{Endpoint, JobId};
 
 use crate::error::Error;
@@ -329,6 +329,22 @@ impl EmbeddedConsumer {
         (self.job, self.slot)
     }
 
+    /// Its credit figures now.
+    pub fn credit_now(&self) -> Result<ConsumerCredit, Error> {
+        self.shared
+            .lock()
+            .core
+            .consumer_credit(self.job, self.slot)
+            .ok_or_else(|| {
+                ExchangeError::NoSuchEndpoint {
+                    job: self.job,
+                    slot: self.slot,
+                    role: plexus_proto::node::Role::Consumer,
+                }
+                .into()
+            })
+    }
+
     /// For a process attached through the agent: it read the first `consumed` messages
     /// of the last take.
     pub fn mark_read(&mut self, consumed: u64) {
@@ -497,6 +513,11 @@ fn flatten(arrivals: &VecDeque<(Endpoint, Arrival)>) -> Vec<(Endpoint, Bytes)> {
 impl ConsumerPort for EmbeddedConsumer {
     fn endpoint(&self) -> Endpoint {
         Endpoint::new(self.shared.node, self.slot)
+    }
+
+    fn credit(&self) -> BoxFuture<'_, Result<ConsumerCredit, Error>> {
+        let credit = self.credit_now();
+        Box::pin(std::future::ready(credit))
     }
 
     fn poll_recv(

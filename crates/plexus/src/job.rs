@@ -216,6 +216,14 @@ impl Consumer {
         self.port.poll_recv(cx, None)
     }
 
+    /// This consumer's credit figures on its node: its pool, the credit granted and not
+    /// back (what its channels hold anywhere, messages taken and not yet read included),
+    /// and the most that ever was. Through an agent, what the agent and this process hold
+    /// together.
+    pub async fn credit(&self) -> Result<crate::ConsumerCredit, Error> {
+        self.port.credit().await
+    }
+
     /// The next message of `producer`, an error that concerns it (its channel aborted,
     /// its node failed, the job failed), or `None` once it has ended and every message
     /// of it was read. See [`Consumer::recv_from_any`].

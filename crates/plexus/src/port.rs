@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use plexus_proto::node::ConsumerCredit;
 use plexus_proto::Endpoint;
 
 use crate::error::Error;
@@ -67,4 +68,6 @@ pub(crate) trait ConsumerPort: Send + Debug {
         cx: &mut Context<'_>,
         among: Option<&[Endpoint]>,
     ) -> Poll<Option<Result<(Endpoint, Bytes), Error>>>;
+    /// The consumer's credit figures on its node.
+    fn credit(&self) -> BoxFuture<'_, Result<ConsumerCredit, Error>>;
 }

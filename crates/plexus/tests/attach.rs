@@ -129,6 +129,15 @@ async fn a_stalled_attached_consumer_holds_at_most_its_pool_and_slows_nobody() {
             }
         }
         assert!(stalled_rx.recv().await.unwrap().is_ok());
+        // What the agent and this process hold together, as the process sees it: the
+        // same as the agent's own figures.
+        let seen = stalled_rx.credit().await.expect("credit through the agent");
+        let own = nodes[1]
+            .consumer_credit(JobId(1), 1)
+            .expect("open on the agent");
+        assert_eq!(seen.capacity, POOL);
+        assert_eq!(seen.peak, own.peak);
+        assert!(seen.peak <= POOL && seen.peak > 0, "{seen:?}");
         tx.close().await.unwrap();
         let got = reader.await.unwrap().unwrap();
         assert_eq!(

@@ -116,6 +116,11 @@ async fn a_stalled_consumer_does_not_hold_up_its_neighbour_on_the_same_link() {
             "the stalled consumer's channel never ran out of credit"
         );
         let credit = nodes[1].consumer_credit(JobId(9), 1).unwrap();
+        assert_eq!(
+            rx_stalled.credit().await.unwrap(),
+            credit,
+            "the consumer reads its own figures"
+        );
         assert!(
             credit.peak <= pool,
             "stalled channel held {} > pool {pool}",

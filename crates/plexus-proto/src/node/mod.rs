@@ -160,7 +160,7 @@ pub struct Stats {
 }
 
 /// Credit figures of one consumer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConsumerCredit {
     /// The pool's capacity.
     pub capacity: u64,

@@ -334,6 +334,22 @@ fn handle_request(
                 return Err("takes while earlier ones are unanswered".into());
             }
         }
+        ToAgent::Credit { req, job, slot } => {
+            let figures = if endpoints.consumers.contains_key(&(job, slot)) {
+                shared
+                    .lock()
+                    .core
+                    .consumer_credit(job, slot)
+                    .ok_or_else(|| {
+                        Failure::Other(format!("consumer {slot} of {job} is not open yet"))
+                    })
+            } else {
+                Err(Failure::Other(format!(
+                    "consumer {slot} of {job} was not opened by this process"
+                )))
+            };
+            out.control(ToClient::Credit { req, figures });
+        }
         ToAgent::DropConsumer { job, slot } => {
             endpoints.consumers.remove(&(job, slot));
         }

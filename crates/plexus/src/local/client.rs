@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use plexus_proto::credit::message_cost;
-use plexus_proto::node::Role;
+use plexus_proto::node::{ConsumerCredit, Role};
 use plexus_proto::{Endpoint, ExchangeError, JobId, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -150,6 +150,8 @@ type Reply = oneshot::Receiver<Result<(), Failure>>;
 struct State {
     next_req: u64,
     replies: HashMap<u64, oneshot::Sender<Result<(), Failure>>>,
+    /// Answers awaited to `Credit` requests.
+    credit_replies: HashMap<u64, oneshot::Sender<Result<ConsumerCredit, Failure>>>,
     producers: HashMap<(JobId, u32), ProducerSide>,
     consumers: HashMap<(JobId, u32), ConsumerSide>,
     /// Why the connection is lost, once it is.
@@ -351,6 +353,7 @@ async fn read_loop(
         let mut st = conn.lock();
         st.lost = Some(reason);
         st.replies.clear();
+        st.credit_replies.clear();
         for p in st.producers.values_mut() {
             wakers.extend(p.waker.take());
         }
@@ -410,6 +413,12 @@ fn file(conn: &Connection, frame: FromAgent) {
                 c.delivery = Some(Ok(delivery.messages));
                 c.waker.take()
             }),
+        FromAgent::Control(ToClient::Credit { req, figures }) => {
+            if let Some(tx) = st.credit_replies.remove(&req) {
+                let _ = tx.send(figures);
+            }
+            None
+        }
         FromAgent::Control(ToClient::Welcome { .. }) => None,
     };
     drop(st);
@@ -733,6 +742,34 @@ struct AttachedConsumer {
 impl ConsumerPort for AttachedConsumer {
     fn endpoint(&self) -> Endpoint {
         Endpoint::new(self.conn.node, self.slot)
+    }
+
+    fn credit(&self) -> BoxFuture<'_, Result<ConsumerCredit, Error>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let req = {
+                let mut st = self.conn.lock();
+                if let Some(lost) = st.lost.clone() {
+                    return Err(Error::AgentLost(lost));
+                }
+                st.next_req += 1;
+                let req = st.next_req;
+                st.credit_replies.insert(req, tx);
+                req
+            };
+            self.conn.send(ToAgent::Credit {
+                req,
+                job: self.job,
+                slot: self.slot,
+            });
+            match rx.await {
+                Ok(figures) => figures.map_err(from_failure),
+                Err(_) => Err(self
+                    .conn
+                    .lost()
+                    .unwrap_or_else(|| Error::AgentLost("the connection is lost".into()))),
+            }
+        })
     }
 
     fn poll_recv(

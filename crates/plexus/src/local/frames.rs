@@ -10,6 +10,7 @@
 //! connection.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use plexus_proto::node::ConsumerCredit;
 use plexus_proto::{Endpoint, ExchangeError, JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +75,8 @@ pub(crate) enum ToAgent {
     },
     /// The consumer is gone (its channels are cancelled).
     DropConsumer { job: JobId, slot: u32 },
+    /// The consumer's credit figures (answered with `Credit`).
+    Credit { req: u64, job: JobId, slot: u32 },
 }
 
 /// An error the agent reports to a process: the node's, or one of the agent's own.
@@ -124,6 +127,11 @@ pub(crate) enum ToClient {
         slot: u32,
         consumer: Endpoint,
         error: Failure,
+    },
+    /// Answer to `Credit`.
+    Credit {
+        req: u64,
+        figures: Result<ConsumerCredit, Failure>,
     },
     /// A consumer's `Take` ended without messages.
     Taken {
