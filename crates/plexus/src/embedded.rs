@@ -51,6 +51,11 @@ impl EmbeddedJob {
         self.opened.clone().map_err(Error::from)
     }
 
+    /// The job's topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// Another handle on the same job.
     pub fn another(&self) -> Self {
         Self::new(self.shared.clone(), self.id, self.topology.clone())

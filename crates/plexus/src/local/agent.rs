@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -163,6 +164,45 @@ struct TakeCmd {
 /// Bytes a connection's reader asks the socket for at least, per read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Requests that are not messages count this much against a producer's inbox.
+const REQUEST_WEIGHT: u64 = 64;
+
+/// What a connection's reader queues for a producer's task, bounded: messages within the
+/// process's windows never exceed the credit of the job's channels, so more than that
+/// (and a margin for requests) waiting for the task is a process flooding the agent.
+struct ProducerInbox {
+    tx: mpsc::UnboundedSender<ProducerCmd>,
+    /// Weight queued and not yet taken by the task.
+    queued: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl ProducerInbox {
+    fn push(&self, cmd: ProducerCmd) -> Result<(), String> {
+        let weight = cmd.weight();
+        if self.queued.fetch_add(weight, Ordering::AcqRel) + weight > self.limit {
+            return Err("a producer floods the agent beyond its credit".into());
+        }
+        // A closed inbox means the task ended (the producer is gone): nothing to do.
+        let _ = self.tx.send(cmd);
+        Ok(())
+    }
+}
+
+impl ProducerCmd {
+    /// What the command weighs in its producer's inbox.
+    fn weight(&self) -> u64 {
+        match self {
+            ProducerCmd::Send(_, messages) => messages
+                .iter()
+                .map(|m| message_cost(m.len()))
+                .sum::<u64>()
+                .max(REQUEST_WEIGHT),
+            ProducerCmd::WantCredit(..) | ProducerCmd::Close { .. } => REQUEST_WEIGHT,
+        }
+    }
+}
+
 /// Takes a consumer's process may have outstanding: one (the protocol asks no more), and
 /// a margin; beyond, it floods the agent and is cut off.
 const TAKES_QUEUED: usize = 4;
@@ -171,7 +211,7 @@ const TAKES_QUEUED: usize = 4;
 #[derive(Default)]
 struct Endpoints {
     jobs: HashMap<JobId, Vec<EmbeddedJob>>,
-    producers: HashMap<(JobId, u32), mpsc::UnboundedSender<ProducerCmd>>,
+    producers: HashMap<(JobId, u32), ProducerInbox>,
     consumers: HashMap<(JobId, u32), mpsc::Sender<TakeCmd>>,
 }
 
@@ -218,17 +258,13 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
                 FromClient::Send(send) => endpoints
                     .producers
                     .get(&(send.job, send.slot))
-                    .map(|p| {
-                        let _ = p.send(ProducerCmd::Send(send.consumer, vec![send.payload]));
-                    })
-                    .ok_or_else(|| "a message for a producer it did not open".to_string()),
+                    .ok_or_else(|| "a message for a producer it did not open".to_string())
+                    .and_then(|p| p.push(ProducerCmd::Send(send.consumer, vec![send.payload]))),
                 FromClient::SendMany(many) => endpoints
                     .producers
                     .get(&(many.job, many.slot))
-                    .map(|p| {
-                        let _ = p.send(ProducerCmd::Send(many.consumer, many.messages));
-                    })
-                    .ok_or_else(|| "messages for a producer it did not open".to_string()),
+                    .ok_or_else(|| "messages for a producer it did not open".to_string())
+                    .and_then(|p| p.push(ProducerCmd::Send(many.consumer, many.messages))),
             };
             if let Err(reason) = result {
                 break 'conn format!("protocol violation: {reason}");
@@ -293,8 +329,18 @@ fn handle_request(
         ToAgent::OpenProducer { req, job, slot } => {
             let handle = job_handle(endpoints, job)?;
             let (tx, rx) = mpsc::unbounded_channel();
-            endpoints.producers.insert((job, slot), tx);
-            tasks.spawn(run_producer(handle, slot, rx, out.clone(), req));
+            let consumers = handle.topology().consumers().len() as u64;
+            let pool = shared.lock().core.config().credit_pool;
+            let queued = Arc::new(AtomicU64::new(0));
+            endpoints.producers.insert(
+                (job, slot),
+                ProducerInbox {
+                    tx,
+                    queued: queued.clone(),
+                    limit: consumers * pool + (1 << 20),
+                },
+            );
+            tasks.spawn(run_producer(handle, slot, rx, queued, out.clone(), req));
         }
         ToAgent::WantCredit {
             job,
@@ -373,12 +419,11 @@ fn producer_cmd(
     slot: u32,
     cmd: ProducerCmd,
 ) -> Result<(), String> {
-    let producer = endpoints
+    endpoints
         .producers
         .get(&(job, slot))
-        .ok_or("a request for a producer it did not open")?;
-    let _ = producer.send(cmd);
-    Ok(())
+        .ok_or("a request for a producer it did not open")?
+        .push(cmd)
 }
 
 /// Writes what the agent sends a process, until the connection ends.
@@ -533,6 +578,7 @@ async fn run_producer(
     job: EmbeddedJob,
     slot: u32,
     mut cmds: mpsc::UnboundedReceiver<ProducerCmd>,
+    queued: Arc<AtomicU64>,
     out: Out,
     req: u64,
 ) {
@@ -543,40 +589,43 @@ async fn run_producer(
     let mut windows = Windows::default();
     loop {
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                // The process dropped the producer, or went away: an unclosed producer
-                // aborts its channels as it drops.
-                None => return,
-                Some(ProducerCmd::Send(consumer, messages)) => {
-                    let mut within = windows.take_all(consumer, messages);
-                    // Whatever else the process sent already goes in the same batch.
-                    let mut others = Vec::new();
-                    while within {
-                        match cmds.try_recv() {
-                            Ok(ProducerCmd::Send(consumer, messages)) => {
-                                within = windows.take_all(consumer, messages);
-                            }
-                            Ok(other) => {
-                                others.push(other);
-                                break;
-                            }
-                            Err(_) => break,
+            cmd = cmds.recv() => {
+                // None: the process dropped the producer, or went away; an unclosed
+                // producer aborts its channels as it drops.
+                let Some(cmd) = cmd else { return };
+                queued.fetch_sub(cmd.weight(), Ordering::AcqRel);
+                let ProducerCmd::Send(consumer, messages) = cmd else {
+                    other_cmd(&mut producer, &mut windows, cmd, &out).await;
+                    continue;
+                };
+                let mut within = windows.take_all(consumer, messages);
+                // Whatever else the process sent already goes in the same batch.
+                let mut others = Vec::new();
+                while within {
+                    let Ok(cmd) = cmds.try_recv() else { break };
+                    queued.fetch_sub(cmd.weight(), Ordering::AcqRel);
+                    match cmd {
+                        ProducerCmd::Send(consumer, messages) => {
+                            within = windows.take_all(consumer, messages);
+                        }
+                        other => {
+                            others.push(other);
+                            break;
                         }
                     }
-                    if !within {
-                        tracing::warn!(
-                            node = producer.endpoint().node.0,
-                            "an attached producer sent beyond its window: its messages stop"
-                        );
-                        return;
-                    }
-                    windows.flush(&mut producer, &out);
-                    for cmd in others {
-                        other_cmd(&mut producer, &mut windows, cmd, &out).await;
-                    }
                 }
-                Some(cmd) => other_cmd(&mut producer, &mut windows, cmd, &out).await,
-            },
+                if !within {
+                    tracing::warn!(
+                        node = producer.endpoint().node.0,
+                        "an attached producer sent beyond its window: its messages stop"
+                    );
+                    return;
+                }
+                windows.flush(&mut producer, &out);
+                for cmd in others {
+                    other_cmd(&mut producer, &mut windows, cmd, &out).await;
+                }
+            }
             ready = producer.ready() => {
                 windows.flush(&mut producer, &out);
                 for consumer in ready {

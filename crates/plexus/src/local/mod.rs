@@ -109,4 +109,88 @@ mod tests {
         assert!(closed.is_ok(), "the flooding process was not cut off");
         std::fs::remove_file(&path).ok();
     }
+
+    /// A process that sends far beyond its producer's windows is cut off once what waits
+    /// for the producer exceeds what its credit could ever allow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_sending_beyond_all_credit_is_cut_off() {
+        let node = Node::builder()
+            .config(Config::new(NodeId(0), 7))
+            .listen("127.0.107.1:0".parse().expect("address"))
+            .membership(Membership::new())
+            .start()
+            .await
+            .expect("node starts");
+        let path =
+            std::env::temp_dir().join(format!("plexus-sendflood-{}.sock", std::process::id()));
+        node.serve_local(&path, AttachPolicy::owner_only().expect("own uid"))
+            .expect("serve");
+        let mut raw = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        let producer = Endpoint::new(NodeId(0), 0);
+        // The consumer is on a node that never comes: no credit, no window.
+        let consumer = Endpoint::new(NodeId(9), 0);
+        let mut out = BytesMut::new();
+        encode_control(
+            &ToAgent::Hello {
+                version: VERSION,
+                pid: 1,
+            },
+            &mut out,
+        );
+        encode_control(
+            &ToAgent::OpenJob {
+                req: 1,
+                job: JobId(1),
+                producers: vec![producer],
+                consumers: vec![consumer],
+            },
+            &mut out,
+        );
+        encode_control(
+            &ToAgent::OpenProducer {
+                req: 2,
+                job: JobId(1),
+                slot: 0,
+            },
+            &mut out,
+        );
+        raw.write_all(&out).await.expect("write");
+        let payload = bytes::Bytes::from(vec![0u8; 60_000]);
+        let send = super::frames::Send {
+            job: JobId(1),
+            slot: 0,
+            consumer,
+            payload,
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(20), async {
+            // 8 MiB, beyond the 4 MiB pool (and margin) any window could come from.
+            for _ in 0..140 {
+                let mut frame = BytesMut::new();
+                let mut chunks = Vec::new();
+                super::frames::encode_send_chunks(&send, &mut frame, &mut chunks);
+                chunks.insert(0, frame.freeze());
+                for chunk in chunks {
+                    if raw.write_all(&chunk).await.is_err() {
+                        return true;
+                    }
+                }
+            }
+            let mut sink = vec![0u8; 4096];
+            loop {
+                match raw.read(&mut sink).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            cut,
+            Ok(true),
+            "the process flooding beyond its credit was not cut off"
+        );
+        std::fs::remove_file(&path).ok();
+    }
 }
