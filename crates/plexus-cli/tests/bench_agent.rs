@@ -1,8 +1,9 @@
 //! End-to-end tests of `plexus bench --agent`: one `plexus agent` per node and every
 //! endpoint in a process of its own, attached to its node's agent; a killed endpoint fails
 //! only its job; options that do not go with agents are refused; nothing is left behind
-//! (processes, the agents' directory). Each test uses its own 127.0.13X.1 address range so
-//! that tests can run in parallel.
+//! (processes, the agents' directory); a stalled consumer's credit figures come through the
+//! agents. Each test uses its own 127.0.13X.1 or 127.0.14X.1 address range so that tests
+//! can run in parallel.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,6 +83,44 @@ fn every_endpoint_in_its_own_process_through_the_agents_verifies() {
         .expect("per agent");
     assert_eq!(rss.len(), 2);
     assert!(rss.iter().all(|b| b.as_u64().is_some_and(|b| b > 0)), "{r}");
+}
+
+#[test]
+fn a_stalled_consumer_holds_no_more_than_its_pool_through_the_agents() {
+    let (ok, r, stderr) = run_agent(&[
+        "--nodes",
+        "2",
+        "--producers",
+        "1",
+        "--consumers",
+        "1",
+        "--jobs",
+        "2",
+        "--bytes-per-producer",
+        "1MiB",
+        "--message-size",
+        "8KiB",
+        "--credit-pool",
+        "64KiB",
+        "--stall-consumers",
+        "1",
+        "--first-ip",
+        "127.0.141.1",
+        "--timeout-s",
+        "30",
+    ]);
+    assert!(ok && r["verified"] == true, "{r}\n{stderr}");
+    assert_eq!(r["stalled_consumers"], 1);
+    let pool = r["credit_pool_bytes"].as_u64().expect("pool");
+    assert_eq!(pool, 64 * 1024);
+    let held = r["stalled_buffered_bytes_max"].as_u64().expect("held");
+    assert!(
+        held > 0,
+        "the stalled consumer was never granted anything: {r}"
+    );
+    assert!(held <= pool, "a stalled consumer held {held} bytes: {r}");
+    let any = r["consumer_held_bytes_max"].as_u64().expect("held");
+    assert!(any >= held && any <= pool, "{r}");
 }
 
 #[test]

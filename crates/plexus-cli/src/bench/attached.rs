@@ -12,8 +12,10 @@
 //! Endpoints are numbered in one fixed order, [`Shape::endpoints`]: jobs, then nodes in
 //! ascending id, then producers before consumers, then slots; `--kill-endpoint I` kills
 //! the I-th. The nodes' figures (link resumes, buffered bytes, admission waits) come from
-//! the agents as they stop; the credit figures of consumers (`consumer_held_bytes_max`,
-//! `stalled_buffered_bytes_max`) stay inside the agents and are not reported (0).
+//! the agents as they stop; each consumer's peak of credit outstanding
+//! (`consumer_held_bytes_max`, `stalled_buffered_bytes_max`) comes with its outcome, read
+//! by its endpoint process once it ended (`Consumer::credit`: what the agent and the
+//! process held together), and is judged against the pool as in the other modes.
 //!
 //! Invariants: every wait is bounded, by `--timeout-s` (the run's, from before the agents
 //! start), by [`AGENT_START_BOUND`] (the agents' sockets) or by [`EXIT_GRACE`] (the final

@@ -3,7 +3,9 @@
 //! coordinator over its stdin and stdout (see [`super::wire`]). It runs the workload's role
 //! ([`super::roles`]): a producer sends its plan to every consumer of its job, holds its
 //! close while the coordinator says so, and closes; a consumer verifies every message of
-//! every producer of its job, stalling until the release if the shape says so.
+//! every producer of its job, stalling until the release if the shape says so, and once
+//! it ended reports its peak of credit outstanding (`Consumer::credit`: what the agent and
+//! this process held together) with its outcome.
 //!
 //! Invariants: stdout carries protocol lines only (logs go to stderr); the process
 //! attaches and opens its job handle before it says `ready`, and opens its endpoint only
@@ -33,6 +35,9 @@ use super::roles::{
 use super::shape::Shape;
 use super::wire::{self, FromEndpoint, Line, ToEndpoint};
 use super::workload::MessageFactory;
+
+/// The longest a consumer waits for its agent to tell its credit figures.
+const CREDIT_BOUND: Duration = Duration::from_secs(2);
 
 /// Options of `plexus bench-endpoint`, set by the coordinator.
 #[derive(Clone, Debug, Args)]
@@ -278,13 +283,13 @@ impl Run<'_> {
             }
         };
         let opened_us = Some(wall_us());
-        let (moved, error, held) = match handle {
+        let (moved, error, held, peak_buffered) = match handle {
             Held::Producer(tx) => {
                 let factory = MessageFactory::new(BODY_SEED);
                 let gate = control.close_gate.clone();
                 let (moved, error, held) =
                     roles::run_producer(tx, self.shape, self.j, &factory, gate).await;
-                (moved, error, held.map(Held::Producer))
+                (moved, error, held.map(Held::Producer), 0)
             }
             Held::Consumer(mut rx) => {
                 let mut ctx = ConsumerCtx::new(
@@ -294,13 +299,28 @@ impl Run<'_> {
                     self.delivered.clone(),
                 );
                 let (moved, error) = roles::consume(&mut rx, self.shape, self.j, &mut ctx).await;
+                // As the other modes read `Node::consumer_credit` once the consumer ended:
+                // its peak of credit outstanding, here what the agent and this process
+                // held together. Unknown (0) if the agent cannot tell any more.
+                let peak = match tokio::time::timeout(CREDIT_BOUND, rx.credit()).await {
+                    Ok(Ok(credit)) => credit.peak,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "cannot read the consumer's credit");
+                        0
+                    }
+                    Err(_) => {
+                        tracing::debug!("the agent did not tell the consumer's credit in time");
+                        0
+                    }
+                };
                 let held = error.is_some().then_some(Held::Consumer(rx));
-                (moved, error, held)
+                (moved, error, held, peak)
             }
         };
         let outcome = EndpointOutcome {
             bytes: moved.bytes,
             messages: moved.messages,
+            peak_buffered,
             error,
             ..EndpointOutcome::ending_now(self.j, self.me, role, stalled, opened_us)
         };

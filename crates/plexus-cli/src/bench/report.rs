@@ -246,12 +246,7 @@ impl Report {
             self.links_per_node_max, self.naive_connections_per_node
         );
         if self.stalled_consumers > 0 {
-            // Through agents, the credit figures stay in the agents.
-            let held = if self.agents > 0 {
-                "(not measured through agents)".to_string()
-            } else {
-                format!("at most {}", format_bytes(self.stalled_buffered_bytes_max))
-            };
+            let held = format!("at most {}", format_bytes(self.stalled_buffered_bytes_max));
             println!(
                 "  {} stalled consumers: healthy consumers finished in {:.2} s at {}/s; what a stalled consumer held: {held} (credit pool {})",
                 self.stalled_consumers,
@@ -327,12 +322,7 @@ impl Report {
         let ratio = self
             .ratio_vs_interleaved
             .map_or("-".to_string(), |r| format!("{r:.2}×"));
-        // Through agents, the credit figures stay in the agents.
-        let held = if self.agents > 0 {
-            "(not measured through agents)".to_string()
-        } else {
-            format!("at most {}", format_bytes(self.consumer_held_bytes_max))
-        };
+        let held = format!("at most {}", format_bytes(self.consumer_held_bytes_max));
         println!(
             "  read by {}: {ratio} the throughput of interleaved reading ({interleaved}); a consumer held {held} of credit (pool {})",
             self.consume_mode.name(),

@@ -128,7 +128,7 @@ pub fn throughput(
 
     if report.agents > 0 {
         notes.push(format!(
-            "The run went through {} agents, every endpoint in a process of its own ({} endpoint processes); the consumers' credit figures stay inside the agents and read 0 here.",
+            "The run went through {} agents, every endpoint in a process of its own ({} endpoint processes); a consumer's credit figures are what its agent and its process held together.",
             report.agents, report.endpoint_processes
         ));
     }
