@@ -1,6 +1,7 @@
 //! End-to-end tests of `plexus bench --agent`: one `plexus agent` per node and every
 //! endpoint in a process of its own, attached to its node's agent; a killed endpoint fails
-//! only its job; options that do not go with agents are refused; nothing is left behind
+//! only its job; latency through attaches is reported beside the embedded run; options that
+//! do not go with agents are refused; nothing is left behind
 //! (processes, the agents' directory); a stalled consumer's credit figures come through the
 //! agents. Each test uses its own 127.0.13X.1 or 127.0.14X.1 address range so that tests
 //! can run in parallel.
@@ -238,6 +239,48 @@ fn the_embedded_baseline_runs_the_same_shape_one_node_per_process() {
 }
 
 #[test]
+fn latency_through_attaches_is_reported_beside_the_embedded_run() {
+    let (ok, r, stderr) = run_agent(&[
+        "--nodes",
+        "2",
+        "--producers",
+        "1",
+        "--consumers",
+        "1",
+        "--jobs",
+        "2",
+        "--latency",
+        "400",
+        "--latency-secs",
+        "0.5",
+        "--first-ip",
+        "127.0.142.1",
+        "--timeout-s",
+        "30",
+    ]);
+    assert!(ok && r["verified"] == true, "{r}\n{stderr}");
+    assert_eq!(r["mode"], "latency");
+    assert_eq!(r["attached"], true);
+    assert_eq!(r["system"], "plexus");
+    assert_eq!(r["messages_total"], 200, "{r}");
+    let embedded = &r["baselines"][0];
+    assert_eq!(embedded["system"], "embedded", "{r}");
+    assert_eq!(embedded["verified"], true, "{r}");
+    assert_eq!(embedded["messages_total"], 200, "{r}");
+    for run in [&r, embedded] {
+        let p50 = run["latency_us_p50"].as_f64().expect("p50");
+        let p99 = run["latency_us_p99"].as_f64().expect("p99");
+        assert!(0.0 < p50 && p50 <= p99, "{r}");
+    }
+    assert!(
+        r["latency_p99_ratio_vs_embedded"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{r}"
+    );
+}
+
+#[test]
 fn options_that_do_not_go_with_agents_are_refused() {
     let refused = |args: &[&str], says: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
@@ -260,6 +303,18 @@ fn options_that_do_not_go_with_agents_are_refused() {
         "--kill-endpoint needs --agent",
     );
     refused(&["--baseline", "embedded"], "--baseline embedded");
+    refused(
+        &[
+            "--agent",
+            "--latency",
+            "100",
+            "--kill-node",
+            "1",
+            "--kill-at-ms",
+            "5",
+        ],
+        "--latency runs without failures",
+    );
     refused(
         &[
             "--agent",

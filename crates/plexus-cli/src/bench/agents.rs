@@ -279,11 +279,11 @@ fn free_port(ips: &[Ipv4Addr]) -> Result<u16, String> {
 }
 
 /// A directory of this run, owner-only, removed (with what it holds) when dropped.
-struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
     /// Creates `plexus-bench-<pid>-<n>` in the system's temporary directory.
-    fn create() -> Result<TempDir, String> {
+    pub fn create() -> Result<TempDir, String> {
         let base = std::env::temp_dir();
         let mut n = wall_us();
         loop {
@@ -293,7 +293,7 @@ impl TempDir {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
                 Err(e) => {
                     return Err(format!(
-                        "cannot create a directory for the agents in {}: {e}",
+                        "cannot create a directory for the local sockets in {}: {e}",
                         base.display()
                     ))
                 }
@@ -301,7 +301,7 @@ impl TempDir {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -22,7 +22,8 @@
 //! With `--baseline`, the same workload then runs over other systems in this process
 //! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ, RabbitMQ) and the report compares
 //! them; `--latency RATE` measures one-way latency at a fixed rate instead ([`latency`]),
-//! for plexus and raw TCP. Both run on [`transport`]'s harness. `--report DIR` also writes
+//! for plexus and raw TCP (with `--agent`, through Unix-socket attaches to the nodes of
+//! this process, beside the embedded run). Both run on [`transport`]'s harness. `--report DIR` also writes
 //! the run to DIR, in Markdown, JSON and SVG charts ([`export`]), among them the bytes
 //! delivered over time, sampled while the plexus run goes ([`timeline`]).
 //!
@@ -31,8 +32,7 @@
 //! without failures or stalls, the `embedded` baseline needs `--agent`, zmq and rabbitmq
 //! need their features, the broker's URL is on loopback, waves repeat the plain workload,
 //! an ordered reading goes without stalls, kills, baselines and latency, `--agent` goes
-//! without `--spawn`, waves, random arrivals, a memory budget, latency and crowds of
-//! nodes), and so is the shape against the file descriptors each process may open
+//! without `--spawn`, waves, random arrivals, a memory budget and crowds of nodes), and so is the shape against the file descriptors each process may open
 //! ([`fds`]); every mode shares the roles and the judging, so they report the same fields
 //! with the same meaning.
 
@@ -270,6 +270,9 @@ impl BenchArgs {
             if self.baseline.iter().any(|&s| s != baseline::System::RawTcp) {
                 return Err("--latency compares with raw-tcp only (--baseline raw-tcp)".into());
             }
+            if self.kill_node.is_some() || self.kill_endpoint.is_some() {
+                return Err("--latency runs without failures: it does not go with --kill-node or --kill-endpoint".into());
+            }
         }
         Ok(())
     }
@@ -335,7 +338,6 @@ impl BenchArgs {
                 self.memory_budget.is_some(),
                 "--memory-budget: the agents' configuration sets no budget",
             ),
-            (self.latency.is_some(), "--latency: it measures throughput"),
             (
                 self.nodes > shape::CROWDED_NODES,
                 "more than 64 nodes: the relaxed liveness timers such crowds need are not in an agent's configuration",

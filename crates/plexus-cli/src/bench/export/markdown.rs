@@ -458,6 +458,14 @@ pub fn latency(r: &LatencyReport, ctx: &Context) -> String {
         "One-way latency from the producer's scheduled send time to the consumer's \
          receipt, over every message, in µs.\n\n",
     );
+    if r.attached {
+        out.push_str(
+            "With `--agent`: plexus's endpoints attached over Unix sockets to nodes that ran \
+             in the bench's own process (the attach hop within one process, not separate \
+             processes); `embedded` is the same schedule with the endpoints opened on the \
+             nodes themselves.\n\n",
+        );
+    }
     let row = |system: &str, verified: bool, f: &Figures| {
         let us = |v: Option<f64>| opt(v, |v| format!("{v:.1}"));
         [
@@ -499,6 +507,12 @@ pub fn latency(r: &LatencyReport, ctx: &Context) -> String {
         let _ = writeln!(
             out,
             "p99 plexus ÷ raw-tcp (`latency_p99_ratio_vs_raw_tcp`): {ratio:.2}\n"
+        );
+    }
+    if let Some(ratio) = r.latency_p99_ratio_vs_embedded {
+        let _ = writeln!(
+            out,
+            "p99 attached ÷ embedded (`latency_p99_ratio_vs_embedded`): {ratio:.2}\n"
         );
     }
 

@@ -8,22 +8,32 @@
 //! opened, so that opening them is not measured ([`roles`] has the schedule and the
 //! stamps).
 //!
+//! With `--agent`, the plexus run's endpoints attach (`Node::attach`, one connection per
+//! endpoint) over real Unix sockets to the nodes of this process, which serve them
+//! (`Node::serve_local`); the same schedule then runs with the endpoints opened on the
+//! nodes themselves, reported as the baseline `embedded`, with
+//! `latency_p99_ratio_vs_embedded`. That measures the attach hop within one process (the
+//! socket, the framing, the node's serving of attached endpoints), not separate processes.
+//!
 //! Invariants: both systems run the same schedule on the same shape; a run verifies only
 //! if every scheduled message arrived exactly once, in order, intact; percentiles are
 //! `null` when no message arrived; `latency_p99_ratio_vs_raw_tcp` is plexus's p99 divided
-//! by raw-tcp's (above 1: plexus is slower), `null` unless both verified.
+//! by raw-tcp's (above 1: plexus is slower), `null` unless both verified; so is
+//! `latency_p99_ratio_vs_embedded`, the attached run's p99 divided by the embedded run's.
 
 pub mod roles;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use plexus::{Endpoint, Membership};
+use plexus::{Endpoint, Membership, Node};
 use serde::Serialize;
 
+use super::agents::TempDir;
 use super::baseline::raw_tcp::RawTcp;
 use super::baseline::System;
 use super::delivered::Delivered;
@@ -107,6 +117,12 @@ pub struct LatencyReport {
     pub baselines: Vec<LatencyResult>,
     /// plexus's p99 divided by raw-tcp's.
     pub latency_p99_ratio_vs_raw_tcp: Option<f64>,
+    /// With `--agent`: plexus's endpoints attached over Unix sockets to the nodes of this
+    /// process (the attach hop within one process), and the `embedded` baseline ran the
+    /// same schedule on the nodes themselves.
+    pub attached: bool,
+    /// With `--agent`: the attached run's p99 divided by the embedded run's.
+    pub latency_p99_ratio_vs_embedded: Option<f64>,
     /// plexus's own run verified (for the summary; `verified` covers every system).
     #[serde(skip)]
     pub plexus_verified: bool,
@@ -125,8 +141,14 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
     let shape = Shape::new(spec)?;
     let rate = rate as f64;
     let timeout = Duration::from_secs(args.timeout_s);
-    let plexus = on_runtime(|| run_plexus(&shape, rate, args.json, timeout))?;
+    let attach = args.agent;
+    let plexus = on_runtime(|| run_plexus(&shape, rate, args.json, timeout, attach))?;
     let mut baselines = Vec::new();
+    if attach {
+        baselines.push(on_runtime(|| {
+            run_plexus(&shape, rate, args.json, timeout, false)
+        })?);
+    }
     if args.baseline.contains(&System::RawTcp) {
         baselines.push(on_runtime(|| run_raw(&shape, rate, args.json, timeout))?);
     }
@@ -138,6 +160,13 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
         .zip(p99(&plexus))
         .filter(|(raw, _)| *raw > 0.0)
         .map(|(raw, plexus)| plexus / raw);
+    let ratio_vs_embedded = baselines
+        .iter()
+        .find(|b| b.system == EMBEDDED)
+        .and_then(p99)
+        .zip(p99(&plexus))
+        .filter(|(embedded, _)| *embedded > 0.0)
+        .map(|(embedded, attached)| attached / embedded);
     let mut errors = plexus.errors.clone();
     for b in &baselines {
         errors.extend(b.errors.iter().map(|e| format!("{}: {e}", b.system)));
@@ -158,6 +187,8 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
         plexus_verified: plexus.verified,
         baselines,
         latency_p99_ratio_vs_raw_tcp: ratio,
+        attached: attach,
+        latency_p99_ratio_vs_embedded: ratio_vs_embedded,
     })
 }
 
@@ -174,33 +205,82 @@ where
     Ok(runtime.block_on(f()))
 }
 
-async fn run_plexus(shape: &Shape, rate: f64, json: bool, timeout: Duration) -> LatencyResult {
+/// The name of the plexus run with its endpoints opened on the nodes themselves, beside
+/// an attached run.
+const EMBEDDED: &str = "embedded";
+
+/// Runs the schedule over plexus nodes of this process; with `attach`, every endpoint
+/// attaches to its node over a Unix socket the node serves.
+async fn run_plexus(
+    shape: &Shape,
+    rate: f64,
+    json: bool,
+    timeout: Duration,
+    attach: bool,
+) -> LatencyResult {
+    let system = if attach { "plexus" } else { EMBEDDED };
     let deadline = tokio::time::Instant::now() + timeout;
     let membership = Membership::new();
     let mut nodes = Vec::with_capacity(shape.nodes() as usize);
     for i in 0..shape.nodes() {
         match host::start_node(shape, i, &membership).await {
             Ok(node) => nodes.push(node),
-            Err(e) => return failed("plexus", e),
+            Err(e) => return failed(system, e),
         }
     }
-    let mut jobs = HashMap::new();
-    for j in 0..shape.jobs() {
-        for node in shape.job_nodes(j) {
-            let job = nodes[node.0 as usize].job(Shape::job_id(j), shape.topology(j));
-            jobs.insert((j, node.0), job);
+    // Removed once the run is over (after the nodes stop).
+    let mut dir = None;
+    let opening = if attach {
+        match serve_sockets(&nodes) {
+            Ok((d, sockets)) => {
+                dir = Some(d);
+                Opening::Attach(sockets)
+            }
+            Err(e) => {
+                shut_down(&nodes).await;
+                return failed(system, e);
+            }
         }
-    }
+    } else {
+        let mut jobs = HashMap::new();
+        for j in 0..shape.jobs() {
+            for node in shape.job_nodes(j) {
+                let job = nodes[node.0 as usize].job(Shape::job_id(j), shape.topology(j));
+                jobs.insert((j, node.0), job);
+            }
+        }
+        Opening::Embedded(jobs)
+    };
     let transport = PlexusTransport {
-        jobs,
+        opening,
         shape: shape.clone(),
     };
     let (_faults, log) = Faults::new();
-    let result = measure("plexus", transport, shape, rate, json, deadline, log).await;
-    for node in &nodes {
+    let result = measure(system, transport, shape, rate, json, deadline, log).await;
+    shut_down(&nodes).await;
+    drop(dir);
+    result
+}
+
+/// Has every node serve attaches on a socket of its own, in a new owner-only directory.
+fn serve_sockets(nodes: &[Node]) -> Result<(TempDir, Vec<PathBuf>), String> {
+    let dir = TempDir::create()?;
+    let mut sockets = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let socket = dir.path().join(format!("node{i}.sock"));
+        let policy = plexus::AttachPolicy::owner_only()
+            .map_err(|e| format!("cannot tell this process's user: {e}"))?;
+        node.serve_local(&socket, policy)
+            .map_err(|e| format!("node {i} cannot serve {}: {e}", socket.display()))?;
+        sockets.push(socket);
+    }
+    Ok((dir, sockets))
+}
+
+async fn shut_down(nodes: &[Node]) {
+    for node in nodes {
         node.shutdown().await;
     }
-    result
 }
 
 async fn run_raw(shape: &Shape, rate: f64, json: bool, timeout: Duration) -> LatencyResult {
@@ -291,10 +371,41 @@ fn failed(system: &'static str, error: String) -> LatencyResult {
     }
 }
 
+/// How the endpoints of a plexus run open.
+enum Opening {
+    /// On the nodes' jobs, by (job index, node).
+    Embedded(HashMap<(u32, u32), plexus::Job>),
+    /// Each attached on its own to its node's socket, by node.
+    Attach(Vec<PathBuf>),
+}
+
+/// What keeps an attached endpoint's connection and job open.
+type Attachment = Option<(plexus::AttachedNode, plexus::Job)>;
+
 /// plexus as a [`Transport`]: the bench's nodes and their jobs.
 struct PlexusTransport {
-    jobs: HashMap<(u32, u32), plexus::Job>,
+    opening: Opening,
     shape: Shape,
+}
+
+impl PlexusTransport {
+    /// Opens the job of `job` for endpoint `me`: the node's, or one of a new attach.
+    async fn job(&self, job: u32, me: Endpoint) -> Result<(plexus::Job, Attachment), String> {
+        match &self.opening {
+            Opening::Embedded(jobs) => {
+                let handle = jobs.get(&(job, me.node.0)).ok_or("no such job here")?;
+                Ok((handle.clone(), None))
+            }
+            Opening::Attach(sockets) => {
+                let socket = sockets.get(me.node.0 as usize).ok_or("no such node here")?;
+                let attached = Node::attach(socket)
+                    .await
+                    .map_err(|e| format!("attaching to node {}: {e}", me.node.0))?;
+                let handle = attached.job(Shape::job_id(job), self.shape.topology(job));
+                Ok((handle.clone(), Some((attached, handle))))
+            }
+        }
+    }
 }
 
 impl Transport for PlexusTransport {
@@ -302,31 +413,38 @@ impl Transport for PlexusTransport {
     type Source = PlexusSource;
 
     async fn producer(&self, job: u32, me: Endpoint) -> Result<PlexusSink, String> {
-        let handle = self.jobs.get(&(job, me.node.0)).ok_or("no such job here")?;
+        let (handle, attachment) = self.job(job, me).await?;
         let tx = handle.producer(me.slot).await.map_err(|e| e.to_string())?;
-        Ok(PlexusSink(tx))
+        Ok(PlexusSink {
+            tx,
+            _attachment: attachment,
+        })
     }
 
     async fn consumer(&self, job: u32, me: Endpoint) -> Result<PlexusSource, String> {
-        let handle = self.jobs.get(&(job, me.node.0)).ok_or("no such job here")?;
+        let (handle, attachment) = self.job(job, me).await?;
         let rx = handle.consumer(me.slot).await.map_err(|e| e.to_string())?;
         Ok(PlexusSource {
             rx,
             shape: self.shape.clone(),
+            _attachment: attachment,
         })
     }
 }
 
 /// A plexus producer, sending with `Producer::send` (it waits only for credit).
-struct PlexusSink(plexus::Producer);
+struct PlexusSink {
+    tx: plexus::Producer,
+    _attachment: Attachment,
+}
 
 impl Sink for PlexusSink {
     async fn send(&mut self, to: Endpoint, _to_id: u32, message: Bytes) -> Result<(), String> {
-        self.0.send(to, message).await.map_err(|e| e.to_string())
+        self.tx.send(to, message).await.map_err(|e| e.to_string())
     }
 
     async fn finish(self) -> Result<(), String> {
-        self.0.close().await.map_err(|e| e.to_string())
+        self.tx.close().await.map_err(|e| e.to_string())
     }
 }
 
@@ -334,6 +452,7 @@ impl Sink for PlexusSink {
 struct PlexusSource {
     rx: plexus::Consumer,
     shape: Shape,
+    _attachment: Attachment,
 }
 
 impl Source for PlexusSource {
@@ -358,6 +477,11 @@ impl LatencyReport {
             "plexus bench --latency: {verdict}: {}; {}-byte messages at {:.0}/s for {:.2} s",
             self.shape, self.message_size, self.offered_rate, self.schedule_s
         );
+        if self.attached {
+            println!(
+                "  plexus: every endpoint attached over a Unix socket to its node, in this process (the attach hop within one process); embedded: the same schedule on the nodes themselves"
+            );
+        }
         for e in &self.errors {
             println!("  error: {e}");
         }
@@ -393,6 +517,9 @@ impl LatencyReport {
         }
         if let Some(r) = self.latency_p99_ratio_vs_raw_tcp {
             println!("  p99 plexus ÷ raw-tcp: {r:.2}");
+        }
+        if let Some(r) = self.latency_p99_ratio_vs_embedded {
+            println!("  p99 attached ÷ embedded: {r:.2}");
         }
     }
 }
