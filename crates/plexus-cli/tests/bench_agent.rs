@@ -17,6 +17,11 @@ use serde_json::Value;
 /// Runs `plexus bench --json ARGS` (with `--agent`), checking that it leaves no process
 /// and no directory behind; returns whether it exited successfully, its report and its
 /// stderr.
+/// The words of a command line.
+fn args(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn run_agent(args: &[&str]) -> (bool, Value, String) {
     let mut command = bench_command(args);
     command.arg("--agent");
@@ -53,24 +58,7 @@ fn run_agent(args: &[&str]) -> (bool, Value, String) {
 
 #[test]
 fn every_endpoint_in_its_own_process_through_the_agents_verifies() {
-    let (ok, r, stderr) = run_agent(&[
-        "--nodes",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "1",
-        "--bytes-per-producer",
-        "1MiB",
-        "--message-size",
-        "32KiB",
-        "--first-ip",
-        "127.0.131.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (ok, r, stderr) = run_agent(&args("--nodes 2 --producers 1 --consumers 1 --jobs 1 --bytes-per-producer 1MiB --message-size 32KiB --first-ip 127.0.131.1 --timeout-s 30"));
     assert!(ok && r["verified"] == true, "{r}\n{stderr}");
     assert_eq!(r["agents"], 2);
     assert_eq!(r["endpoint_processes"], 4);
@@ -88,28 +76,7 @@ fn every_endpoint_in_its_own_process_through_the_agents_verifies() {
 
 #[test]
 fn a_stalled_consumer_holds_no_more_than_its_pool_through_the_agents() {
-    let (ok, r, stderr) = run_agent(&[
-        "--nodes",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "2",
-        "--bytes-per-producer",
-        "1MiB",
-        "--message-size",
-        "8KiB",
-        "--credit-pool",
-        "64KiB",
-        "--stall-consumers",
-        "1",
-        "--first-ip",
-        "127.0.141.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (ok, r, stderr) = run_agent(&args("--nodes 2 --producers 1 --consumers 1 --jobs 2 --bytes-per-producer 1MiB --message-size 8KiB --credit-pool 64KiB --stall-consumers 1 --first-ip 127.0.141.1 --timeout-s 30"));
     assert!(ok && r["verified"] == true, "{r}\n{stderr}");
     assert_eq!(r["stalled_consumers"], 1);
     let pool = r["credit_pool_bytes"].as_u64().expect("pool");
@@ -129,28 +96,7 @@ fn a_killed_endpoint_fails_its_job_only() {
     let started = Instant::now();
     // Job 1 uses both nodes, and so does job 2; endpoint 1 is job 1's consumer on node 0
     // (producers before consumers).
-    let (ok, r, stderr) = run_agent(&[
-        "--nodes",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "2",
-        "--bytes-per-producer",
-        "512KiB",
-        "--message-size",
-        "16KiB",
-        "--kill-endpoint",
-        "1",
-        "--kill-at-ms",
-        "200",
-        "--first-ip",
-        "127.0.132.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (ok, r, stderr) = run_agent(&args("--nodes 2 --producers 1 --consumers 1 --jobs 2 --bytes-per-producer 512KiB --message-size 16KiB --kill-endpoint 1 --kill-at-ms 200 --first-ip 127.0.132.1 --timeout-s 30"));
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(ok && r["verified"] == true, "{r}\n{stderr}");
     assert_eq!(
@@ -168,30 +114,7 @@ fn a_killed_endpoint_fails_its_job_only() {
 fn a_killed_agent_fails_the_jobs_of_its_node_on_every_endpoint() {
     // Job 1 uses nodes 0 and 1, job 2 nodes 2 and 0, job 3 nodes 1 and 2: the agent of
     // node 2 takes jobs 2 and 3 with it, and its own endpoint processes see it go.
-    let (ok, r, stderr) = run_agent(&[
-        "--nodes",
-        "3",
-        "--nodes-per-job",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "3",
-        "--bytes-per-producer",
-        "512KiB",
-        "--message-size",
-        "16KiB",
-        "--kill-node",
-        "2",
-        "--kill-at-ms",
-        "200",
-        "--first-ip",
-        "127.0.133.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (ok, r, stderr) = run_agent(&args("--nodes 3 --nodes-per-job 2 --producers 1 --consumers 1 --jobs 3 --bytes-per-producer 512KiB --message-size 16KiB --kill-node 2 --kill-at-ms 200 --first-ip 127.0.133.1 --timeout-s 30"));
     assert!(ok && r["verified"] == true, "{r}\n{stderr}");
     assert_eq!(r["killed_node"], 2);
     assert_eq!(r["affected_job_ids"], serde_json::json!([2, 3]));
@@ -201,26 +124,7 @@ fn a_killed_agent_fails_the_jobs_of_its_node_on_every_endpoint() {
 
 #[test]
 fn the_embedded_baseline_runs_the_same_shape_one_node_per_process() {
-    let (ok, r, stderr) = run_agent(&[
-        "--nodes",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "1",
-        "--bytes-per-producer",
-        "256KiB",
-        "--message-size",
-        "4KiB",
-        "--baseline",
-        "embedded",
-        "--first-ip",
-        "127.0.134.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (ok, r, stderr) = run_agent(&args("--nodes 2 --producers 1 --consumers 1 --jobs 1 --bytes-per-producer 256KiB --message-size 4KiB --baseline embedded --first-ip 127.0.134.1 --timeout-s 30"));
     assert!(ok && r["verified"] == true, "{r}\n{stderr}");
     let embedded = &r["baselines"][0];
     assert_eq!(embedded["system"], "embedded");
@@ -240,24 +144,7 @@ fn the_embedded_baseline_runs_the_same_shape_one_node_per_process() {
 
 #[test]
 fn latency_through_attaches_is_reported_beside_the_embedded_run() {
-    let (ok, r, stderr) = run_agent(&[
-        "--nodes",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "2",
-        "--latency",
-        "400",
-        "--latency-secs",
-        "0.5",
-        "--first-ip",
-        "127.0.142.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (ok, r, stderr) = run_agent(&args("--nodes 2 --producers 1 --consumers 1 --jobs 2 --latency 400 --latency-secs 0.5 --first-ip 127.0.142.1 --timeout-s 30"));
     assert!(ok && r["verified"] == true, "{r}\n{stderr}");
     assert_eq!(r["mode"], "latency");
     assert_eq!(r["attached"], true);

@@ -39,24 +39,33 @@ mod tests {
     use super::frames::{encode_control, ToAgent, VERSION};
     use crate::{AttachPolicy, Config, Membership, Node};
 
+    /// A node listening on `ip` and serving its local socket, and a raw connection to it.
+    async fn node_and_raw_process(
+        ip: &str,
+        name: &str,
+    ) -> (Node, std::path::PathBuf, tokio::net::UnixStream) {
+        let node = Node::builder()
+            .config(Config::new(NodeId(0), 7))
+            .listen(format!("{ip}:0").parse().expect("address"))
+            .membership(Membership::new())
+            .start()
+            .await
+            .expect("node starts");
+        let path = std::env::temp_dir().join(format!("plexus-{name}-{}.sock", std::process::id()));
+        node.serve_local(&path, AttachPolicy::owner_only().expect("own uid"))
+            .expect("serve");
+        let raw = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        (node, path, raw)
+    }
+
     /// A process that floods its agent with requests it may not have outstanding is cut
     /// off: the agent closes its connection (and drops its endpoints) instead of queuing
     /// without bound.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_process_flooding_takes_is_cut_off() {
-        let node = Node::builder()
-            .config(Config::new(NodeId(0), 7))
-            .listen("127.0.105.1:0".parse().expect("address"))
-            .membership(Membership::new())
-            .start()
-            .await
-            .expect("node starts");
-        let path = std::env::temp_dir().join(format!("plexus-flood-{}.sock", std::process::id()));
-        node.serve_local(&path, AttachPolicy::owner_only().expect("own uid"))
-            .expect("serve");
-        let mut raw = tokio::net::UnixStream::connect(&path)
-            .await
-            .expect("connect");
+        let (_node, path, mut raw) = node_and_raw_process("127.0.105.1", "flood").await;
         let me = Endpoint::new(NodeId(0), 0);
         let mut out = BytesMut::new();
         encode_control(
@@ -114,20 +123,7 @@ mod tests {
     /// for the producer exceeds what its credit could ever allow.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_process_sending_beyond_all_credit_is_cut_off() {
-        let node = Node::builder()
-            .config(Config::new(NodeId(0), 7))
-            .listen("127.0.107.1:0".parse().expect("address"))
-            .membership(Membership::new())
-            .start()
-            .await
-            .expect("node starts");
-        let path =
-            std::env::temp_dir().join(format!("plexus-sendflood-{}.sock", std::process::id()));
-        node.serve_local(&path, AttachPolicy::owner_only().expect("own uid"))
-            .expect("serve");
-        let mut raw = tokio::net::UnixStream::connect(&path)
-            .await
-            .expect("connect");
+        let (_node, path, mut raw) = node_and_raw_process("127.0.107.1", "sendflood").await;
         let producer = Endpoint::new(NodeId(0), 0);
         // The consumer is on a node that never comes: no credit, no window.
         let consumer = Endpoint::new(NodeId(9), 0);
