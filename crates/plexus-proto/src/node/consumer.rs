@@ -156,51 +156,33 @@ impl NodeCore {
     }
 
     fn poll_recv_among(&mut self, key: LocalKey, among: Option<&[Endpoint]>) -> Recv {
-        let wanted = match among {
-            None => Wanted::All,
-            Some([one]) => Wanted::Only(vec![*one]),
-            Some(producers) => {
-                let mut set = producers.to_vec();
-                set.sort_unstable();
-                set.dedup();
-                Wanted::Only(set)
-            }
-        };
-        let changed = self.consumers.change(&key, |c| {
-            let changed = c.wanted != wanted;
+        let read = self.consumers.change(&key, |c| {
+            // A new choice of producers lets channels wanted now use room they could not
+            // use before, as reading does: either way the pool grants after this.
+            let changed = !c.wanted.is(among);
             if changed {
-                c.wanted = wanted;
-                c.waiting = false;
+                c.wanted = Wanted::of(among);
             }
-            changed
+            c.waiting = false;
+            let outcome = if let Some((from, payload)) = c.read_one(among) {
+                Recv::Message(from, payload)
+            } else if let Some(error) = c.take_error(among) {
+                Recv::Error(error)
+            } else {
+                let outcome = Recv::from_end(c.ended(among));
+                c.waiting = outcome == Recv::Pending;
+                outcome
+            };
+            (changed, outcome)
         });
-        let Some(changed) = changed else {
+        let Some((changed, outcome)) = read else {
             return Recv::Error(ExchangeError::NoSuchEndpoint {
                 job: key.0,
                 slot: key.1,
                 role: Role::Consumer,
             });
         };
-        if changed {
-            // Channels wanted now may be served from room they could not use before.
-            self.grant(key);
-        }
-        let read = self.consumers.change(&key, |c| {
-            c.waiting = false;
-            if let Some((from, payload)) = c.read_one(among) {
-                return Recv::Message(from, payload);
-            }
-            match c.take_error(among) {
-                Some(error) => Recv::Error(error),
-                None => {
-                    let outcome = Recv::from_end(c.ended(among));
-                    c.waiting = outcome == Recv::Pending;
-                    outcome
-                }
-            }
-        });
-        let outcome = read.unwrap_or(Recv::Pending);
-        if matches!(outcome, Recv::Message(..) | Recv::Pending) {
+        if changed || matches!(outcome, Recv::Message(..) | Recv::Pending) {
             // Credit read back goes on to channels waiting for it; a reader that waits
             // now lets what it waits for use the reserve.
             self.grant(key);

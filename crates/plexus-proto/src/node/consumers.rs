@@ -44,6 +44,32 @@ pub(crate) enum Wanted {
 }
 
 impl Wanted {
+    /// What a read of the producers `among` (all: `None`) wants.
+    pub fn of(among: Option<&[Endpoint]>) -> Self {
+        match among {
+            None => Wanted::All,
+            Some(producers) => {
+                let mut set = producers.to_vec();
+                set.sort_unstable();
+                set.dedup();
+                Wanted::Only(set)
+            }
+        }
+    }
+
+    /// Whether this is what a read of `among` wants (compared without building it: a
+    /// reader that keeps its choice pays nothing per read).
+    pub fn is(&self, among: Option<&[Endpoint]>) -> bool {
+        match (self, among) {
+            (Wanted::All, None) => true,
+            (Wanted::Only(set), Some(producers)) => {
+                producers.iter().all(|p| set.binary_search(p).is_ok())
+                    && set.iter().all(|p| producers.contains(p))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `producer` is read now.
     pub fn contains(&self, producer: &Endpoint) -> bool {
         match self {
@@ -442,6 +468,19 @@ mod tests {
 
     fn producer(i: u32) -> Endpoint {
         Endpoint::new(NodeId(i), 0)
+    }
+
+    #[test]
+    fn a_choice_of_producers_is_recognised_whatever_its_order() {
+        let (a, b, c) = (producer(0), producer(1), producer(2));
+        let wanted = Wanted::of(Some(&[b, a, b]));
+        assert!(wanted.is(Some(&[a, b])));
+        assert!(wanted.is(Some(&[b, a, a])));
+        assert!(!wanted.is(Some(&[a])));
+        assert!(!wanted.is(Some(&[a, b, c])));
+        assert!(!wanted.is(None));
+        assert!(Wanted::of(None).is(None));
+        assert!(!Wanted::Nothing.is(None));
     }
 
     proptest! {
