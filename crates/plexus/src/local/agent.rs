@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 use super::frames::{
     decode_from_client, encode_control, encode_delivery_chunks, reserve_for_frame, Delivery,
-    Failure, FromClient, Outcome, ToAgent, ToClient, VERSION,
+    Failure, FromClient, Outcome, ToAgent, ToClient, READ_CHUNK, VERSION,
 };
 use crate::embedded::{EmbeddedJob, EmbeddedProducer, Taken};
 use crate::error::Error;
@@ -160,9 +160,6 @@ struct TakeCmd {
     consumed: u64,
     among: Option<Vec<Endpoint>>,
 }
-
-/// Bytes a connection's reader asks the socket for at least, per read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Requests that are not messages count this much against a producer's inbox.
 const REQUEST_WEIGHT: u64 = 64;

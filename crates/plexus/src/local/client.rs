@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{
     decode_from_agent, encode_control, encode_send_chunks, encode_send_many, reserve_for_frame,
-    Failure, FromAgent, Outcome, Send, SendMany, ToAgent, ToClient, VERSION,
+    Failure, FromAgent, Outcome, Send, SendMany, ToAgent, ToClient, READ_CHUNK, VERSION,
 };
 use crate::error::Error;
 use crate::job::{Job, TrySend};
@@ -39,9 +39,6 @@ use crate::topology::Topology;
 /// Largest frame the agent may send: a delivery of up to 256 KiB of whole arrivals, or one
 /// large message, with room to spare.
 const FRAME_LIMIT: usize = 1 << 30;
-
-/// Bytes the reader asks the socket for at least, per read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// A process attached to its machine's agent: opens jobs on the agent's node.
 #[derive(Clone, Debug)]
@@ -575,38 +572,52 @@ struct AttachedProducer {
     slot: u32,
 }
 
+impl AttachedProducer {
+    /// Whether the window for `consumer` covers a message of `len` bytes (taking it from
+    /// the window if `spend`); if not, asks the agent for credit, once per exhausted
+    /// window. An error if the channel or the connection failed.
+    fn claim(&self, consumer: Endpoint, len: usize, spend: bool) -> Result<bool, Error> {
+        let cost = message_cost(len);
+        let mut st = self.conn.lock();
+        if let Some(lost) = st.lost.clone() {
+            return Err(Error::AgentLost(lost));
+        }
+        let Some(p) = st.producers.get_mut(&(self.job, self.slot)) else {
+            return Err(ExchangeError::Closed.into());
+        };
+        if let Some(e) = p.failed.get(&consumer) {
+            return Err(from_failure(e.clone()));
+        }
+        let window = p.windows.entry(consumer).or_insert(0);
+        if *window >= cost {
+            if spend {
+                *window -= cost;
+            }
+            return Ok(true);
+        }
+        if p.asked.insert(consumer) {
+            drop(st);
+            self.conn.send(ToAgent::WantCredit {
+                job: self.job,
+                slot: self.slot,
+                consumer,
+                len: len as u64,
+            });
+        }
+        Ok(false)
+    }
+}
+
 impl ProducerPort for AttachedProducer {
     fn endpoint(&self) -> Endpoint {
         Endpoint::new(self.conn.node, self.slot)
     }
 
     fn try_send(&mut self, consumer: Endpoint, message: Bytes) -> Result<(), TrySend> {
-        let cost = message_cost(message.len());
-        {
-            let mut st = self.conn.lock();
-            if let Some(lost) = st.lost.clone() {
-                return Err(TrySend::Failed(Error::AgentLost(lost), message));
-            }
-            let Some(p) = st.producers.get_mut(&(self.job, self.slot)) else {
-                return Err(TrySend::Failed(ExchangeError::Closed.into(), message));
-            };
-            if let Some(e) = p.failed.get(&consumer) {
-                return Err(TrySend::Failed(from_failure(e.clone()), message));
-            }
-            let window = p.windows.entry(consumer).or_insert(0);
-            if *window < cost {
-                if p.asked.insert(consumer) {
-                    drop(st);
-                    self.conn.send(ToAgent::WantCredit {
-                        job: self.job,
-                        slot: self.slot,
-                        consumer,
-                        len: message.len() as u64,
-                    });
-                }
-                return Err(TrySend::NoCredit(message));
-            }
-            *window -= cost;
+        match self.claim(consumer, message.len(), true) {
+            Ok(true) => {}
+            Ok(false) => return Err(TrySend::NoCredit(message)),
+            Err(e) => return Err(TrySend::Failed(e, message)),
         }
         let _ = self.conn.out.send(Outgoing::Send(Send {
             job: self.job,
@@ -643,30 +654,7 @@ impl ProducerPort for AttachedProducer {
     }
 
     fn has_credit(&mut self, consumer: Endpoint, len: usize) -> Result<bool, Error> {
-        let cost = message_cost(len);
-        let mut st = self.conn.lock();
-        if let Some(lost) = st.lost.clone() {
-            return Err(Error::AgentLost(lost));
-        }
-        let Some(p) = st.producers.get_mut(&(self.job, self.slot)) else {
-            return Err(ExchangeError::Closed.into());
-        };
-        if let Some(e) = p.failed.get(&consumer) {
-            return Err(from_failure(e.clone()));
-        }
-        if p.windows.get(&consumer).copied().unwrap_or(0) >= cost {
-            return Ok(true);
-        }
-        if p.asked.insert(consumer) {
-            drop(st);
-            self.conn.send(ToAgent::WantCredit {
-                job: self.job,
-                slot: self.slot,
-                consumer,
-                len: len as u64,
-            });
-        }
-        Ok(false)
+        self.claim(consumer, len, false)
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>, only: Option<Endpoint>) -> Poll<Vec<Endpoint>> {

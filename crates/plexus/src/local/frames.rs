@@ -211,6 +211,9 @@ pub(crate) fn encode_send_header(send: &Send, out: &mut BytesMut) {
     out.put_u32_le(send.consumer.slot);
 }
 
+/// Bytes a reader of a local connection asks the socket for at least, per read.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
 /// Payloads at least this long travel by reference in a vectored write; shorter ones are
 /// copied next to their header.
 const BY_REFERENCE: usize = 512;
