@@ -68,11 +68,8 @@ impl EmbeddedJob {
 
     /// Opens producer `slot` here, once admitted.
     pub async fn producer(&self, slot: u32) -> Result<EmbeddedProducer, Error> {
-        self.admit().await?;
-        let me = Endpoint::new(self.shared.node, slot);
-        if !self.topology.producers().contains(&me) {
-            return Err(self.not_in_topology(slot, "producer"));
-        }
+        self.admitted_slot(slot, self.topology.producers(), "producer")
+            .await?;
         let consumers = self.topology.consumers().iter().copied();
         self.shared.op(|st| {
             st.core.open_producer(self.id, slot, consumers)?;
@@ -89,11 +86,8 @@ impl EmbeddedJob {
 
     /// Opens consumer `slot` here, once admitted.
     pub async fn consumer(&self, slot: u32) -> Result<EmbeddedConsumer, Error> {
-        self.admit().await?;
-        let me = Endpoint::new(self.shared.node, slot);
-        if !self.topology.consumers().contains(&me) {
-            return Err(self.not_in_topology(slot, "consumer"));
-        }
+        self.admitted_slot(slot, self.topology.consumers(), "consumer")
+            .await?;
         let producers = self.topology.producers().iter().copied();
         self.shared
             .op(|st| st.core.open_consumer(self.id, slot, producers))?;
@@ -107,13 +101,24 @@ impl EmbeddedJob {
         })
     }
 
-    fn not_in_topology(&self, slot: u32, role: &'static str) -> Error {
-        Error::NotInTopology {
+    /// Waits for admission, then checks that `slot` of this node is one of `endpoints`
+    /// (the job's producers or consumers, as `role` says).
+    async fn admitted_slot(
+        &self,
+        slot: u32,
+        endpoints: &[Endpoint],
+        role: &'static str,
+    ) -> Result<(), Error> {
+        self.admit().await?;
+        if endpoints.contains(&Endpoint::new(self.shared.node, slot)) {
+            return Ok(());
+        }
+        Err(Error::NotInTopology {
             job: self.id.0,
             node: self.shared.node.0,
             slot,
             role,
-        }
+        })
     }
 }
 
