@@ -548,6 +548,16 @@ mod tests {
     use super::super::shape::ShapeSpec;
     use super::*;
 
+    /// A one-second run of these outcomes, with `kill` if any.
+    fn run_record(outcomes: Vec<EndpointOutcome>, kill: Option<Kill>) -> RunRecord {
+        RunRecord {
+            outcomes,
+            elapsed_s: 1.0,
+            kill,
+            ..RunRecord::default()
+        }
+    }
+
     fn shape() -> Shape {
         Shape::new(ShapeSpec {
             nodes: 4,
@@ -634,11 +644,7 @@ mod tests {
         for (i, o) in outcomes.iter_mut().filter(|o| consumer(o)).enumerate() {
             o.peak_buffered = pool - i as u64;
         }
-        let run = |outcomes| RunRecord {
-            outcomes,
-            elapsed_s: 1.0,
-            ..RunRecord::default()
-        };
+        let run = |outcomes| run_record(outcomes, None);
         let r = judge(&s, run(outcomes.clone()));
         assert!(r.verified, "{:?}", r.errors);
         assert_eq!(r.consumer_held_bytes_max, pool);
@@ -665,12 +671,7 @@ mod tests {
             },
             at_ms: 1000,
         });
-        let run = |outcomes| RunRecord {
-            outcomes,
-            elapsed_s: 1.0,
-            kill,
-            ..RunRecord::default()
-        };
+        let run = |outcomes| run_record(outcomes, kill);
         let r = judge(&s, run(outcomes.clone()));
         assert!(r.verified, "{:?}", r.errors);
         assert_eq!(r.failed_job_ids, [1]);
@@ -734,12 +735,7 @@ mod tests {
             };
             outcomes.push(failed_naming(&e, Some(names), 1200));
         }
-        let run = |outcomes| RunRecord {
-            outcomes,
-            elapsed_s: 1.0,
-            kill,
-            ..RunRecord::default()
-        };
+        let run = |outcomes| run_record(outcomes, kill);
         let r = judge(&s, run(outcomes.clone()));
         assert!(r.verified, "{:?}", r.errors);
         assert_eq!(r.failed_job_ids, [1]);
@@ -788,12 +784,7 @@ mod tests {
         let mut outcomes: Vec<_> = all_ok(&s).into_iter().filter(|o| o.job == 1).collect();
         outcomes.push(failed(0, Role::Producer, 0, 1, 1040));
         outcomes.push(failed(0, Role::Consumer, 0, 1, 1050));
-        let run = |outcomes| RunRecord {
-            outcomes,
-            elapsed_s: 1.0,
-            kill,
-            ..RunRecord::default()
-        };
+        let run = |outcomes| run_record(outcomes, kill);
         // The endpoints attached to node 1's agent live on: they must report too.
         let r = judge(&s, run(outcomes.clone()));
         assert!(!r.verified);
