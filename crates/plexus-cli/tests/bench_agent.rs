@@ -11,17 +11,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::bench_command;
+use common::{args, bench_command};
 use serde_json::Value;
 
 /// Runs `plexus bench --json ARGS` (with `--agent`), checking that it leaves no process
 /// and no directory behind; returns whether it exited successfully, its report and its
 /// stderr.
-/// The words of a command line.
-fn args(line: &str) -> Vec<&str> {
-    line.split_whitespace().collect()
-}
-
 fn run_agent(args: &[&str]) -> (bool, Value, String) {
     let mut command = bench_command(args);
     command.arg("--agent");

@@ -7,33 +7,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bench_verified, run as bench};
+use common::{args, bench_verified, run as bench};
 
 #[test]
 fn spawn_runs_one_process_per_node_and_verifies() {
-    let r = bench_verified(&[
-        "--spawn",
-        "--nodes",
-        "3",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--jobs",
-        "2",
-        "--bytes-per-producer",
-        "1MiB",
-        "--message-size",
-        "8KiB",
-        "--credit-pool",
-        "64KiB",
-        "--stall-consumers",
-        "1",
-        "--first-ip",
-        "127.0.43.1",
-        "--timeout-s",
-        "60",
-    ]);
+    let r = bench_verified(&args("--spawn --nodes 3 --producers 2 --consumers 2 --jobs 2 --bytes-per-producer 1MiB --message-size 8KiB --credit-pool 64KiB --stall-consumers 1 --first-ip 127.0.43.1 --timeout-s 60"));
     assert_eq!(r["processes"], 3);
     assert_eq!(r["nodes"], 3);
     assert_eq!(r["nodes_per_job"], 3);
@@ -68,26 +46,7 @@ fn spawn_runs_one_process_per_node_and_verifies() {
 #[test]
 fn nodes_per_job_shapes_channels_and_links() {
     // Job 0 uses nodes 0 and 1, job 1 nodes 2 and 3: each node talks to one peer.
-    let r = bench_verified(&[
-        "--nodes",
-        "4",
-        "--nodes-per-job",
-        "2",
-        "--producers",
-        "2",
-        "--consumers",
-        "1",
-        "--jobs",
-        "2",
-        "--bytes-per-producer",
-        "256KiB",
-        "--message-size",
-        "4KiB",
-        "--first-ip",
-        "127.0.44.1",
-        "--timeout-s",
-        "60",
-    ]);
+    let r = bench_verified(&args("--nodes 4 --nodes-per-job 2 --producers 2 --consumers 1 --jobs 2 --bytes-per-producer 256KiB --message-size 4KiB --first-ip 127.0.44.1 --timeout-s 60"));
     assert_eq!(r["nodes_per_job"], 2);
     // k · (N·m_p) · (N·m_c) = 2 · 4 · 2
     assert_eq!(r["channels"], 16);
@@ -181,24 +140,7 @@ fn kill_node_without_spawn_is_refused() {
 
 #[test]
 fn chaos_kills_links_from_outside_and_the_run_ends() {
-    let (_, r) = bench(&[
-        "--nodes",
-        "3",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--jobs",
-        "1",
-        "--bytes-per-producer",
-        "128MiB",
-        "--chaos-link-kill-ms",
-        "50",
-        "--first-ip",
-        "127.0.46.1",
-        "--timeout-s",
-        "30",
-    ]);
+    let (_, r) = bench(&args("--nodes 3 --producers 2 --consumers 2 --jobs 1 --bytes-per-producer 128MiB --chaos-link-kill-ms 50 --first-ip 127.0.46.1 --timeout-s 30"));
     // Killed links reconnect and resume: nothing is lost, nothing fails.
     assert!(r["link_kills"].as_u64().expect("link_kills") >= 1, "{r}");
     assert!(
@@ -212,25 +154,7 @@ fn chaos_kills_links_from_outside_and_the_run_ends() {
 
 #[test]
 fn nodes_per_process_groups_nodes_into_fewer_processes() {
-    let r = bench_verified(&[
-        "--spawn",
-        "--nodes",
-        "5",
-        "--nodes-per-process",
-        "2",
-        "--producers",
-        "1",
-        "--consumers",
-        "1",
-        "--jobs",
-        "1",
-        "--bytes-per-producer",
-        "256KiB",
-        "--message-size",
-        "4KiB",
-        "--first-ip",
-        "127.0.48.1",
-    ]);
+    let r = bench_verified(&args("--spawn --nodes 5 --nodes-per-process 2 --producers 1 --consumers 1 --jobs 1 --bytes-per-producer 256KiB --message-size 4KiB --first-ip 127.0.48.1"));
     assert_eq!(r["processes"], 3, "5 nodes, 2 per process: {r}");
     assert_eq!(r["links_per_node_max"], 4, "{r}");
     let out = Command::new(env!("CARGO_BIN_EXE_plexus"))

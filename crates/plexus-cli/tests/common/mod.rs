@@ -49,3 +49,8 @@ pub fn bench_verified(args: &[&str]) -> Value {
     );
     r
 }
+
+/// The words of a command line written as one string.
+pub fn args(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
