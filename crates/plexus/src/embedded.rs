@@ -488,23 +488,14 @@ impl EmbeddedConsumer {
         if self.finished {
             return Poll::Ready(None);
         }
-        let key = (self.job, self.slot);
-        let arrivals = &mut self.arrivals;
-        self.shared.op(|st| {
-            if !arrivals.is_empty() {
-                st.core.give_back(key.0, key.1, arrivals);
-            }
-            st.core.finished_reading(key.0, key.1);
-            match st.core.poll_recv_from(key.0, key.1, producers) {
-                Recv::Message(from, message) => Poll::Ready(Some(Ok((from, message)))),
-                Recv::Error(e) => Poll::Ready(Some(Err(e.into()))),
-                Recv::Finished => Poll::Ready(None),
-                Recv::Pending => {
-                    st.consumers.insert(key, cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
+        // What `recv` took and did not hand out goes back first: the same step as an
+        // attached process's selective take.
+        self.poll_take(cx, Some(producers))
+            .map(|taken| match taken {
+                Taken::Messages(mut one) => one.pop().map(Ok),
+                Taken::Error(e) => Some(Err(e.into())),
+                Taken::Finished => None,
+            })
     }
 }
 
