@@ -138,6 +138,17 @@ impl Out {
         let _ = self.0.send(Outgoing::Control(frame));
     }
 
+    /// Tells a producer's process that its channel to `consumer` takes no more messages.
+    fn send_failed(&self, producer: &EmbeddedProducer, consumer: Endpoint, e: Error) {
+        let (job, slot) = producer.key();
+        self.control(ToClient::SendFailed {
+            job,
+            slot,
+            consumer,
+            error: failure(e),
+        });
+    }
+
     fn done(&self, req: u64, outcome: Result<(), Error>) {
         let outcome = outcome.map_err(failure);
         self.control(ToClient::Done { req, outcome });
@@ -508,13 +519,7 @@ impl Windows {
                 // embedded producer's failed message is.
                 queue.clear();
                 *held = 0;
-                let (job, slot) = producer.key();
-                out.control(ToClient::SendFailed {
-                    job,
-                    slot,
-                    consumer,
-                    error: failure(e),
-                });
+                out.send_failed(producer, consumer, e);
             }
         }
         if queue.is_empty() {
@@ -540,12 +545,7 @@ impl Windows {
                     *given = grantable;
                 }
             }
-            Err(e) => out.control(ToClient::SendFailed {
-                job,
-                slot,
-                consumer,
-                error: failure(e),
-            }),
+            Err(e) => out.send_failed(producer, consumer, e),
         }
     }
 }
@@ -649,13 +649,7 @@ async fn other_cmd(
                 // `ready` reports the channel when credit comes.
                 Ok(false) => {}
                 Err(e) => {
-                    let (job, slot) = producer.key();
-                    out.control(ToClient::SendFailed {
-                        job,
-                        slot,
-                        consumer,
-                        error: failure(e),
-                    });
+                    out.send_failed(producer, consumer, e);
                 }
             }
         }
