@@ -1008,24 +1008,26 @@ fn open_to_victim() -> Frame {
 /// A job between the honest nodes 0 and 1, running beside the hostile peer.
 const LEGIT_JOB: JobId = JobId(55);
 
+/// The legitimate exchange hostile peers must not disturb: producer 0 of node 0 sends 30
+/// messages of `LEGIT_JOB` to consumer 0 of node 1, started and driven until the link is
+/// up. Returns the producer, its messages, and the boxes that finish the exchange.
+fn legit_exchange(net: &mut Net) -> (Endpoint, Vec<Bytes>, Vec<Outbox>, Vec<Inbox>) {
+    let (p, c) = (ep(0, 0), ep(1, 0));
+    let msgs = plan(LEGIT_JOB, p, c, 30, 1024);
+    let inboxes = vec![Inbox::open(net, 1, LEGIT_JOB, 0, &[p])];
+    let mut outboxes = vec![Outbox::open(net, 0, LEGIT_JOB, 0, vec![(c, msgs.clone())])];
+    outboxes[0].pump(net);
+    net.drive();
+    (p, msgs, outboxes, inboxes)
+}
+
 /// Runs `script` as a raw peer of node 1 while nodes 0 and 1 exchange in another job;
 /// asserts that the raw link is closed with a `Protocol` cause and a `GoAway`, that the
 /// legitimate exchange completes, and (when the peer got past its `Hello`) that the
 /// consumer expecting it is told why: the peer is declared dead for breaking the protocol.
 fn hostile(name: &str, past_hello: bool, script: impl FnOnce(&mut Net, RawConn)) {
     let mut net = Net::new(2, small);
-    let (p, c) = (ep(0, 0), ep(1, 0));
-    let msgs = plan(LEGIT_JOB, p, c, 30, 1024);
-    let mut inboxes = vec![Inbox::open(&mut net, 1, LEGIT_JOB, 0, &[p])];
-    let mut outboxes = vec![Outbox::open(
-        &mut net,
-        0,
-        LEGIT_JOB,
-        0,
-        vec![(c, msgs.clone())],
-    )];
-    outboxes[0].pump(&mut net);
-    net.drive();
+    let (p, msgs, mut outboxes, mut inboxes) = legit_exchange(&mut net);
     assert_eq!(
         net.stats(1).links_up,
         1,
@@ -1541,18 +1543,7 @@ fn a_peer_naming_random_jobs_cannot_grow_the_job_table() {
         c.max_parked_channels = 50;
         c.park_timeout = Duration::from_secs(5);
     });
-    let (p, c) = (ep(0, 0), ep(1, 0));
-    let msgs = plan(LEGIT_JOB, p, c, 30, 1024);
-    let mut inboxes = vec![Inbox::open(&mut net, 1, LEGIT_JOB, 0, &[p])];
-    let mut outboxes = vec![Outbox::open(
-        &mut net,
-        0,
-        LEGIT_JOB,
-        0,
-        vec![(c, msgs.clone())],
-    )];
-    outboxes[0].pump(&mut net);
-    net.drive();
+    let (p, msgs, mut outboxes, mut inboxes) = legit_exchange(&mut net);
     let legit_jobs = net.stats(1).jobs;
     let raw = net.raw_connect(1);
     net.raw_send_frame(raw, &hello(99));
