@@ -62,7 +62,7 @@ impl NodeCore {
                 consumers,
                 channels: Default::default(),
                 closed: false,
-                ends_unacked: Vec::new(),
+                ends_unacked: 0,
             },
         );
         Ok(())
@@ -383,7 +383,7 @@ impl NodeCore {
                 ChannelSlot::Live(_) => all_ended = false,
             }
         }
-        Ok(all_ended && p.ends_unacked.is_empty())
+        Ok(all_ended && p.ends_unacked == 0)
     }
 
     /// The `End` of `producer`'s channel to `consumer` is written next to its node: wait
@@ -395,7 +395,7 @@ impl NodeCore {
         let seq = peer.session.tx_seq();
         peer.ends_unacked.push_back((seq, producer, consumer));
         if let Some(p) = self.producers.get_mut(&producer) {
-            p.ends_unacked.push(consumer);
+            p.ends_unacked += 1;
         }
     }
 
@@ -411,7 +411,9 @@ impl NodeCore {
             }
             p.ends_unacked.pop_front();
             if let Some(prod) = self.producers.get_mut(&producer) {
-                prod.ends_unacked.retain(|c| *c != consumer);
+                // (A producer reopened in the slot of a dropped one may see the old one's
+                // acknowledgements: it never counts below nothing.)
+                prod.ends_unacked = prod.ends_unacked.saturating_sub(1);
             }
             self.events.push_back(Event::ProducerReady {
                 job: producer.0,

@@ -243,8 +243,9 @@ pub(crate) struct Producer {
     pub consumers: Vec<Endpoint>,
     pub channels: Map<Endpoint, ChannelSlot>,
     pub closed: bool,
-    /// Consumers whose channel's `End` was sent and not yet acknowledged by their node.
-    pub ends_unacked: Vec<Endpoint>,
+    /// Channels whose `End` was sent and not yet acknowledged by their consumer's node
+    /// (each is listed with its peer, in `Peer::ends_unacked`).
+    pub ends_unacked: usize,
 }
 
 /// Where an outgoing channel stands.
