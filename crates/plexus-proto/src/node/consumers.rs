@@ -17,7 +17,8 @@
 //!
 //! And per consumer: `queued` = Σ cost of the arrivals in `queues` (a batch's cost shrinks
 //! as its messages are read); `heads` holds exactly the first arrival of each non-empty
-//! queue, and no queue is empty; arrival numbers increase along each queue;
+//! queue (a producer's queue stays once it exists, empty or not, so an arrival does not
+//! allocate one); arrival numbers increase along each queue;
 //! `unread ≤ pool.outstanding()`, since every byte received was granted first.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -104,8 +105,8 @@ const FIRST_ARRIVAL: u64 = 1 << 62;
 #[derive(Debug)]
 pub(crate) struct Consumer {
     pub pool: CreditPool<InKey>,
-    /// Per producer, what it sent and the application has not taken: arrival number and
-    /// messages, oldest first.
+    /// Per producer that sent, what it sent and the application has not taken: arrival
+    /// number and messages, oldest first. Bounded by the job's producers.
     queues: Map<Endpoint, VecDeque<(u64, Arrival)>>,
     /// The first arrival of each producer's queue, by arrival number.
     heads: BTreeSet<(u64, Endpoint)>,
@@ -161,9 +162,9 @@ impl Consumer {
         self.queued + self.taken
     }
 
-    /// Whether nothing of `producer` waits.
+    /// Whether something of `producer` waits.
     pub fn has_queued_from(&self, producer: &Endpoint) -> bool {
-        self.queues.contains_key(producer)
+        self.queues.get(producer).is_some_and(|q| !q.is_empty())
     }
 
     /// Queues messages that arrived from `from`. Returns whether a reader waiting for what
@@ -224,13 +225,8 @@ impl Consumer {
         let queue = self.queues.get_mut(&from)?;
         let (number, arrival) = queue.pop_front()?;
         self.heads.remove(&(number, from));
-        match queue.front() {
-            Some(&(next, _)) => {
-                self.heads.insert((next, from));
-            }
-            None => {
-                self.queues.remove(&from);
-            }
+        if let Some(&(next, _)) = queue.front() {
+            self.heads.insert((next, from));
         }
         self.queued -= arrival.cost();
         Some(arrival)
@@ -305,7 +301,7 @@ impl Consumer {
             None => self.remaining.is_empty() && self.heads.is_empty(),
             Some(producers) => producers
                 .iter()
-                .all(|p| !self.remaining.contains(p) && !self.queues.contains_key(p)),
+                .all(|p| !self.remaining.contains(p) && !self.has_queued_from(p)),
         }
     }
 
@@ -328,10 +324,12 @@ impl Consumer {
         let mut queued = 0;
         let mut heads = BTreeSet::new();
         for (from, queue) in &self.queues {
-            let Some(&(first, _)) = queue.front() else {
-                return Err(format!("an empty queue for {from:?}"));
-            };
-            heads.insert((first, *from));
+            if !self.expected.contains(from) {
+                return Err(format!("a queue for {from:?}, not a producer of the job"));
+            }
+            if let Some(&(first, _)) = queue.front() {
+                heads.insert((first, *from));
+            }
             if queue
                 .iter()
                 .zip(queue.iter().skip(1))
