@@ -1,5 +1,7 @@
 //! `plexus`: the command line of the plexus data-exchange layer.
 
+#![forbid(unsafe_code)]
+
 mod agent;
 mod bench;
 

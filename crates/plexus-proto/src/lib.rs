@@ -5,6 +5,8 @@
 //! calls (bytes to send, events for the application, the next timer). The runtime crate moves
 //! bytes between sockets and this core and does nothing else.
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod codec;
 pub mod config;

@@ -20,19 +20,19 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use plexus_proto::credit::message_cost;
 use plexus_proto::{Endpoint, JobId};
 use tokio::io::AsyncReadExt;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::frames::{
-    decode_from_client, encode_control, encode_delivery_chunks, reserve_for_frame, Delivery,
-    Failure, FromClient, Outcome, ToAgent, ToClient, READ_CHUNK, VERSION,
+    decode_from_client, encode_control, encode_delivery_chunks, room_for_rest_of_frame, Delivery,
+    Failure, FromClient, Outcome, ToAgent, ToClient, VERSION,
 };
+use super::pipe::{self, PipeWriter};
 use crate::embedded::{EmbeddedJob, EmbeddedProducer, Taken};
 use crate::error::Error;
 use crate::port::{JobPort, ProducerPort};
@@ -223,9 +223,19 @@ struct Endpoints {
     consumers: HashMap<(JobId, u32), mpsc::Sender<TakeCmd>>,
 }
 
+/// Bytes of each of a process's two rings: room for several deliveries of up to 256 KiB
+/// in flight to it, and for its producers' windows' worth of messages towards the agent.
+const RING_BYTES: usize = 1 << 20;
+
 /// Serves one attached process until it goes (or breaks the protocol).
 async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = match pipe::offer(stream, RING_BYTES).await {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!(node = shared.node.0, pid, error = %e, "could not share rings with a process");
+            return;
+        }
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let out = Out(tx);
     let mut tasks = JoinSet::new();
@@ -235,8 +245,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
     let mut endpoints = Endpoints::default();
     let mut hello = false;
     let reason = 'conn: loop {
-        reserve_for_frame(&mut buf, READ_CHUNK, limit);
-        match rd.read_buf(&mut buf).await {
+        let want = room_for_rest_of_frame(&mut buf, limit);
+        match rd.read_buf(&mut (&mut buf).limit(want)).await {
             Ok(0) => break "the process closed the connection".to_string(),
             Ok(_) => {}
             Err(e) => break format!("read failed: {e}"),
@@ -435,7 +445,7 @@ fn producer_cmd(
 }
 
 /// Writes what the agent sends a process, until the connection ends.
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_loop(mut wr: PipeWriter, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut buf = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {

@@ -18,19 +18,20 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use plexus_proto::credit::message_cost;
 use plexus_proto::node::{ConsumerCredit, Role};
 use plexus_proto::{Endpoint, ExchangeError, JobId, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{
-    decode_from_agent, encode_control, encode_send_chunks, encode_send_many, reserve_for_frame,
-    Failure, FromAgent, Outcome, Send, SendMany, ToAgent, ToClient, READ_CHUNK, VERSION,
+    decode_from_agent, encode_control, encode_send_chunks, encode_send_many,
+    room_for_rest_of_frame, Failure, FromAgent, Outcome, Send, SendMany, ToAgent, ToClient,
+    VERSION,
 };
+use super::pipe::{PipeReader, PipeWriter};
 use crate::error::Error;
 use crate::job::{Job, TrySend};
 use crate::port::{BoxFuture, ConsumerPort, JobPort, ProducerPort};
@@ -52,7 +53,9 @@ impl AttachedNode {
         let stream = UnixStream::connect(socket)
             .await
             .map_err(|e| Error::AgentLost(format!("cannot attach to {}: {e}", socket.display())))?;
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = super::pipe::accept(stream)
+            .await
+            .map_err(|e| Error::AgentLost(format!("attaching to {}: {e}", socket.display())))?;
         let mut hello = BytesMut::new();
         encode_control(
             &ToAgent::Hello {
@@ -243,7 +246,7 @@ fn from_failure(failure: Failure) -> Error {
 }
 
 /// Writes what the handles queue, until the connection ends.
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_loop(mut wr: PipeWriter, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut scratch = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut run: Option<SendMany> = None;
@@ -319,11 +322,7 @@ fn flush_run(run: &mut Option<SendMany>, scratch: &mut BytesMut) {
 }
 
 /// Reads what the agent sends, until the connection ends; then fails every wait.
-async fn read_loop(
-    conn: std::sync::Weak<Connection>,
-    mut rd: tokio::net::unix::OwnedReadHalf,
-    mut buf: BytesMut,
-) {
+async fn read_loop(conn: std::sync::Weak<Connection>, mut rd: PipeReader, mut buf: BytesMut) {
     let reason = 'conn: loop {
         loop {
             match decode_from_agent(&mut buf, FRAME_LIMIT) {
@@ -335,8 +334,8 @@ async fn read_loop(
                 Err(e) => break 'conn format!("the agent broke the attach protocol: {e}"),
             }
         }
-        reserve_for_frame(&mut buf, READ_CHUNK, FRAME_LIMIT);
-        match rd.read_buf(&mut buf).await {
+        let want = room_for_rest_of_frame(&mut buf, FRAME_LIMIT);
+        match rd.read_buf(&mut (&mut buf).limit(want)).await {
             Ok(0) => break "the agent closed the connection".to_string(),
             Ok(_) => {}
             Err(e) => break format!("the connection to the agent failed: {e}"),

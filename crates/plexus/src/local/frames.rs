@@ -211,9 +211,6 @@ pub(crate) fn encode_send_header(send: &Send, out: &mut BytesMut) {
     out.put_u32_le(send.consumer.slot);
 }
 
-/// Bytes a reader of a local connection asks the socket for at least, per read.
-pub(crate) const READ_CHUNK: usize = 64 * 1024;
-
 /// Payloads at least this long travel by reference in a vectored write; shorter ones are
 /// copied next to their header.
 const BY_REFERENCE: usize = 512;
@@ -276,18 +273,24 @@ fn put_payload(payload: &Bytes, scratch: &mut BytesMut, chunks: &mut Vec<Bytes>)
     }
 }
 
-/// Makes room in `buf` for the rest of the frame it starts with (at least `min` bytes),
-/// so a large frame is read into place rather than grown into piece by piece.
-pub(crate) fn reserve_for_frame(buf: &mut BytesMut, min: usize, limit: usize) {
-    let want = if buf.len() >= 4 {
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        (4 + len.min(limit)).saturating_sub(buf.len()).max(min)
-    } else {
-        min
-    };
-    if buf.capacity() - buf.len() < want {
-        buf.reserve(want);
+/// Bytes still missing from the frame `buf` starts with (its length field first), with
+/// room made for exactly them. Reading no more than that leaves every frame in a buffer of
+/// its own: a frame's body is never moved to make room for the next one.
+pub(crate) fn room_for_rest_of_frame(buf: &mut BytesMut, limit: usize) -> usize {
+    if buf.len() < 4 {
+        buf.reserve(4 - buf.len());
+        return 4 - buf.len();
     }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let whole = 4 + len.min(limit);
+    if buf.capacity() < whole {
+        // A buffer of the frame's size, rather than growing this one (which would copy
+        // all it ever held).
+        let mut fresh = BytesMut::with_capacity(whole);
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+    }
+    whole.saturating_sub(buf.len()).max(1)
 }
 
 /// Takes the next whole frame's kind and body off `buf`, if it has arrived.

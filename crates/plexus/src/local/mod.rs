@@ -1,6 +1,8 @@
 //! The attach protocol: processes on a machine use the machine's node through its agent
-//! (`plexus agent`) over a Unix socket, with the same `Job` / `Producer` / `Consumer`
-//! API as an embedded node.
+//! (`plexus agent`), with the same `Job` / `Producer` / `Consumer` API as an embedded node.
+//! A process connects to the agent's Unix socket; the agent answers with two
+//! shared-memory rings (one per direction) that carry every frame from then on, while the
+//! socket carries only wake-ups and the end of the connection (see `pipe`).
 //!
 //! The agent owns the node (links, sessions, credit, admission, budget); an attached
 //! process owns nothing but its handles. Credit holds end to end:
@@ -18,12 +20,17 @@
 //! and its consumers' channels are cancelled, as when an embedded handle is dropped. An
 //! agent that dies ends every attached process's waits with an error at once.
 //!
-//! Modules: `frames` (the byte layout), `agent` (the agent's side), `client` (a process's
-//! side).
+//! Modules: `frames` (the byte layout), `pipe` (the rings and the socket beside them),
+//! `shm` (the ring itself: the crate's only unsafe code), `agent` (the agent's side),
+//! `client` (a process's side).
 
 pub(crate) mod agent;
 pub(crate) mod client;
 pub(crate) mod frames;
+pub(crate) mod pipe;
+// The crate's only unsafe code: mapping the rings and copying in and out of them.
+#[allow(unsafe_code)]
+mod shm;
 
 pub use agent::AttachPolicy;
 pub use client::AttachedNode;
@@ -38,6 +45,7 @@ mod tests {
     use tokio::net::UnixStream;
 
     use super::frames::{encode_control, encode_send_chunks, Send, ToAgent, VERSION};
+    use super::pipe::{self, PipeReader, PipeWriter};
     use crate::{AttachPolicy, Config, Membership, Node};
 
     /// A node listening on `ip` and serving its local socket, and a raw process attached to
@@ -49,7 +57,7 @@ mod tests {
         producers: Vec<Endpoint>,
         consumers: Vec<Endpoint>,
         open: ToAgent,
-    ) -> (Node, std::path::PathBuf, UnixStream) {
+    ) -> (Node, std::path::PathBuf, PipeReader, PipeWriter) {
         let node = Node::builder()
             .config(Config::new(NodeId(0), 7))
             .listen(format!("{ip}:0").parse().expect("address"))
@@ -60,7 +68,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!("plexus-{name}-{}.sock", std::process::id()));
         node.serve_local(&path, AttachPolicy::owner_only().expect("own uid"))
             .expect("serve");
-        let mut raw = UnixStream::connect(&path).await.expect("connect");
+        let stream = UnixStream::connect(&path).await.expect("connect");
+        let (rd, mut wr) = pipe::accept(stream).await.expect("rings");
         let hello = ToAgent::Hello {
             version: VERSION,
             pid: 1,
@@ -75,13 +84,13 @@ mod tests {
         for frame in [hello, job, open] {
             encode_control(&frame, &mut out);
         }
-        raw.write_all(&out).await.expect("write");
-        (node, path, raw)
+        wr.write_all(&out).await.expect("write");
+        (node, path, rd, wr)
     }
 
     /// Reads (and drops) what the agent sends until it closes the connection; whether it
     /// did within `bound`.
-    async fn closed_within(raw: &mut UnixStream, bound: Duration) -> bool {
+    async fn closed_within(raw: &mut PipeReader, bound: Duration) -> bool {
         let mut sink = vec![0u8; 4096];
         tokio::time::timeout(bound, async {
             while let Ok(n) = raw.read(&mut sink).await {
@@ -105,7 +114,7 @@ mod tests {
             job: JobId(1),
             slot: 0,
         };
-        let (_node, path, mut raw) =
+        let (_node, path, mut rd, mut wr) =
             raw_process("127.0.105.1", "flood", vec![me], vec![me], open).await;
         let mut out = BytesMut::new();
         for _ in 0..64 {
@@ -117,9 +126,9 @@ mod tests {
             };
             encode_control(&take, &mut out);
         }
-        raw.write_all(&out).await.expect("write");
+        wr.write_all(&out).await.expect("write");
         assert!(
-            closed_within(&mut raw, Duration::from_secs(10)).await,
+            closed_within(&mut rd, Duration::from_secs(10)).await,
             "the flooding process was not cut off"
         );
         std::fs::remove_file(&path).ok();
@@ -137,7 +146,7 @@ mod tests {
             job: JobId(1),
             slot: 0,
         };
-        let (_node, path, mut raw) = raw_process(
+        let (_node, path, mut rd, mut wr) = raw_process(
             "127.0.107.1",
             "sendflood",
             vec![producer],
@@ -160,14 +169,14 @@ mod tests {
             encode_send_chunks(&send, &mut frame, &mut chunks);
             chunks.insert(0, frame.freeze());
             for chunk in chunks {
-                cut |= raw.write_all(&chunk).await.is_err();
+                cut |= wr.write_all(&chunk).await.is_err();
             }
             if cut {
                 break;
             }
         }
         assert!(
-            cut || closed_within(&mut raw, Duration::from_secs(20)).await,
+            cut || closed_within(&mut rd, Duration::from_secs(20)).await,
             "the process flooding beyond its credit was not cut off"
         );
         std::fs::remove_file(&path).ok();
