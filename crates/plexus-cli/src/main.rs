@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run this machine's node from a configuration file, until SIGTERM or SIGINT.
     Agent(agent::AgentArgs),
+    /// Make a new cluster secret: 32 random bytes in a new file only its owner can read.
+    Secret(SecretArgs),
     /// Run the all-to-all job on loopback and report throughput, links and memory.
     Bench(Box<bench::BenchArgs>),
     /// One node of `plexus bench --spawn`, driven by the bench over stdin and stdout.
@@ -30,6 +32,23 @@ enum Command {
     /// bench over stdin and stdout.
     #[command(hide = true, name = "bench-endpoint")]
     BenchEndpoint(bench::endpoint::EndpointArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SecretArgs {
+    /// The file to create (never replaced); copy it to every member of the cluster.
+    #[arg(long)]
+    out: std::path::PathBuf,
+}
+
+fn make_secret(args: &SecretArgs) -> ExitCode {
+    match plexus::write_new_secret_file(&args.out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plexus secret: {}: {e}", args.out.display());
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -43,6 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => agent::main(args),
+        Command::Secret(args) => make_secret(&args),
         Command::Bench(args) => bench::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
         Command::BenchEndpoint(args) => bench::endpoint::main(args),

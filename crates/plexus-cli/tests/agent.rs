@@ -19,10 +19,11 @@ fn sample() -> PathBuf {
 /// A configuration for node `node` of a two-node cluster on `127.0.101.{1,2}:7101`, whose
 /// processes attach at `dir/node{node}.sock`.
 fn write_config(dir: &Path, node: u32, extra: &str) -> PathBuf {
+    make_secret(dir);
     let path = dir.join(format!("node{node}.toml"));
     let socket = dir.join(format!("node{node}.sock"));
     let text = format!(
-        "node = {node}\ncluster = 9\nlisten = \"127.0.101.{}:7101\"\n\
+        "node = {node}\ncluster = 9\nsecret_file = \"cluster.secret\"\nlisten = \"127.0.101.{}:7101\"\n\
          members = [{{ id = 0, address = \"127.0.101.1:7101\" }}, {{ id = 1, address = \"127.0.101.2:7101\" }}]\n\
          socket = \"{}\"\n{extra}\n",
         node + 1,
@@ -32,17 +33,44 @@ fn write_config(dir: &Path, node: u32, extra: &str) -> PathBuf {
     path
 }
 
+/// `dir/cluster.secret`, made with `plexus secret` unless it is there already.
+fn make_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.secret");
+    if !path.exists() {
+        let out = plexus()
+            .args(["secret", "--out"])
+            .arg(&path)
+            .output()
+            .expect("run plexus secret");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("plexus-agent-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 
+/// The sample, with its secret file where this test made one.
 #[test]
 fn the_sample_configuration_checks_out() {
+    let dir = temp_dir("sample");
+    let secret = make_secret(&dir);
+    let text = std::fs::read_to_string(sample()).expect("the sample");
+    let named = "secret_file = \"/etc/plexus/cluster.secret\"";
+    assert!(text.contains(named), "the sample names its secret file");
+    let config = dir.join("plexus.toml");
+    let text = text.replace(named, &format!("secret_file = {:?}", secret));
+    std::fs::write(&config, text).expect("write");
     let out = plexus()
         .args(["agent", "--check-config", "--config"])
-        .arg(sample())
+        .arg(&config)
         .output()
         .expect("run plexus agent");
     assert!(
@@ -51,6 +79,34 @@ fn the_sample_configuration_checks_out() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A secret other users could read stops the agent at once, naming the field and the fix;
+/// so does a missing one.
+#[test]
+fn an_exposed_or_missing_secret_stops_the_agent() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("exposed");
+    let path = write_config(&dir, 0, "");
+    let secret = dir.join("cluster.secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    for expected in ["chmod 600", "cannot read"] {
+        let out = plexus()
+            .args(["agent", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run plexus agent");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("`secret_file`") && stderr.contains(expected),
+            "{stderr}"
+        );
+        // Then the same without the file.
+        std::fs::remove_file(&secret).ok();
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

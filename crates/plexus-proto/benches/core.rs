@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use plexus_proto::auth::Secret;
 use plexus_proto::codec::{encode, Decoder};
 use plexus_proto::credit::{CreditPool, SendCredit, SendPolicy};
 use plexus_proto::node::{Arrival, Event};
@@ -142,7 +143,8 @@ const JOB: JobId = JobId(1);
 impl Pair {
     fn connect(consumers: u32) -> Pair {
         let now = Instant::now();
-        let config = |node| Config::new(NodeId(node), 0xBE7C);
+        let secret = Secret::new(*b"the bench's secret").expect("long enough");
+        let config = |node| Config::new(NodeId(node), 0xBE7C, secret.clone());
         let mut sender = NodeCore::new(config(0), now).expect("valid configuration");
         let mut receiver = NodeCore::new(config(1), now).expect("valid configuration");
         let consumers: Vec<Endpoint> = (0..consumers)

@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use plexus_proto::auth::Secret;
 use plexus_proto::{Config, Endpoint, JobId, NodeCore, NodeId};
 
 /// Resident set size of this process, from `/proc/self/status`.
@@ -26,7 +27,11 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1000);
     let me = NodeId(0);
-    let mut config = Config::new(me, 1);
+    let mut config = Config::new(
+        me,
+        1,
+        Secret::new(*b"an example secret").expect("long enough"),
+    );
     config.max_message = 1024;
     config.credit_pool = 64 * 1024;
     let mut core = NodeCore::new(config, Instant::now()).expect("valid configuration");

@@ -11,6 +11,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::batch::{BatchError, MessageBatch};
 use crate::frame::{CancelCode, Frame, GoAwayCode, RefuseCode};
 use crate::ids::{JobId, NodeId, WireChannel};
@@ -42,6 +43,8 @@ const KIND_JOB_FAILED: u8 = 14;
 const KIND_BATCH: u8 = 15;
 const KIND_RESERVED: u8 = 16;
 const KIND_JOB_REFUSED: u8 = 17;
+const KIND_CHALLENGE: u8 = 18;
+const KIND_PROOF: u8 = 19;
 
 /// A frame that could not be decoded. Any of these closes the link.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -73,10 +76,35 @@ pub enum DecodeError {
     BadBatch(#[from] BatchError),
 }
 
+/// The body length the frame at the front of `buf` declares, once its length field has
+/// arrived.
+pub fn declared_len(buf: &[u8]) -> Option<usize> {
+    let field = buf.get(..LEN_FIELD)?;
+    Some(u32::from_le_bytes([field[0], field[1], field[2], field[3]]) as usize)
+}
+
 /// Appends a frame to `out`. For `Data` and `Batch`, this copies the payload; use
 /// [`encode_data_header`] or [`encode_batch_header`] to avoid that.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     match frame {
+        Frame::Challenge {
+            version,
+            cluster,
+            node,
+            incarnation,
+            nonce,
+        } => {
+            put_head(out, KIND_CHALLENGE, 2 + 8 + 4 + 8 + NONCE_LEN);
+            out.put_u16_le(*version);
+            out.put_u64_le(*cluster);
+            out.put_u32_le(node.0);
+            out.put_u64_le(*incarnation);
+            out.put_slice(nonce);
+        }
+        Frame::Proof { proof } => {
+            put_head(out, KIND_PROOF, PROOF_LEN);
+            out.put_slice(proof);
+        }
         Frame::Hello {
             version,
             cluster,
@@ -302,6 +330,28 @@ fn parse_body(kind: u8, body: &mut BytesMut) -> Result<Frame, DecodeError> {
         }
     };
     let frame = match kind {
+        KIND_CHALLENGE => {
+            exact(2 + 8 + 4 + 8 + NONCE_LEN)?;
+            let version = body.get_u16_le();
+            let cluster = body.get_u64_le();
+            let node = NodeId(body.get_u32_le());
+            let incarnation = body.get_u64_le();
+            let mut nonce = [0u8; NONCE_LEN];
+            body.copy_to_slice(&mut nonce);
+            Frame::Challenge {
+                version,
+                cluster,
+                node,
+                incarnation,
+                nonce,
+            }
+        }
+        KIND_PROOF => {
+            exact(PROOF_LEN)?;
+            let mut proof = [0u8; PROOF_LEN];
+            body.copy_to_slice(&mut proof);
+            Frame::Proof { proof }
+        }
         KIND_HELLO => {
             exact(42)?;
             Frame::Hello {

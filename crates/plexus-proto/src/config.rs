@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Secret;
 use crate::ids::NodeId;
 
 /// Configuration of one node's protocol core.
@@ -17,6 +18,15 @@ pub struct Config {
     pub incarnation: u64,
     /// Shared by all members; a peer with another value is refused.
     pub cluster: u64,
+    /// The cluster's shared secret: every link starts with both sides proving they know
+    /// it (see [`crate::auth`]).
+    pub secret: Secret,
+    /// Accepted connections that have not proved membership yet, at most, in total; a
+    /// runtime drops further ones at once. Each is bounded by `handshake_timeout` and a
+    /// frame of a few dozen bytes.
+    pub max_unproved_connections: usize,
+    /// The same, from one source address.
+    pub max_unproved_per_address: usize,
     /// Largest message a producer may send, in bytes.
     pub max_message: u32,
     /// Credit pool of each consumer, in bytes: the most its channels can hold anywhere.
@@ -115,13 +125,16 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults for node `node` of cluster `cluster`. The incarnation is 1; a runtime sets
-    /// a fresh random one each time it starts a node.
-    pub fn new(node: NodeId, cluster: u64) -> Self {
+    /// Defaults for node `node` of cluster `cluster`, whose members share `secret`. The
+    /// incarnation is 1; a runtime sets a fresh random one each time it starts a node.
+    pub fn new(node: NodeId, cluster: u64, secret: Secret) -> Self {
         Self {
             node,
             incarnation: 1,
             cluster,
+            secret,
+            max_unproved_connections: 256,
+            max_unproved_per_address: 32,
             max_message: 1 << 20,
             credit_pool: 4 << 20,
             max_grant: 1 << 20,

@@ -40,6 +40,8 @@ pub enum GoAwayCode {
     /// The link carried nothing for `Config::link_idle_close`; the session is kept and the
     /// next channel dials again.
     Idle,
+    /// The peer did not prove that it knows the cluster's secret (or skipped the proof).
+    Unauthenticated,
     /// A code this build does not know (kept so decoding never fails on it).
     Unknown(u16),
 }
@@ -59,6 +61,7 @@ impl GoAwayCode {
             GoAwayCode::Timeout => 9,
             GoAwayCode::ConfigMismatch => 10,
             GoAwayCode::Idle => 11,
+            GoAwayCode::Unauthenticated => 12,
             GoAwayCode::Unknown(v) => v,
         }
     }
@@ -77,6 +80,7 @@ impl GoAwayCode {
             9 => GoAwayCode::Timeout,
             10 => GoAwayCode::ConfigMismatch,
             11 => GoAwayCode::Idle,
+            12 => GoAwayCode::Unauthenticated,
             other => GoAwayCode::Unknown(other),
         }
     }
@@ -174,7 +178,28 @@ impl std::fmt::Display for RefuseCode {
 /// `Credit` and `Cancel` travel consumer → producer and echo that same number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// First frame in each direction: who we are. The dialler sends it first; the acceptor
+    /// First frame in each direction, before anything else: who the sender claims to be,
+    /// and a fresh nonce the other side's proof must cover (see [`crate::auth`]). The
+    /// dialler sends it at once; the acceptor answers with its own and a `Proof`.
+    Challenge {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The sender's cluster.
+        cluster: u64,
+        /// The sender's node id.
+        node: NodeId,
+        /// The sender's incarnation (its `Hello` must say the same).
+        incarnation: u64,
+        /// Fresh for this handshake.
+        nonce: crate::auth::Nonce,
+    },
+    /// The sender knows the cluster's secret: an HMAC of the handshake's transcript. The
+    /// acceptor sends it after its `Challenge`; the dialler once it checked the acceptor's.
+    Proof {
+        /// HMAC-SHA256 under the secret of the transcript and the sender's role.
+        proof: crate::auth::Proof,
+    },
+    /// Once both proofs checked, first frame in each direction: who we are. The dialler sends it first; the acceptor
     /// answers with its own `Hello` once it keeps the connection, or with `GoAway`.
     Hello {
         /// Must equal [`PROTOCOL_VERSION`].
@@ -313,6 +338,8 @@ impl Frame {
     /// The frame kind's name, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Proof { .. } => "Proof",
             Frame::Hello { .. } => "Hello",
             Frame::Ack { .. } => "Ack",
             Frame::CancelJob { .. } => "CancelJob",

@@ -22,7 +22,7 @@ const ROOMY: usize = 64 * 1024;
 const SMALL: usize = 1024;
 
 /// Wire kind numbers and the body size after the kind byte of every fixed-size kind.
-const FIXED_KINDS: [(u8, usize); 15] = [
+const FIXED_KINDS: [(u8, usize); 17] = [
     (1, 42),  // Hello
     (2, 2),   // GoAway
     (3, 20),  // Open
@@ -38,11 +38,13 @@ const FIXED_KINDS: [(u8, usize); 15] = [
     (14, 12), // JobFailed
     (16, 8),  // Reserved
     (17, 10), // JobRefused
+    (18, 54), // Challenge
+    (19, 32), // Proof
 ];
 const KIND_DATA: u8 = 4;
 const KIND_BATCH: u8 = 15;
 /// Kind numbers this build knows; every other byte is an unknown kind.
-const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=17;
+const KNOWN_KINDS: std::ops::RangeInclusive<u8> = 1..=19;
 
 /// The wire kind of a frame. The match is exhaustive on purpose: a new `Frame` variant
 /// fails to compile here until it is added to this table and to [`frame_with_payload`].
@@ -65,6 +67,8 @@ fn kind_of(frame: &Frame) -> u8 {
         Frame::Batch { .. } => KIND_BATCH,
         Frame::Reserved { .. } => 16,
         Frame::JobRefused { .. } => 17,
+        Frame::Challenge { .. } => 18,
+        Frame::Proof { .. } => 19,
     }
 }
 
@@ -85,8 +89,9 @@ fn goaway_code() -> impl Strategy<Value = GoAwayCode> {
         Just(GoAwayCode::Timeout),
         Just(GoAwayCode::ConfigMismatch),
         Just(GoAwayCode::Idle),
+        Just(GoAwayCode::Unauthenticated),
         // Unknown only with values no named code uses, or it would not round trip.
-        prop_oneof![Just(0u16), 12u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
+        prop_oneof![Just(0u16), 13u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
     ]
 }
 
@@ -127,6 +132,20 @@ fn frame_with_payload(max_payload: usize) -> impl Strategy<Value = Frame> {
                     }
                 }
             ),
+        (
+            (any::<u16>(), any::<u64>(), any::<u32>()),
+            (any::<u64>(), any::<[u8; 32]>())
+        )
+            .prop_map(|((version, cluster, node), (incarnation, nonce))| {
+                Frame::Challenge {
+                    version,
+                    cluster,
+                    node: NodeId(node),
+                    incarnation,
+                    nonce,
+                }
+            }),
+        any::<[u8; 32]>().prop_map(|proof| Frame::Proof { proof }),
         any::<u64>().prop_map(|job| Frame::Reserved { job: JobId(job) }),
         (any::<u64>(), any::<u16>()).prop_map(|(job, reason)| Frame::JobRefused {
             job: JobId(job),
@@ -505,7 +524,7 @@ proptest! {
     }
 
     #[test]
-    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 18u8..=255], after in 0usize..64) {
+    fn unknown_kind_is_refused(kind in prop_oneof![Just(0u8), 20u8..=255], after in 0usize..64) {
         let mut buf = raw_frame(1 + after as u32, kind, after);
         prop_assert_eq!(Decoder::new(SMALL).decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -676,7 +695,7 @@ fn batch_needs_whole_messages_below_the_batching_limit() {
 #[test]
 fn unknown_kind_with_kind_byte_only() {
     let dec = Decoder::new(SMALL);
-    for kind in [0u8, 18, 200, 255] {
+    for kind in [0u8, 20, 200, 255] {
         let mut buf = raw_frame(1, kind, 0);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::UnknownKind(kind)));
     }
@@ -718,7 +737,7 @@ fn unknown_codes_round_trip_and_known_numbers_map_to_named_codes() {
     let dec = Decoder::new(SMALL);
     for code in [
         GoAwayCode::Unknown(0),
-        GoAwayCode::Unknown(12),
+        GoAwayCode::Unknown(13),
         GoAwayCode::Unknown(u16::MAX),
     ] {
         let frame = Frame::GoAway { code };

@@ -19,16 +19,15 @@ fn is_protocol_close(cause: &LinkCause) -> bool {
 }
 
 /// Node 0 loses its link to node 1, which hangs, and redials it; the connection waits in
-/// node 1's accept backlog with node 0's `Hello`, which claims the session node 0 holds.
-/// The grace period runs out before the handshake could (a dial made late in the grace
-/// period outlives it): node 0 declares node 1 dead and forgets the session. A new job
-/// then needs node 1 again, and node 1 thaws. Node 1 reads the old `Hello` and resumes the
-/// session it describes; node 0 must not take that answer for its new session (it would
-/// start afresh while node 1 resumes, and each would see the other break the protocol):
-/// it dials again, both sides agree that the session is lost, the old job fails on both
-/// nodes, and the new job is delivered to a consumer opened after that.
+/// node 1's accept backlog. The grace period runs out before the handshake could (a dial
+/// made late in the grace period outlives it): node 0 declares node 1 dead and forgets the
+/// session. A new job then needs node 1 again, and node 1 thaws. Node 0's `Hello` leaves
+/// only once node 1 has proved itself (so after the thaw), and must describe the session as
+/// it is then, not as it was at the dial: both sides agree that the session is lost, the old
+/// job fails on both nodes, nobody sees the other break the protocol, and the new job is
+/// delivered to a consumer opened after that.
 #[test]
-fn an_answer_to_an_out_of_date_hello_is_not_taken() {
+fn a_hello_delayed_by_a_hung_acceptor_describes_the_session_as_it_is() {
     let mut net = Net::new(2, |c| {
         small(c);
         c.handshake_timeout = Duration::from_secs(30);
@@ -122,13 +121,6 @@ fn an_answer_to_an_out_of_date_hello_is_not_taken() {
     for closed in &net.closes {
         assert!(!is_protocol_close(&closed.cause), "{closed:?}");
     }
-    assert!(
-        net.closes
-            .iter()
-            .any(|c| c.node == NodeId(0) && c.cause == LinkCause::Superseded),
-        "node 0 refused the out-of-date answer: {:?}",
-        net.closes
-    );
     net.assert_credit_respected();
 }
 

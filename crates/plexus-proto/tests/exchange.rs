@@ -20,8 +20,8 @@ use plexus_proto::{
 };
 use proptest::prelude::*;
 use support::{
-    assert_all_drained, ep, message, plan, roomy, run_to_completion, small, tight, total_len,
-    Inbox, Net, Outbox, RawConn, CLUSTER,
+    assert_all_drained, ep, message, plan, roomy, run_to_completion, secret, small, tight,
+    total_len, Inbox, Net, Outbox, RawConn, CLUSTER,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1040,11 +1040,13 @@ fn hostile(name: &str, past_hello: bool, script: impl FnOnce(&mut Net, RawConn))
     // harness refuses dials to nodes it does not run.
     let mut victim = None;
     if past_hello {
+        net.raw_prove(raw, NodeId(99), HOSTILE_INCARNATION, &secret());
         net.raw_send_frame(raw, &hello(99));
         net.drive();
         assert!(
-            matches!(net.raw_frames(raw).first(), Some(Frame::Hello { .. })),
-            "{name}: node 1 answers the Hello"
+            matches!(net.raw_frames(raw).get(2), Some(Frame::Hello { .. })),
+            "{name}: node 1 answers the Hello: {:?}",
+            net.raw_frames(raw)
         );
         victim = Some(Inbox::open(&mut net, 1, HOSTILE_JOB, 1, &[ep(99, 0)]));
         net.drive();
@@ -1058,8 +1060,12 @@ fn hostile(name: &str, past_hello: bool, script: impl FnOnce(&mut Net, RawConn))
         .iter()
         .find(|cl| cl.node == NodeId(1) && cl.link == link)
         .unwrap_or_else(|| panic!("{name}: node 1 did not close the hostile link"));
+    // Before the proofs, anything unexpected is a failure to prove membership.
     assert!(
-        matches!(closed.cause, LinkCause::Protocol(_)),
+        matches!(
+            (past_hello, &closed.cause),
+            (_, LinkCause::Protocol(_)) | (false, LinkCause::Unauthenticated(_))
+        ),
         "{name}: cause {:?}",
         closed.cause
     );
@@ -1148,6 +1154,22 @@ fn hostile_bytes_before_the_handshake_close_the_link() {
     });
     hostile("our own node id", false, |net, raw| {
         net.raw_send_frame(raw, &hello(1))
+    });
+    let challenge = |version, cluster, node| Frame::Challenge {
+        version,
+        cluster,
+        node: NodeId(node),
+        incarnation: HOSTILE_INCARNATION,
+        nonce: [1; 32],
+    };
+    hostile("challenge of another cluster", false, move |net, raw| {
+        net.raw_send_frame(raw, &challenge(PROTOCOL_VERSION, CLUSTER ^ 1, 99))
+    });
+    hostile("challenge of another version", false, move |net, raw| {
+        net.raw_send_frame(raw, &challenge(PROTOCOL_VERSION + 1, CLUSTER, 99))
+    });
+    hostile("challenge claiming our own id", false, move |net, raw| {
+        net.raw_send_frame(raw, &challenge(PROTOCOL_VERSION, CLUSTER, 1))
     });
 }
 
@@ -1342,6 +1364,7 @@ proptest! {
     fn hostile_streams_never_panic(ops in proptest::collection::vec(hostile_op(), 1..40)) {
         let mut net = Net::new(1, small);
         let raw = net.raw_connect(0);
+        net.raw_prove(raw, NodeId(99), HOSTILE_INCARNATION, &secret());
         net.raw_send_frame(raw, &hello(99));
         net.drive();
         // Opened once the peer is up, so node 0 does not dial it (see `hostile`).
@@ -1511,6 +1534,7 @@ fn refused_channels_do_not_accumulate_records() {
         c.max_parked_channels = 8;
     });
     let raw = net.raw_connect(0);
+    net.raw_prove(raw, NodeId(99), HOSTILE_INCARNATION, &secret());
     net.raw_send_frame(raw, &hello(99));
     for n in 0..10_000u32 {
         net.raw_send_frame(
@@ -1546,6 +1570,7 @@ fn a_peer_naming_random_jobs_cannot_grow_the_job_table() {
     let (p, msgs, mut outboxes, mut inboxes) = legit_exchange(&mut net);
     let legit_jobs = net.stats(1).jobs;
     let raw = net.raw_connect(1);
+    net.raw_prove(raw, NodeId(99), HOSTILE_INCARNATION, &secret());
     net.raw_send_frame(raw, &hello(99));
     net.drive();
     for i in 0..2000u64 {

@@ -991,6 +991,7 @@ fn hostile_setup() -> (Net, Vec<Outbox>, Vec<Inbox>, Inbox, support::RawConn) {
     let (mut outboxes, mut inboxes) = exchange(&mut net, LEGIT_JOB, &eps, &eps, 30, 1024);
     round(&mut net, &mut outboxes, &mut inboxes);
     let raw = net.raw_connect(1);
+    net.raw_prove(raw, NodeId(99), HOSTILE_INCARNATION, &support::secret());
     net.raw_send_frame(raw, &hostile_hello(0, 0));
     net.drive();
     // The consumer opens once the peer is known (node 1 would dial it otherwise).
@@ -1019,7 +1020,11 @@ fn hostile_setup() -> (Net, Vec<Outbox>, Vec<Inbox>, Inbox, support::RawConn) {
         .filter(|f| {
             !matches!(
                 f,
-                Frame::Hello { .. } | Frame::Ack { .. } | Frame::Ping { .. }
+                Frame::Challenge { .. }
+                    | Frame::Proof { .. }
+                    | Frame::Hello { .. }
+                    | Frame::Ack { .. }
+                    | Frame::Ping { .. }
             )
         })
         .count();
@@ -1125,7 +1130,9 @@ fn hello_claiming_more_frames_than_were_sent_closes_the_link() {
             .expect("node 1 redials the lost peer at once");
         assert_eq!((dialler, peer), (1, NodeId(99)));
         let incarnation = net.node(1).config().incarnation;
-        match net.raw_frames(redial).first() {
+        net.raw_prove_as_acceptor(redial, NodeId(99), HOSTILE_INCARNATION, &support::secret());
+        let frames = net.raw_frames(redial);
+        match frames.iter().find(|f| matches!(f, Frame::Hello { .. })) {
             Some(Frame::Hello {
                 peer_incarnation,
                 received,
@@ -1257,7 +1264,7 @@ fn consumer_opened_after_its_parked_channel_expired_is_told() {
 #[test]
 fn configurations_are_valid() {
     for f in [small as fn(&mut Config), tight] {
-        let mut c = Config::new(NodeId(0), CLUSTER);
+        let mut c = Config::new(NodeId(0), CLUSTER, support::secret());
         f(&mut c);
         c.validate().unwrap();
     }

@@ -68,13 +68,15 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut failures: u32 = 0;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, remote)) => {
                 if failures > 0 {
                     tracing::warn!(node = shared.node.0, failures, "accepting again");
                     failures = 0;
                 }
-                let link = shared.op(|st| st.core.handle_accepted(Instant::now()));
-                start_link(&shared, link, stream);
+                match shared.op(|st| admit_unproved(st, remote)) {
+                    Some(link) => start_link(&shared, link, stream, Some(remote)),
+                    None => drop(stream),
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -90,6 +92,78 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 let pause = ACCEPT_PAUSE * (1u32 << (failures - 1).min(7));
                 tokio::time::sleep(pause.min(ACCEPT_PAUSE_MAX)).await;
             }
+        }
+    }
+}
+
+/// Takes an accepted connection into the core, unless too many connections (in total, or
+/// from its source address) have not proved membership yet: then it is dropped at once,
+/// and said so in a rate-limited log line.
+fn admit_unproved(st: &mut crate::shared::State, remote: SocketAddr) -> Option<LinkId> {
+    let core = &st.core;
+    st.unproved
+        .retain(|&link, _| core.link_is_open(link) && !core.link_is_proved(link));
+    let config = core.config();
+    let (total, cap) = (st.unproved.len(), config.max_unproved_connections);
+    let from_there = st
+        .unproved
+        .values()
+        .filter(|ip| **ip == remote.ip())
+        .count();
+    let per_address = config.max_unproved_per_address;
+    if total >= cap || from_there >= per_address {
+        let node = config.node.0;
+        st.refusals_log.log(|| {
+            tracing::warn!(
+                node,
+                %remote,
+                unproved = total,
+                from_there,
+                "dropped a connection: too many have not proved membership yet"
+            )
+        });
+        return None;
+    }
+    let link = st.core.handle_accepted(Instant::now());
+    st.unproved.insert(link, remote.ip());
+    Some(link)
+}
+
+/// At most [`LogLimit::LINES`] lines per [`LogLimit::WINDOW`]; the lines held back are
+/// counted and reported when the next window opens.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    window_start: Option<Instant>,
+    lines: u32,
+    held_back: u64,
+}
+
+impl LogLimit {
+    const LINES: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Runs `line` (which logs) unless this window's lines are used up.
+    pub(crate) fn log(&mut self, line: impl FnOnce()) {
+        let now = Instant::now();
+        let fresh = self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW);
+        if fresh {
+            if self.held_back > 0 {
+                tracing::warn!(
+                    held_back = self.held_back,
+                    "more refused connections were not logged in the last window"
+                );
+            }
+            self.window_start = Some(now);
+            self.lines = 0;
+            self.held_back = 0;
+        }
+        if self.lines < Self::LINES {
+            self.lines += 1;
+            line();
+        } else {
+            self.held_back += 1;
         }
     }
 }
@@ -130,7 +204,8 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
                 Ok(stream) => {
                     let link = shared.op(|st| st.core.handle_dialed(peer, Instant::now()));
                     if let Some(link) = link {
-                        start_link(&shared, link, stream);
+                        let remote = stream.peer_addr().ok();
+                        start_link(&shared, link, stream, remote);
                     }
                 }
                 Err(e) => {
@@ -183,11 +258,12 @@ fn local_socket(shared: &Shared, addr: SocketAddr) -> std::io::Result<TcpSocket>
 }
 
 /// Runs a reader and a writer for `link` over `stream` (dialled or accepted).
-fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream) {
+fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream, remote: Option<SocketAddr>) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
     let writer_handle = LinkWriter {
+        remote,
         wake: Arc::new(Notify::new()),
         closing: tokio::sync::watch::Sender::new(false),
     };

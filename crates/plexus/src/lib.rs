@@ -8,8 +8,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus::Error> {
 //! use plexus::{Config, JobId, Node, NodeId, Topology};
+//! let secret = plexus::read_secret_file("/etc/plexus/cluster.secret".as_ref()).unwrap();
 //! let node = Node::builder()
-//!     .config(Config::new(NodeId(0), 7))
+//!     .config(Config::new(NodeId(0), 7, secret))
 //!     .listen("127.0.0.1:0".parse().unwrap())
 //!     .start()
 //!     .await?;
@@ -32,6 +33,7 @@ mod local;
 mod membership;
 mod node;
 mod port;
+mod secret;
 mod shared;
 mod topology;
 
@@ -44,4 +46,5 @@ pub use plexus_proto::config::ConfigError;
 pub use plexus_proto::credit::message_cost;
 pub use plexus_proto::node::{ConsumerCredit, Stats};
 pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
+pub use secret::{generate_secret, read_secret_file, write_new_secret_file, Secret, SecretError};
 pub use topology::Topology;

@@ -258,7 +258,11 @@ mod tests {
     #[tokio::test]
     async fn a_task_tracked_after_shutdown_is_stopped() {
         let node = Node::builder()
-            .config(Config::new(NodeId(0), 7))
+            .config(Config::new(
+                NodeId(0),
+                7,
+                crate::generate_secret().expect("random"),
+            ))
             .listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 35, 1)), 0))
             .membership(Membership::new())
             .start()

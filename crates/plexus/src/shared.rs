@@ -32,6 +32,8 @@ pub(crate) struct ProducerWake {
 /// How the runtime reaches a link's writer task.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkWriter {
+    /// The other end of the connection.
+    pub remote: Option<std::net::SocketAddr>,
     /// Wakes it when the core has bytes for the link.
     pub wake: Arc<Notify>,
     /// Set when the core closes the link: a writer blocked in a socket write (its peer
@@ -50,6 +52,10 @@ pub(crate) struct State {
     pub admissions: HashMap<JobId, Vec<Waker>>,
     /// The writer task of each link: how to wake it, and how to tell it the link closes.
     pub link_writers: HashMap<LinkId, LinkWriter>,
+    /// Accepted connections that have not proved membership yet, with their source.
+    pub unproved: HashMap<LinkId, std::net::IpAddr>,
+    /// Lines about refused connections, rate-limited.
+    pub refusals_log: crate::driver::LogLimit,
     /// Wakes the timer task when the core set an earlier deadline.
     pub timer: Arc<Notify>,
     pub tasks: Vec<AbortHandle>,
@@ -88,6 +94,8 @@ impl Shared {
                 consumers: HashMap::new(),
                 admissions: HashMap::new(),
                 link_writers: HashMap::new(),
+                unproved: HashMap::new(),
+                refusals_log: crate::driver::LogLimit::default(),
                 timer: Arc::new(Notify::new()),
                 tasks: Vec::new(),
                 tasks_kept: 0,
@@ -125,7 +133,21 @@ impl Shared {
                         }
                     }
                     Event::Close { link, cause } => {
-                        tracing::info!(node = self.node.0, link = link.0, %cause, "closing link");
+                        if let LinkCause::Unauthenticated(reason) = &cause {
+                            let remote = st.link_writers.get(&link).and_then(|w| w.remote);
+                            let node = self.node.0;
+                            st.refusals_log.log(|| {
+                                tracing::warn!(
+                                    node,
+                                    link = link.0,
+                                    remote = ?remote,
+                                    %reason,
+                                    "refused a connection that did not prove membership"
+                                )
+                            });
+                        } else {
+                            tracing::info!(node = self.node.0, link = link.0, %cause, "closing link");
+                        }
                         if let Some(w) = st.link_writers.get(&link) {
                             w.closing.send_replace(true);
                             notifies.push(w.wake.clone());

@@ -254,13 +254,15 @@ async fn idle_links_close_and_reopen_on_demand() {
     .expect("bounded");
 }
 
-/// A peer that takes credit, then stops reading: the link's writer blocks in a socket
+/// A peer (a member: it proves it holds the secret) that takes credit, then stops
+/// reading: the link's writer blocks in a socket
 /// write. When the link closes (the peer went silent past the idle timeout), the blocked
 /// writer gives up after a short grace, so the connection's tasks end and the core hears
 /// that it is gone, instead of a writer waiting forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_blocked_on_a_peer_that_stopped_reading_ends_when_the_link_closes() {
     use bytes::BytesMut;
+    use plexus_proto::auth::{Claim, Role, Transcript};
     use plexus_proto::codec::{encode, Decoder};
     use plexus_proto::frame::{Frame, PROTOCOL_VERSION};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -290,6 +292,41 @@ async fn a_writer_blocked_on_a_peer_that_stopped_reading_ends_when_the_link_clos
             raw.read_buf(&mut inbox).await.unwrap();
             while let Some(frame) = decoder.decode(&mut inbox).unwrap() {
                 match frame {
+                    Frame::Challenge {
+                        version,
+                        cluster,
+                        node,
+                        incarnation,
+                        nonce,
+                    } => {
+                        let ours = Claim {
+                            node: NodeId(1),
+                            incarnation: 77,
+                            nonce: [9; 32],
+                        };
+                        let transcript = Transcript {
+                            version,
+                            cluster,
+                            dialler: Claim {
+                                node,
+                                incarnation,
+                                nonce,
+                            },
+                            acceptor: ours,
+                        };
+                        encode(
+                            &Frame::Challenge {
+                                version,
+                                cluster,
+                                node: ours.node,
+                                incarnation: ours.incarnation,
+                                nonce: ours.nonce,
+                            },
+                            &mut reply,
+                        );
+                        let proof = common::secret().prove(Role::Acceptor, &transcript);
+                        encode(&Frame::Proof { proof }, &mut reply);
+                    }
                     Frame::Hello { max_message, .. } => encode(
                         &Frame::Hello {
                             version: PROTOCOL_VERSION,

@@ -22,6 +22,7 @@ use crate::bench::size::parse_size;
 struct File {
     node: u32,
     cluster: u64,
+    secret_file: PathBuf,
     listen: String,
     members: Vec<Member>,
     socket: Option<PathBuf>,
@@ -106,17 +107,24 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
-    /// Reads and checks `file`.
+    /// Reads and checks `file`, and the secret file it names.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_owned(),
             source,
         })?;
-        Self::parse(file, &text)
+        Self::parse(file, &text, |path| {
+            plexus::read_secret_file(path).map_err(|e| e.to_string())
+        })
     }
 
-    /// Checks the text of `file`.
-    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+    /// Checks the text of `file`; `read_secret` reads the secret file it names (a path
+    /// relative to the directory of `file`).
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        read_secret: impl FnOnce(&Path) -> Result<plexus::Secret, String>,
+    ) -> Result<Self, ConfigError> {
         let raw: File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_owned(),
             message: e.to_string().trim_end().to_owned(),
@@ -164,7 +172,12 @@ impl AgentConfig {
             }
             Some(_) => {}
         }
-        let mut core = Config::new(node, raw.cluster);
+        let secret_path = file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&raw.secret_file);
+        let secret = read_secret(&secret_path).map_err(|e| field("secret_file", e))?;
+        let mut core = Config::new(node, raw.cluster, secret);
         let size = |name: &str, value: &Option<String>| -> Result<Option<u64>, ConfigError> {
             value
                 .as_deref()
@@ -222,12 +235,15 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        AgentConfig::parse(Path::new("test.toml"), text)
+        AgentConfig::parse(Path::new("conf/test.toml"), text, |_| {
+            plexus::Secret::new(*b"a secret for tests").map_err(|e| e.to_string())
+        })
     }
 
     const GOOD: &str = r#"
         node = 1
         cluster = 7
+        secret_file = "cluster.secret"
         listen = "127.0.0.2:7100"
         members = [
             { id = 0, address = "127.0.0.1:7100" },
@@ -237,6 +253,27 @@ mod tests {
         credit_pool = "2MiB"
         memory_budget = "64MiB"
     "#;
+
+    #[test]
+    fn a_relative_secret_file_is_beside_the_configuration() {
+        let mut asked = None;
+        AgentConfig::parse(Path::new("conf/test.toml"), GOOD, |path| {
+            asked = Some(path.to_owned());
+            plexus::Secret::new(*b"a secret for tests").map_err(|e| e.to_string())
+        })
+        .expect("valid");
+        assert_eq!(asked.as_deref(), Some(Path::new("conf/cluster.secret")));
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_read_names_the_field() {
+        let err = AgentConfig::parse(Path::new("test.toml"), GOOD, |_| {
+            Err("may be read by other users".into())
+        })
+        .expect_err("refused")
+        .to_string();
+        assert!(err.contains("`secret_file`: may be read"), "{err}");
+    }
 
     #[test]
     fn the_sample_file_is_valid() {
@@ -279,7 +316,7 @@ mod tests {
         ];
         for (text, named) in cases {
             let err = parse(&text).expect_err(named).to_string();
-            assert!(err.starts_with("test.toml: "), "{err}");
+            assert!(err.starts_with("conf/test.toml: "), "{err}");
             assert!(err.contains(named), "{named} not in: {err}");
         }
     }

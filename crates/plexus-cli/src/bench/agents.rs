@@ -78,9 +78,10 @@ impl Agents {
             let socket = agents.dir.path().join(format!("node{i}.sock"));
             let file = agents.dir.path().join(format!("node{i}.toml"));
             let text = config_text(shape, i, port, &socket)?;
-            AgentConfig::parse(&file, &text).map_err(|e| {
-                format!("the bench wrote a configuration the agent would refuse: {e}")
-            })?;
+            AgentConfig::parse(&file, &text, |path| {
+                plexus::read_secret_file(path).map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("the bench wrote a configuration the agent would refuse: {e}"))?;
             std::fs::write(&file, text)
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
             let args = [
@@ -231,10 +232,16 @@ fn config_text(shape: &Shape, i: u32, port: u16, socket: &Path) -> Result<String
         .ok_or(format!("the socket path {} is not UTF-8", socket.display()))?;
     let socket =
         serde_json::to_string(socket).map_err(|e| format!("cannot quote {socket}: {e}"))?;
+    let secret = shape
+        .secret_file()
+        .ok_or("the run has no secret file for its agents")?;
+    let secret = serde_json::to_string(&secret.to_string_lossy())
+        .map_err(|e| format!("cannot quote {}: {e}", secret.display()))?;
     Ok(format!(
         "# Node {i} of a `plexus bench --agent` run, written by the bench, removed with its directory.\n\
          node = {i}\n\
          cluster = {}\n\
+         secret_file = {secret}\n\
          listen = \"{}:{port}\"\n\
          members = [\n{}\n]\n\
          socket = {socket}\n\
@@ -319,10 +326,19 @@ mod tests {
 
     #[test]
     fn the_configuration_is_one_the_agent_accepts_with_the_shapes_settings() {
-        let shape = Shape::new(spec(3, None, 1)).expect("valid");
+        let dir = TempDir::create().expect("created");
+        let secret = dir.path().join("cluster.secret");
+        plexus::write_new_secret_file(&secret).expect("written");
+        let mut spec = spec(3, None, 1);
+        spec.secret_file = Some(secret);
+        let shape = Shape::new(spec).expect("valid");
         let socket = Path::new("/tmp/dir with \"quotes\"/node1.sock");
         let text = config_text(&shape, 1, 12345, socket).expect("text");
-        let config = AgentConfig::parse(Path::new("node1.toml"), &text).expect("valid");
+        let config = AgentConfig::parse(Path::new("node1.toml"), &text, |path| {
+            assert_eq!(Some(path), shape.secret_file());
+            Ok(plexus::Secret::new(*b"a secret for tests").expect("long enough"))
+        })
+        .expect("valid");
         let core = shape.node_config(1);
         assert_eq!(config.core.node, NodeId(1));
         assert_eq!(config.core.cluster, core.cluster);

@@ -193,6 +193,9 @@ pub struct BenchArgs {
     /// healthy and stalled consumers), or with --latency latency.svg.
     #[arg(long, value_name = "DIR")]
     pub report: Option<std::path::PathBuf>,
+    /// The run's cluster secret, made afresh by `main` in a directory of the run's own.
+    #[arg(skip)]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -216,6 +219,7 @@ impl BenchArgs {
             first_ip: self.first_ip,
             memory_budget: self.memory_budget,
             consume: self.consume,
+            secret_file: self.secret_file.clone(),
         }
     }
 
@@ -406,7 +410,25 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 /// Runs the bench and prints its report; fails when the run did not verify.
-pub fn main(args: BenchArgs) -> ExitCode {
+pub fn main(mut args: BenchArgs) -> ExitCode {
+    // Every node of the run, in this process or another, proves membership with this
+    // secret; the directory (and the secret) go when the run ends.
+    let secret_dir = match agents::TempDir::create() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("plexus bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secret_file = secret_dir.path().join("cluster.secret");
+    if let Err(e) = plexus::write_new_secret_file(&secret_file) {
+        eprintln!(
+            "plexus bench: cannot write the run's secret {}: {e}",
+            secret_file.display()
+        );
+        return ExitCode::from(2);
+    }
+    args.secret_file = Some(secret_file);
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -63,6 +63,10 @@ pub struct ShapeSpec {
     /// How every consumer reads the producers of its job.
     #[serde(default)]
     pub consume: ConsumeMode,
+    /// The file holding the cluster's secret (owner-only); without one, a fresh secret
+    /// (good for nodes of this process only).
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// A validated run shape; see the module docs.
@@ -75,6 +79,8 @@ pub struct Shape {
     credit_pool: u64,
     /// `(job index, consumer)` of every stalled consumer.
     stalled: Vec<(u32, Endpoint)>,
+    /// The cluster's secret.
+    secret: plexus::Secret,
 }
 
 impl TryFrom<ShapeSpec> for Shape {
@@ -147,13 +153,24 @@ impl Shape {
                 )
             })
             .collect();
+        let secret = match &spec.secret_file {
+            Some(path) => plexus::read_secret_file(path).map_err(|e| e.to_string())?,
+            None => plexus::generate_secret()
+                .map_err(|e| format!("cannot make a cluster secret: {e}"))?,
+        };
         Ok(Shape {
             spec,
             nodes_per_job,
             plan,
             credit_pool,
             stalled,
+            secret,
         })
+    }
+
+    /// The file holding the cluster's secret, if the run has one.
+    pub fn secret_file(&self) -> Option<&std::path::Path> {
+        self.spec.secret_file.as_deref()
     }
 
     /// Nodes in the cluster.
@@ -213,7 +230,7 @@ impl Shape {
 
     /// The protocol configuration of node `i`.
     pub fn node_config(&self, i: u32) -> Config {
-        let mut config = Config::new(NodeId(i), CLUSTER_ID);
+        let mut config = Config::new(NodeId(i), CLUSTER_ID, self.secret.clone());
         // The bench's messages are never larger than its message size.
         config.max_message = self.plan.message_size();
         config.credit_pool = self.credit_pool;
@@ -439,6 +456,7 @@ pub(crate) mod tests {
             stall_consumers: 0,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
             memory_budget: None,
+            secret_file: None,
             consume: ConsumeMode::Interleaved,
         }
     }
@@ -459,7 +477,11 @@ pub(crate) mod tests {
 
     #[test]
     fn liveness_timers_relax_with_crowding() {
-        let default = Config::new(NodeId(0), CLUSTER_ID);
+        let default = Config::new(
+            NodeId(0),
+            CLUSTER_ID,
+            plexus::generate_secret().expect("random"),
+        );
         let timers = |nodes| {
             let c = Shape::new(spec(nodes, None, 1))
                 .expect("valid")

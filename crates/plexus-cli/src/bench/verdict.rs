@@ -571,6 +571,7 @@ mod tests {
             stall_consumers: 0,
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
             memory_budget: None,
+            secret_file: None,
             consume: Default::default(),
         })
         .expect("valid shape")

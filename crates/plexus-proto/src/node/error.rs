@@ -48,6 +48,8 @@ pub enum LinkCause {
     Shutdown,
     /// The link carried nothing for this long; the session is kept for the next use.
     Idle(std::time::Duration),
+    /// The other side did not prove it holds the cluster's secret.
+    Unauthenticated(String),
 }
 
 impl fmt::Display for LinkCause {
@@ -66,6 +68,7 @@ impl fmt::Display for LinkCause {
             LinkCause::Io(e) => write!(f, "connection lost: {e}"),
             LinkCause::Shutdown => write!(f, "this node is shutting down"),
             LinkCause::Idle(after) => write!(f, "idle for {after:?}"),
+            LinkCause::Unauthenticated(e) => write!(f, "not authenticated: {e}"),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The handshake of a new connection: identity checks, the tie-break of simultaneous dials,
 //! and the session check that decides between resuming and starting afresh.
 //!
-//! Both sides send `Hello`: the dialler at once, the acceptor once it keeps the connection.
+//! It begins once both sides proved they hold the cluster's secret (see `proof`); a
+//! `Hello` must name the node and incarnation proved. Both sides send `Hello`: the dialler at once, the acceptor once it keeps the connection.
 //! Each `Hello` says who the sender is (node, incarnation) and what session it holds with the
 //! receiver *before* this handshake (the receiver's incarnation, or 0, and how many frames it
 //! received). On receiving the other's `Hello`, a side:
@@ -27,7 +28,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::state::{Claims, LinkId, Peer, PeerState, Phase};
+use super::state::{Auth, Claims, LinkId, Peer, PeerState, Phase};
 use super::{session, LinkCause, NodeCore};
 use crate::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
 use crate::ids::NodeId;
@@ -79,7 +80,24 @@ impl NodeCore {
         let Some(l) = self.links.get_mut(&link) else {
             return Ok(());
         };
+        let proved = match l.auth {
+            Auth::Proved { node, incarnation } => Some((node, incarnation)),
+            _ => None,
+        };
         match (l.phase, frame) {
+            (Phase::Handshake, frame) if proved.is_none() => {
+                self.handle_unproved_frame(link, frame)
+            }
+            (Phase::Handshake, Frame::Hello { node, incarnation, .. })
+                if proved != Some((node, incarnation)) =>
+            {
+                Err((
+                    GoAwayCode::Unauthenticated,
+                    LinkCause::Unauthenticated(format!(
+                        "its Hello claims {node} (incarnation {incarnation:#x}), not the node it proved to be"
+                    )),
+                ))
+            }
             (
                 Phase::Handshake,
                 Frame::Hello {
@@ -309,6 +327,7 @@ impl NodeCore {
         p.session.peer_incarnation = Some(hello.incarnation);
         p.state = PeerState::Up(link);
         p.dial_failures = 0;
+        p.last_failure = None;
         p.refusals = 0;
         p.redial_at = None;
         let outage = p.session.down_since.take();

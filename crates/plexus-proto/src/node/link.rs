@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::state::{wire_of, Link, LinkId, OutItem, PeerState, Phase};
+use super::state::{wire_of, Auth, Link, LinkId, OutItem, PeerState, Phase};
 use super::transmit::Transmit;
 use super::{Event, LinkCause, NodeCore};
 use crate::frame::{Frame, GoAwayCode};
@@ -43,11 +43,12 @@ impl NodeCore {
             return None;
         }
         let link = self.new_link(Some(peer), now);
-        let hello = self.hello_for(peer);
-        let claims = self.claims_for(peer);
+        // Our `Hello` follows once the acceptor proved it holds the secret (see `proof`).
+        let ours = self.fresh_claim();
+        let challenge = self.challenge(&ours);
         if let Some(l) = self.links.get_mut(&link) {
-            l.claims = Some(claims);
-            l.control.push_back(hello);
+            l.auth = Auth::AwaitAcceptorChallenge { ours };
+            l.control.push_back(challenge);
         }
         self.wake_link(link);
         Some(link)
@@ -72,6 +73,7 @@ impl NodeCore {
             return;
         }
         p.dial_failures += 1;
+        p.last_failure = Some(error.to_string());
         p.refusals = match failure {
             DialFailure::Refused => p.refusals + 1,
             DialFailure::Other => 0,
@@ -105,7 +107,8 @@ impl NodeCore {
         }
     }
 
-    /// A connection was accepted from an unknown peer; its `Hello` will tell who it is.
+    /// A connection was accepted from an unknown peer; its `Challenge` will say who it
+    /// claims to be, its `Proof` whether it belongs.
     pub fn handle_accepted(&mut self, now: Instant) -> LinkId {
         self.now = now;
         self.new_link(None, now)
@@ -125,6 +128,20 @@ impl NodeCore {
                 return;
             }
             l.last_rx = now;
+            if !matches!(l.auth, Auth::Proved { .. }) {
+                if let Some(len) = crate::codec::declared_len(buf) {
+                    if len > super::proof::MAX_UNPROVED_FRAME {
+                        self.close_link(
+                            link,
+                            GoAwayCode::Unauthenticated,
+                            LinkCause::Unauthenticated(format!(
+                                "a frame of {len} bytes before proving membership"
+                            )),
+                        );
+                        return;
+                    }
+                }
+            }
             let frame = match self.decoder.decode(buf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -167,6 +184,13 @@ impl NodeCore {
             let now = self.now;
             self.handle_dial_failed(peer, DialFailure::Other, &cause.to_string(), now);
         }
+    }
+
+    /// Whether the other side of `link` proved it holds the cluster's secret.
+    pub fn link_is_proved(&self, link: LinkId) -> bool {
+        self.links
+            .get(&link)
+            .is_some_and(|l| matches!(l.auth, Auth::Proved { .. }))
     }
 
     /// Whether `link` is still open (not closing or closed).
@@ -308,7 +332,7 @@ impl NodeCore {
                     let down_since = *p.session.down_since.get_or_insert(now);
                     let down = now.saturating_duration_since(down_since);
                     if down.saturating_sub(p.down_stalled) >= grace {
-                        dead.push(peer);
+                        dead.push((peer, p.last_failure.take()));
                         continue;
                     }
                     if p.state == PeerState::AwaitingInbound && p.redial_at.is_none() {
@@ -327,8 +351,11 @@ impl NodeCore {
         for peer in redial {
             self.request_dial(peer);
         }
-        for peer in dead {
-            let cause = LinkCause::Unreachable(format!("no link for {grace:?}"));
+        for (peer, last_failure) in dead {
+            let cause = LinkCause::Unreachable(match last_failure {
+                Some(why) => format!("no link for {grace:?}; the last attempt: {why}"),
+                None => format!("no link for {grace:?}"),
+            });
             self.declare_dead(peer, cause);
         }
         self.expire_parked(now);
@@ -368,6 +395,7 @@ impl NodeCore {
             id,
             Link {
                 dialled,
+                auth: Auth::AwaitDiallerChallenge,
                 claims: None,
                 peer: dialled,
                 phase: Phase::Handshake,

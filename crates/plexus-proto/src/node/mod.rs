@@ -36,6 +36,7 @@ mod lifecycle;
 mod link;
 mod parking;
 mod producer;
+mod proof;
 mod session;
 mod state;
 mod table;
@@ -179,6 +180,8 @@ pub struct NodeCore {
     peers: Map<NodeId, Peer>,
     links: Map<LinkId, Link>,
     next_link: u64,
+    /// Nonces handed out so far (see `proof`).
+    nonces: u64,
     /// Dials in flight and peers waiting for one.
     dials: dial::Dials,
     producers: JobTable<LocalKey, Producer>,
@@ -252,6 +255,7 @@ impl NodeCore {
             peers,
             links: Map::default(),
             next_link: 0,
+            nonces: 0,
             dials: dial::Dials::default(),
             producers: JobTable::new(|key, _| key.0),
             out_channels: JobTable::new(|_, ch: &OutChannel| ch.producer.0),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::{Claim, Transcript};
 use crate::batch::{batched_len, is_batchable, BatchBuilder, MessageBatch};
 use crate::credit::SendCredit;
 use crate::frame::Frame;
@@ -95,6 +96,9 @@ pub(crate) struct Peer {
     pub dial_failures: u32,
     /// Consecutive dials refused outright (nothing listening at the peer's address).
     pub refusals: u32,
+    /// Why the last dial (or its handshake) failed, for the cause if the peer is declared
+    /// dead.
+    pub last_failure: Option<String>,
     /// When to dial (again); `None` while `AwaitingInbound` means "set at the next tick".
     pub redial_at: Option<Instant>,
     /// How long this node itself was stalled since the session went down (see
@@ -172,6 +176,7 @@ impl Peer {
             next_in_wire: 0,
             dial_failures: 0,
             refusals: 0,
+            last_failure: None,
             redial_at: None,
             down_stalled: Duration::ZERO,
             session: Session::default(),
@@ -206,6 +211,9 @@ pub(crate) struct Claims {
 pub(crate) struct Link {
     /// The peer we dialled, or `None` for an accepted connection before its `Hello`.
     pub dialled: Option<NodeId>,
+    /// How far the two sides are in proving membership; nothing else is read before it
+    /// is [`Auth::Proved`].
+    pub auth: Auth,
     /// On a dialled connection, what our `Hello` claimed. The peer settles the session on
     /// these claims; if ours differ when its answer comes, the answer is out of date.
     pub claims: Option<Claims>,
@@ -224,6 +232,21 @@ pub(crate) struct Link {
     /// A `Transmit` event was emitted and not yet followed by a `poll_transmit`.
     pub wake_pending: bool,
     pub next_ping: u64,
+}
+
+/// Where a connection is in proving membership (see `proof`).
+#[derive(Clone, Debug)]
+pub(crate) enum Auth {
+    /// Dialled: our `Challenge` is out, the acceptor's is awaited.
+    AwaitAcceptorChallenge { ours: Claim },
+    /// Accepted: the dialler's `Challenge` is awaited.
+    AwaitDiallerChallenge,
+    /// Dialled: the acceptor's `Challenge` came, its `Proof` is awaited.
+    AwaitAcceptorProof { transcript: Transcript },
+    /// Accepted: our `Challenge` and `Proof` are out, the dialler's `Proof` is awaited.
+    AwaitDiallerProof { transcript: Transcript },
+    /// Both proofs checked: the peer is this node, in this incarnation.
+    Proved { node: NodeId, incarnation: u64 },
 }
 
 /// A producer's channel to one consumer.

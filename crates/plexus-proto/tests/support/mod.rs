@@ -51,6 +51,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use plexus_proto::auth::Secret;
 use plexus_proto::codec::{self, Decoder};
 use plexus_proto::frame::Frame;
 use plexus_proto::node::{ConsumerCredit, DialFailure};
@@ -63,6 +64,11 @@ use rand::{Rng, SeedableRng};
 
 /// The cluster id every node of a [`Net`] shares.
 pub const CLUSTER: u64 = 0x5EED_CAFE;
+
+/// The secret every node of a [`Net`] shares.
+pub fn secret() -> Secret {
+    Secret::new(*b"the test cluster's secret").expect("long enough")
+}
 
 /// Shorthand for an endpoint.
 pub fn ep(node: u32, slot: u32) -> Endpoint {
@@ -141,7 +147,9 @@ struct Direction {
 fn is_channel_frame(frame: &Frame) -> bool {
     !matches!(
         frame,
-        Frame::Hello { .. }
+        Frame::Challenge { .. }
+            | Frame::Proof { .. }
+            | Frame::Hello { .. }
             | Frame::GoAway { .. }
             | Frame::Ping { .. }
             | Frame::Pong { .. }
@@ -304,7 +312,7 @@ impl Net {
         let now = Instant::now();
         let configs: Vec<Config> = (0..n)
             .map(|i| {
-                let mut config = Config::new(node_id(i), CLUSTER);
+                let mut config = Config::new(node_id(i), CLUSTER, secret());
                 config_fn(&mut config);
                 config
             })
@@ -789,6 +797,115 @@ impl Net {
         let mut buf = BytesMut::new();
         codec::encode(frame, &mut buf);
         self.raw_send(raw, &buf);
+    }
+
+    /// Proves, from the raw end of a connection the core accepted, to be `node` in
+    /// `incarnation` with `secret` (as a member would, or an impostor with a wrong one):
+    /// sends a `Challenge`, then the dialler's `Proof` over the core's answer. Returns the
+    /// frames the raw end sent (to replay them).
+    pub fn raw_prove(
+        &mut self,
+        raw: RawConn,
+        node: NodeId,
+        incarnation: u64,
+        secret: &Secret,
+    ) -> Vec<Frame> {
+        let nonce = [0x5A; plexus_proto::auth::NONCE_LEN];
+        let challenge = Frame::Challenge {
+            version: plexus_proto::frame::PROTOCOL_VERSION,
+            cluster: CLUSTER,
+            node,
+            incarnation,
+            nonce,
+        };
+        self.raw_send_frame(raw, &challenge);
+        self.drive();
+        let answer = self.raw_frames(raw);
+        let Some(Frame::Challenge {
+            version,
+            cluster,
+            node: acceptor,
+            incarnation: acceptor_incarnation,
+            nonce: acceptor_nonce,
+        }) = answer.first().cloned()
+        else {
+            panic!("the core did not answer the Challenge: {answer:?}");
+        };
+        let transcript = plexus_proto::auth::Transcript {
+            version,
+            cluster,
+            dialler: plexus_proto::auth::Claim {
+                node,
+                incarnation,
+                nonce,
+            },
+            acceptor: plexus_proto::auth::Claim {
+                node: acceptor,
+                incarnation: acceptor_incarnation,
+                nonce: acceptor_nonce,
+            },
+        };
+        let proof = Frame::Proof {
+            proof: secret.prove(plexus_proto::auth::Role::Dialler, &transcript),
+        };
+        self.raw_send_frame(raw, &proof);
+        self.drive();
+        vec![challenge, proof]
+    }
+
+    /// Proves, from the raw end of a connection the core dialled, to be `node` in
+    /// `incarnation` with `secret`: answers the core's `Challenge` with one of its own and
+    /// the acceptor's `Proof`. The core then sends its `Proof` and its `Hello`.
+    pub fn raw_prove_as_acceptor(
+        &mut self,
+        raw: RawConn,
+        node: NodeId,
+        incarnation: u64,
+        secret: &Secret,
+    ) {
+        let sent = self.raw_frames(raw);
+        let Some(&Frame::Challenge {
+            version,
+            cluster,
+            node: dialler,
+            incarnation: dialler_incarnation,
+            nonce: dialler_nonce,
+        }) = sent.first()
+        else {
+            panic!("the core did not open with a Challenge: {sent:?}");
+        };
+        let nonce = [0xA5; plexus_proto::auth::NONCE_LEN];
+        let transcript = plexus_proto::auth::Transcript {
+            version,
+            cluster,
+            dialler: plexus_proto::auth::Claim {
+                node: dialler,
+                incarnation: dialler_incarnation,
+                nonce: dialler_nonce,
+            },
+            acceptor: plexus_proto::auth::Claim {
+                node,
+                incarnation,
+                nonce,
+            },
+        };
+        self.raw_send_frame(
+            raw,
+            &Frame::Challenge {
+                version,
+                cluster,
+                node,
+                incarnation,
+                nonce,
+            },
+        );
+        self.raw_send_frame(
+            raw,
+            &Frame::Proof {
+                proof: secret.prove(plexus_proto::auth::Role::Acceptor, &transcript),
+            },
+        );
+        self.drive();
     }
 
     /// Everything the core sent to the raw end so far, decoded. Undecodable bytes panic:

@@ -59,7 +59,11 @@ mod tests {
         open: ToAgent,
     ) -> (Node, std::path::PathBuf, PipeReader, PipeWriter) {
         let node = Node::builder()
-            .config(Config::new(NodeId(0), 7))
+            .config(Config::new(
+                NodeId(0),
+                7,
+                crate::generate_secret().expect("random"),
+            ))
             .listen(format!("{ip}:0").parse().expect("address"))
             .membership(Membership::new())
             .start()

@@ -22,6 +22,11 @@ pub async fn start_nodes(subnet: u8, n: u32, tune: impl Fn(&mut Config)) -> Vec<
     nodes
 }
 
+/// The secret the nodes of these tests share.
+pub fn secret() -> plexus::Secret {
+    plexus::Secret::new(*b"the integration tests' secret").expect("long enough")
+}
+
 /// Starts node `id` on `127.0.<subnet>.<id+1>`, publishing its address in `membership`.
 pub async fn start_node(
     membership: &Membership,
@@ -29,7 +34,7 @@ pub async fn start_node(
     id: u32,
     tune: &impl Fn(&mut Config),
 ) -> Node {
-    let mut config = Config::new(NodeId(id), CLUSTER);
+    let mut config = Config::new(NodeId(id), CLUSTER, secret());
     tune(&mut config);
     let ip = Ipv4Addr::new(127, 0, subnet, (id + 1) as u8);
     Node::builder()
