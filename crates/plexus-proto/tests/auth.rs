@@ -1,7 +1,8 @@
 //! Proof of membership in the deterministic harness (`support::Net`): impostors without the
 //! cluster's secret (a wrong one, or none) are refused before they change anything, a
 //! recorded handshake replayed later fails, a reflected proof fails, a `Hello` must name
-//! the node that was proved, and nodes that hold different secrets never link.
+//! the node that was proved, nodes that hold different secrets never link, and no sequence
+//! of frames an outsider sends proves membership (property test).
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use plexus_proto::auth::Secret;
 use plexus_proto::frame::{Frame, GoAwayCode, PROTOCOL_VERSION};
 use plexus_proto::{ExchangeError, JobId, LinkCause, NodeId};
+use proptest::prelude::*;
 use support::{ep, plan, run_to_completion, secret, small, Inbox, Net, Outbox, RawConn, CLUSTER};
 
 const JOB: JobId = JobId(3);
@@ -242,5 +244,76 @@ fn nodes_with_different_secrets_never_link() {
             cause: LinkCause::Unreachable(why),
         }) => assert!(why.contains("not authenticated"), "{why}"),
         other => panic!("the producer's channel fails naming the cause: {other:?}"),
+    }
+}
+
+/// A frame an outsider might send: any handshake frame with any contents, or others.
+fn outsider_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (
+            any::<u16>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(
+                |(version, cluster, node, incarnation, nonce)| Frame::Challenge {
+                    version,
+                    cluster,
+                    node: NodeId(node),
+                    incarnation,
+                    nonce,
+                }
+            ),
+        // Mostly well-formed challenges, so the proofs after them are checked.
+        (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(node, incarnation, nonce)| {
+            Frame::Challenge {
+                version: PROTOCOL_VERSION,
+                cluster: CLUSTER,
+                node: NodeId(node % 4 + 2),
+                incarnation,
+                nonce,
+            }
+        }),
+        any::<[u8; 32]>().prop_map(|proof| Frame::Proof { proof }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(node, incarnation, peer_incarnation, received)| Frame::Hello {
+                version: PROTOCOL_VERSION,
+                cluster: CLUSTER,
+                node: NodeId(node % 4),
+                incarnation,
+                peer_incarnation,
+                received,
+                max_message: 1024,
+            }
+        ),
+        any::<u64>().prop_map(|received| Frame::Ack { received }),
+        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever sequence of frames an outsider sends, its connection is never taken for a
+    /// proved member, and the members' link stays up.
+    #[test]
+    fn no_sequence_of_frames_proves_membership_without_the_secret(
+        frames in proptest::collection::vec(outsider_frame(), 1..12)
+    ) {
+        let mut net = Net::new(2, small);
+        let (_outboxes, _inboxes, _msgs) = exchange(&mut net);
+        let raw = net.raw_connect(1);
+        let link = net.raw_link(raw);
+        for frame in &frames {
+            net.raw_send_frame(raw, frame);
+            net.drive();
+            prop_assert!(!net.node(1).link_is_proved(link), "{frames:?}");
+            if !net.raw_is_open(raw) {
+                break;
+            }
+        }
+        prop_assert_eq!(net.stats(1).links_up, 1);
     }
 }

@@ -187,6 +187,7 @@ impl Coordinator<'_> {
         let chaos = args
             .chaos_link_kill_ms
             .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+        let impostor = super::impostor::Impostor::start_if(args.impostor, shape);
         let target = match (args.kill_node, args.kill_endpoint) {
             (Some(node), _) => Some(Target::Agent(node)),
             (None, Some(index)) => {
@@ -371,6 +372,7 @@ impl Coordinator<'_> {
         record.timeline = timeline.map(Timeline::stop);
         record.links_per_node_max = monitor.finish();
         record.link_kills = chaos.map_or(0, Chaos::stop);
+        super::impostor::Impostor::finish(impostor, &mut record);
         record.rss_peak_bytes_per_process = agents.peak_rss();
         fleet.broadcast(&ToEndpoint::Exit);
         for figures in agents

@@ -62,6 +62,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<
     let chaos = args
         .chaos_link_kill_ms
         .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+    let impostor = super::impostor::Impostor::start_if(args.impostor, shape);
 
     let mut record = RunRecord {
         processes: 1,
@@ -113,6 +114,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<
     record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
     record.link_kills = chaos.map_or(0, Chaos::stop);
+    super::impostor::Impostor::finish(impostor, &mut record);
     record.resume_times = nodes.iter().flat_map(host::resume_times).collect();
     record.peak_buffered_bytes = nodes.iter().map(Node::peak_buffered).max().unwrap_or(0);
     record.admission_wait = nodes

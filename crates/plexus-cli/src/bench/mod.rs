@@ -49,6 +49,7 @@ mod export;
 mod fds;
 mod fleet;
 mod host;
+mod impostor;
 mod inproc;
 mod latency;
 pub mod memory;
@@ -154,6 +155,12 @@ pub struct BenchArgs {
     /// Every this many ms, abort one random live link between nodes with `ss -K`.
     #[arg(long)]
     pub chaos_link_kill_ms: Option<u64>,
+    /// Throughout the run, an outsider without the cluster's secret keeps dialling every
+    /// node, claiming to be another node just restarted (with a wrong proof, or none): the
+    /// run must verify and every attempt must be refused (`impostor_attempts`,
+    /// `impostor_refused`).
+    #[arg(long)]
+    pub impostor: bool,
     /// After the plexus run, run the same workload over these systems too, and compare:
     /// raw-tcp (one connection per node pair), naive-tcp (one per channel), zmq (needs the
     /// `zmq` feature), rabbitmq (a broker at --amqp-url; needs the `rabbitmq` feature), all

@@ -127,6 +127,11 @@ pub struct Report {
     pub failure_detect_ms_max: Option<u64>,
     /// Links aborted from outside by `--chaos-link-kill-ms` (`ss -K` destroyed a socket).
     pub link_kills: u64,
+    /// With `--impostor`: handshakes an outsider without the cluster's secret tried
+    /// against the nodes during the run (`null` without).
+    pub impostor_attempts: Option<u64>,
+    /// Of those, refused as unauthenticated (any other outcome fails the run).
+    pub impostor_refused: Option<u64>,
     /// Times a link came back after a failure and traffic resumed, summed over the nodes:
     /// each end of a link counts its own resume (`plexus::Node::resume_times`).
     pub link_resumes: usize,
@@ -280,6 +285,9 @@ impl Report {
                 killed.to_lowercase(),
                 self.affected_job_ids
             );
+        }
+        if let (Some(tried), Some(refused)) = (self.impostor_attempts, self.impostor_refused) {
+            println!("  impostor handshakes: {tried}, refused as unauthenticated: {refused}");
         }
         if self.link_kills > 0 || self.link_resumes > 0 {
             let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));

@@ -119,6 +119,43 @@ pub fn parse_established_pairs(text: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
         .collect()
 }
 
+/// The `st` column value of a listening TCP socket.
+const TCP_LISTEN: u8 = 0x0A;
+
+/// Every listening IPv4 (or IPv4-mapped) address and port in the OS socket table; empty if
+/// the table cannot be read.
+pub fn listening() -> Vec<std::net::SocketAddrV4> {
+    let mut found = std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| parse_listening(&t))
+        .unwrap_or_default();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/tcp6") {
+        found.extend(parse_listening(&text));
+    }
+    found
+}
+
+/// Parses the text of `/proc/net/tcp` (or `/proc/net/tcp6`) into the addresses of its
+/// listening IPv4 (or IPv4-mapped) sockets.
+pub fn parse_listening(text: &str) -> Vec<std::net::SocketAddrV4> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_slot, local, _remote, state) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+            );
+            if u8::from_str_radix(state, 16).ok()? != TCP_LISTEN {
+                return None;
+            }
+            let (addr, port) = local.split_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            Some(std::net::SocketAddrV4::new(parse_local_ipv4(addr)?, port))
+        })
+        .collect()
+}
+
 fn parse_local_ipv4(hex: &str) -> Option<Ipv4Addr> {
     match hex.len() {
         8 => parse_word(hex).map(Ipv4Addr::from),
@@ -173,6 +210,19 @@ garbage line
         assert_eq!(counts.get(&ip(127, 0, 0, 3)), Some(&1));
         assert_eq!(counts.get(&ip(10, 0, 2, 2)), Some(&1));
         assert_eq!(counts.len(), 5, "{counts:?}");
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn finds_the_listening_sockets() {
+        let found = parse_listening(SAMPLE);
+        assert_eq!(
+            found,
+            vec![std::net::SocketAddrV4::new(
+                Ipv4Addr::new(127, 0, 0, 1),
+                0x1F90
+            )]
+        );
     }
 
     #[test]

@@ -163,6 +163,7 @@ async fn coordinate(
     let chaos = args
         .chaos_link_kill_ms
         .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+    let impostor = super::impostor::Impostor::start_if(args.impostor, shape);
     let kill_at = start + Duration::from_millis(args.kill_delay_ms());
     let mut pending_kill = args.kill_node.map(|node| (node, kill_at));
 
@@ -337,6 +338,7 @@ async fn coordinate(
     record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
     record.link_kills = chaos.map_or(0, Chaos::stop);
+    super::impostor::Impostor::finish(impostor, &mut record);
     fleet.broadcast(&ToNode::Exit);
     collect_byes(&mut inbox, &mut state, &mut record).await;
     Ok(verdicts.report(shape, record))

@@ -196,6 +196,8 @@ pub struct RunRecord {
     pub links_per_node_max: usize,
     /// Successful link kills from outside.
     pub link_kills: u64,
+    /// What `--impostor` tried, if it ran.
+    pub impostor: Option<super::impostor::Attempts>,
     /// OS processes that ran nodes.
     pub processes: usize,
     /// Agent processes (`--agent`), one per node; 0 otherwise.
@@ -493,6 +495,8 @@ impl Tally {
             endpoint_processes: run.endpoint_processes,
             failure_detect_ms_max: run.kill.and(self.detect_ms),
             link_kills: run.link_kills,
+            impostor_attempts: run.impostor.map(|a| a.tried),
+            impostor_refused: run.impostor.map(|a| a.refused),
             link_resumes: resume_ms.len(),
             resume_ms_p50: percentile(&resume_ms, 50),
             resume_ms_p99: percentile(&resume_ms, 99),
