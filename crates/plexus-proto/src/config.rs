@@ -27,6 +27,16 @@ pub struct Config {
     pub max_unproved_connections: usize,
     /// The same, from one source address.
     pub max_unproved_per_address: usize,
+    /// Channels one peer may have open to this node's consumers (parked ones included),
+    /// in all; beyond, its link closes with `GoAway(Limit)` and it is declared dead here.
+    pub max_channels_per_peer: usize,
+    /// The same, per job.
+    pub max_channels_per_peer_job: usize,
+    /// Channel opens, cancels and aborts one peer may send per second, on average...
+    pub max_channel_churn_per_s: u32,
+    /// ...and at once (the bucket's depth): a peer that opens and ends channels faster
+    /// for longer is cut off as above (the "rapid reset" class of attack).
+    pub channel_churn_burst: u32,
     /// Largest message a producer may send, in bytes.
     pub max_message: u32,
     /// Credit pool of each consumer, in bytes: the most its channels can hold anywhere.
@@ -135,6 +145,10 @@ impl Config {
             secret,
             max_unproved_connections: 256,
             max_unproved_per_address: 32,
+            max_channels_per_peer: 1 << 20,
+            max_channels_per_peer_job: 1 << 16,
+            max_channel_churn_per_s: 100_000,
+            channel_churn_burst: 1 << 16,
             max_message: 1 << 20,
             credit_pool: 4 << 20,
             max_grant: 1 << 20,

@@ -42,6 +42,9 @@ pub enum GoAwayCode {
     Idle,
     /// The peer did not prove that it knows the cluster's secret (or skipped the proof).
     Unauthenticated,
+    /// The peer went beyond a limit every member keeps to (channels open here, or how
+    /// fast it opens and ends them).
+    Limit,
     /// A code this build does not know (kept so decoding never fails on it).
     Unknown(u16),
 }
@@ -62,6 +65,7 @@ impl GoAwayCode {
             GoAwayCode::ConfigMismatch => 10,
             GoAwayCode::Idle => 11,
             GoAwayCode::Unauthenticated => 12,
+            GoAwayCode::Limit => 13,
             GoAwayCode::Unknown(v) => v,
         }
     }
@@ -81,6 +85,7 @@ impl GoAwayCode {
             10 => GoAwayCode::ConfigMismatch,
             11 => GoAwayCode::Idle,
             12 => GoAwayCode::Unauthenticated,
+            13 => GoAwayCode::Limit,
             other => GoAwayCode::Unknown(other),
         }
     }

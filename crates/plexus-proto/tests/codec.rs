@@ -90,8 +90,9 @@ fn goaway_code() -> impl Strategy<Value = GoAwayCode> {
         Just(GoAwayCode::ConfigMismatch),
         Just(GoAwayCode::Idle),
         Just(GoAwayCode::Unauthenticated),
+        Just(GoAwayCode::Limit),
         // Unknown only with values no named code uses, or it would not round trip.
-        prop_oneof![Just(0u16), 13u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
+        prop_oneof![Just(0u16), 14u16..=u16::MAX].prop_map(GoAwayCode::Unknown),
     ]
 }
 
@@ -737,7 +738,7 @@ fn unknown_codes_round_trip_and_known_numbers_map_to_named_codes() {
     let dec = Decoder::new(SMALL);
     for code in [
         GoAwayCode::Unknown(0),
-        GoAwayCode::Unknown(13),
+        GoAwayCode::Unknown(14),
         GoAwayCode::Unknown(u16::MAX),
     ] {
         let frame = Frame::GoAway { code };

@@ -152,6 +152,7 @@ impl NodeCore {
                     return Ok(());
                 }
                 p.session.on_received(now, session::payload_len(&frame));
+                self.check_member_limits(peer, &frame, now)?;
                 self.handle_frame(peer, frame).map_err(protocol)
             }
             (Phase::Closing, _) => Ok(()),

@@ -420,6 +420,7 @@ impl NodeCore {
             LinkCause::Protocol(_)
                 | LinkCause::GoAway(
                     GoAwayCode::ProtocolError
+                        | GoAwayCode::Limit
                         | GoAwayCode::Shutdown
                         | GoAwayCode::SessionMismatch
                         | GoAwayCode::VersionMismatch

@@ -33,6 +33,7 @@ mod handshake;
 mod invariants;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod link;
 mod parking;
 mod producer;
@@ -260,7 +261,7 @@ impl NodeCore {
             producers: JobTable::new(|key, _| key.0),
             out_channels: JobTable::new(|_, ch: &OutChannel| ch.producer.0),
             consumers: ConsumerTable::new(),
-            in_channels: JobTable::new(|_, ch: &InChannel| ch.consumer.0),
+            in_channels: JobTable::with_parties(|_, ch: &InChannel| ch.consumer.0, |key| key.0 .0),
             parked: ParkedChannels::default(),
             expired: Map::default(),
             expired_order: VecDeque::new(),

@@ -83,6 +83,8 @@ pub(crate) enum PeerState {
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub state: PeerState,
+    /// The peer's bucket of channel opens and ends (see `limits`); `None` while full.
+    pub churn: Option<Churn>,
     /// Control frames, sent before any data.
     pub control: VecDeque<Frame>,
     /// Credit-covered data and in-order channel markers.
@@ -170,6 +172,7 @@ impl Peer {
     pub fn new(state: PeerState, quantum: usize) -> Self {
         Self {
             state,
+            churn: None,
             control: VecDeque::new(),
             data: Scheduler::new(quantum),
             next_wire: 0,
@@ -184,6 +187,13 @@ impl Peer {
             ends_unacked: VecDeque::new(),
         }
     }
+}
+
+/// A token bucket: what was left at `at`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Churn {
+    pub tokens: f64,
+    pub at: Instant,
 }
 
 /// Handshake progress of a connection.

@@ -4,10 +4,14 @@
 //! tables, so whether a job still has anything on this node is one lookup, not a scan, and
 //! a job's record can be retired the moment its last row goes (see `jobs`).
 //!
+//! A table may also count its rows per *party* (for incoming channels: the peer that
+//! opened them), in all and per job, so a peer's share is one lookup too.
+//!
 //! Invariant: for every job, `per_job[job]` equals the number of rows whose job is `job`,
-//! and jobs with no row have no entry. Only [`JobTable::insert`] and [`JobTable::remove`]
-//! change the rows, and both keep the count; a row's job never changes while it is in the
-//! table (it is read from the key or from a field set at creation).
+//! and jobs with no row have no entry; the same holds of `per_party` and `per_party_job`
+//! when the table has parties. Only [`JobTable::insert`] and [`JobTable::remove`] change the
+//! rows, and both keep the counts; a row's job and party never change while it is in the
+//! table (they are read from the key or from a field set at creation).
 
 use std::hash::Hash;
 
@@ -20,6 +24,9 @@ pub(crate) struct JobTable<K, V> {
     rows: Map<K, V>,
     per_job: Map<JobId, usize>,
     job_of: fn(&K, &V) -> JobId,
+    party_of: Option<fn(&K) -> u32>,
+    per_party: Map<u32, usize>,
+    per_party_job: Map<(u32, JobId), usize>,
 }
 
 impl<K: Copy + Eq + Hash, V> JobTable<K, V> {
@@ -29,6 +36,17 @@ impl<K: Copy + Eq + Hash, V> JobTable<K, V> {
             rows: Map::default(),
             per_job: Map::default(),
             job_of,
+            party_of: None,
+            per_party: Map::default(),
+            per_party_job: Map::default(),
+        }
+    }
+
+    /// The same, also counting rows per party (`party_of` reads it from the key).
+    pub fn with_parties(job_of: fn(&K, &V) -> JobId, party_of: fn(&K) -> u32) -> Self {
+        Self {
+            party_of: Some(party_of),
+            ..Self::new(job_of)
         }
     }
 
@@ -37,26 +55,41 @@ impl<K: Copy + Eq + Hash, V> JobTable<K, V> {
         let job = (self.job_of)(&key, &value);
         if let Some(old) = self.rows.insert(key, value) {
             let old_job = (self.job_of)(&key, &old);
-            self.uncount(old_job);
+            self.uncount(&key, old_job);
         }
         *self.per_job.entry(job).or_insert(0) += 1;
+        if let Some(party_of) = self.party_of {
+            let party = party_of(&key);
+            *self.per_party.entry(party).or_insert(0) += 1;
+            *self.per_party_job.entry((party, job)).or_insert(0) += 1;
+        }
     }
 
     /// Removes the row of `key`, if any.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let value = self.rows.remove(key)?;
         let job = (self.job_of)(key, &value);
-        self.uncount(job);
+        self.uncount(key, job);
         Some(value)
     }
 
-    fn uncount(&mut self, job: JobId) {
-        if let Some(n) = self.per_job.get_mut(&job) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_job.remove(&job);
-            }
+    fn uncount(&mut self, key: &K, job: JobId) {
+        decrement(&mut self.per_job, job);
+        if let Some(party_of) = self.party_of {
+            let party = party_of(key);
+            decrement(&mut self.per_party, party);
+            decrement(&mut self.per_party_job, (party, job));
         }
+    }
+
+    /// Rows of `party` (0 in a table without parties).
+    pub fn count_party(&self, party: u32) -> usize {
+        self.per_party.get(&party).copied().unwrap_or(0)
+    }
+
+    /// Rows of `party` in `job` (0 in a table without parties).
+    pub fn count_party_job(&self, party: u32, job: JobId) -> usize {
+        self.per_party_job.get(&(party, job)).copied().unwrap_or(0)
     }
 
     /// Rows of `job`.
@@ -107,6 +140,16 @@ impl<K: Copy + Eq + Hash, V> JobTable<K, V> {
     }
 }
 
+/// Lowers the count of `key` by one, dropping it at zero.
+fn decrement<G: Eq + Hash>(counts: &mut Map<G, usize>, key: G) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +172,22 @@ mod tests {
             !t.per_job.contains_key(&JobId(1)),
             "no entry for a job with no rows"
         );
+    }
+
+    #[test]
+    fn rows_are_counted_per_party_in_all_and_per_job() {
+        let mut t: JobTable<(u32, u32), JobId> = JobTable::with_parties(|_, job| *job, |k| k.0);
+        t.insert((7, 0), JobId(1));
+        t.insert((7, 1), JobId(2));
+        t.insert((8, 0), JobId(1));
+        t.insert((7, 0), JobId(1));
+        assert_eq!(t.count_party(7), 2);
+        assert_eq!(t.count_party_job(7, JobId(1)), 1);
+        assert_eq!(t.count_party_job(8, JobId(1)), 1);
+        t.remove(&(7, 0));
+        t.remove(&(7, 1));
+        assert_eq!(t.count_party(7), 0);
+        assert!(t.per_party.is_empty() || !t.per_party.contains_key(&7));
+        assert!(!t.per_party_job.contains_key(&(7, JobId(1))));
     }
 }
