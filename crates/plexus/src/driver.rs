@@ -16,8 +16,7 @@ use plexus_proto::codec::Decoder;
 use plexus_proto::node::{DialFailure, LinkCause};
 use plexus_proto::{LinkId, NodeId, Transmit};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
@@ -73,8 +72,15 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     tracing::warn!(node = shared.node.0, failures, "accepting again");
                     failures = 0;
                 }
+                no_delay(&stream);
                 match shared.op(|st| admit_unproved(st, remote)) {
-                    Some(link) => start_link(&shared, link, stream, Some(remote)),
+                    Some(link) => match shared.tls.clone() {
+                        Some(tls) => spawn_tls_accept(&shared, tls, link, stream, remote),
+                        None => {
+                            let (rd, wr) = stream.into_split();
+                            start_link(&shared, link, rd, wr, Some(remote));
+                        }
+                    },
                     None => drop(stream),
                 }
             }
@@ -94,6 +100,44 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Runs the TLS handshake of an accepted connection (bounded by the handshake timeout),
+/// tells the core which member its certificate names, and starts the link; a connection
+/// that fails it is closed as unauthenticated.
+fn spawn_tls_accept(
+    shared: &Arc<Shared>,
+    tls: crate::tls::Tls,
+    link: LinkId,
+    stream: TcpStream,
+    remote: SocketAddr,
+) {
+    let task = shared.runtime.spawn({
+        let shared = shared.clone();
+        async move {
+            let timeout = shared.lock().core.config().handshake_timeout;
+            let members = shared.membership.nodes();
+            let outcome = tokio::time::timeout(timeout, tls.accept(stream, members))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")));
+            match outcome {
+                Ok((stream, node)) => {
+                    shared.op(|st| st.core.certify_link(link, node));
+                    let (rd, wr) = tokio::io::split(stream);
+                    start_link(&shared, link, rd, wr, Some(remote));
+                }
+                Err(e) => shared.op(|st| {
+                    let node = st.core.config().node.0;
+                    st.refusals_log.log(|| {
+                        tracing::warn!(node, %remote, error = %e, "refused a connection: TLS failed")
+                    });
+                    st.core
+                        .handle_link_closed(link, LinkCause::Unauthenticated(format!("TLS: {e}")));
+                }),
+            }
+        }
+    });
+    shared.track(task.abort_handle());
 }
 
 /// Takes an accepted connection into the core, unless too many connections (in total, or
@@ -200,12 +244,25 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
     let task = shared.runtime.spawn({
         let shared = shared.clone();
         async move {
-            match dial(&shared, peer).await {
-                Ok(stream) => {
+            let dialled = match dial(&shared, peer).await {
+                Ok(stream) => secure(&shared, peer, stream).await,
+                Err(e) => Err(e),
+            };
+            match dialled {
+                Ok(Dialled::Plain(stream)) => {
                     let link = shared.op(|st| st.core.handle_dialed(peer, Instant::now()));
                     if let Some(link) = link {
                         let remote = stream.peer_addr().ok();
-                        start_link(&shared, link, stream, remote);
+                        let (rd, wr) = stream.into_split();
+                        start_link(&shared, link, rd, wr, remote);
+                    }
+                }
+                Ok(Dialled::Tls(stream)) => {
+                    let link = shared.op(|st| st.core.handle_dialed(peer, Instant::now()));
+                    if let Some(link) = link {
+                        let remote = stream.get_ref().0.peer_addr().ok();
+                        let (rd, wr) = tokio::io::split(*stream);
+                        start_link(&shared, link, rd, wr, remote);
                     }
                 }
                 Err(e) => {
@@ -226,6 +283,26 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
     shared.track(task.abort_handle());
 }
 
+/// A dialled connection, with TLS on it if the node uses TLS.
+enum Dialled {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::ClientStream>),
+}
+
+/// Runs the TLS handshake on a connection dialled to `peer`, if the node uses TLS (within
+/// the handshake timeout); the peer's certificate must name it.
+async fn secure(shared: &Shared, peer: NodeId, stream: TcpStream) -> std::io::Result<Dialled> {
+    let Some(tls) = &shared.tls else {
+        return Ok(Dialled::Plain(stream));
+    };
+    let timeout = shared.lock().core.config().handshake_timeout;
+    let stream = tokio::time::timeout(timeout, tls.connect(peer, stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+        .map_err(|e| std::io::Error::other(format!("TLS: {e}")))?;
+    Ok(Dialled::Tls(Box::new(stream)))
+}
+
 /// Connects to `peer`, within the core's handshake timeout (connecting is the first part
 /// of a handshake; a SYN the peer's full backlog dropped is retried by the kernel meanwhile).
 async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
@@ -240,9 +317,18 @@ async fn dial(shared: &Shared, peer: NodeId) -> std::io::Result<TcpStream> {
         tracing::warn!(node = shared.node.0, peer = peer.0, error = %e, "cannot open a socket to dial");
     })?;
     let timeout = shared.lock().core.config().handshake_timeout;
-    tokio::time::timeout(timeout, socket.connect(addr))
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    no_delay(&stream);
+    Ok(stream)
+}
+
+/// Frames leave as soon as they are written: the writer batches them itself.
+fn no_delay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
 }
 
 /// A socket to connect to `addr` from, bound to the node's address when the families match.
@@ -258,10 +344,11 @@ fn local_socket(shared: &Shared, addr: SocketAddr) -> std::io::Result<TcpSocket>
 }
 
 /// Runs a reader and a writer for `link` over `stream` (dialled or accepted).
-fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream, remote: Option<SocketAddr>) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "set_nodelay failed");
-    }
+fn start_link<R, W>(shared: &Arc<Shared>, link: LinkId, rd: R, wr: W, remote: Option<SocketAddr>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let writer_handle = LinkWriter {
         remote,
         wake: Arc::new(Notify::new()),
@@ -274,7 +361,6 @@ fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream, remote: Opt
         st.link_writers.insert(link, writer_handle);
         Decoder::new(st.core.config().max_frame_body())
     };
-    let (rd, wr) = stream.into_split();
     let reader = shared
         .runtime
         .spawn(read_loop(shared.clone(), link, rd, decoder));
@@ -302,10 +388,10 @@ fn start_link(shared: &Arc<Shared>, link: LinkId, stream: TcpStream, remote: Opt
     shared.track(supervisor.abort_handle());
 }
 
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
     link: LinkId,
-    mut rd: OwnedReadHalf,
+    mut rd: R,
     decoder: Decoder,
 ) -> LinkCause {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -331,10 +417,10 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     link: LinkId,
-    mut wr: OwnedWriteHalf,
+    mut wr: W,
     notify: Arc<Notify>,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> LinkCause {

@@ -28,6 +28,9 @@ pub enum Error {
     /// The agent could not do what this process asked.
     #[error("the agent reports: {0}")]
     Agent(String),
+    /// The TLS identity cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The builder lacks a required setting.
     #[error("node builder: {0} is required")]
     Missing(&'static str),

@@ -35,6 +35,7 @@ mod node;
 mod port;
 mod secret;
 mod shared;
+mod tls;
 mod topology;
 
 pub use error::{Error, ExchangeError, LinkCause, Scope};
@@ -47,4 +48,5 @@ pub use plexus_proto::credit::message_cost;
 pub use plexus_proto::node::{ConsumerCredit, Stats};
 pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
 pub use secret::{generate_secret, read_secret_file, write_new_secret_file, Secret, SecretError};
+pub use tls::{node_name, TlsError, TlsIdentity};
 pub use topology::Topology;

@@ -28,6 +28,12 @@ impl Membership {
         map.insert(node, addr);
     }
 
+    /// Every node with a published address.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let map = self.addrs.read().unwrap_or_else(|e| e.into_inner());
+        map.keys().copied().collect()
+    }
+
     /// The address of `node`, if known.
     pub fn get(&self, node: NodeId) -> Option<SocketAddr> {
         let map = self.addrs.read().unwrap_or_else(|e| e.into_inner());

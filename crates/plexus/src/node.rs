@@ -26,6 +26,7 @@ pub struct NodeBuilder {
     config: Option<Config>,
     listen: Option<SocketAddr>,
     membership: Option<Membership>,
+    tls: Option<crate::tls::TlsIdentity>,
 }
 
 impl NodeBuilder {
@@ -48,11 +49,20 @@ impl NodeBuilder {
         self
     }
 
+    /// Encrypts every link with mutual TLS 1.3 under this identity: the node's certificate
+    /// (naming it `node-<id>.plexus`) and key, and the cluster's authority. Every member
+    /// must use TLS then. Optional.
+    pub fn tls(mut self, identity: crate::tls::TlsIdentity) -> Self {
+        self.tls = Some(identity);
+        self
+    }
+
     /// Binds the listener and starts the node's tasks on the current tokio runtime.
     pub async fn start(self) -> Result<Node, Error> {
         let config = self.config.ok_or(Error::Missing("config"))?;
         let listen = self.listen.ok_or(Error::Missing("listen address"))?;
         let membership = self.membership.unwrap_or_default();
+        let tls = self.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
         let mut config = config;
         config.incarnation = fresh_incarnation();
         let node = config.node;
@@ -69,7 +79,7 @@ impl NodeBuilder {
         })?;
         membership.insert(node, local_addr);
         let runtime = tokio::runtime::Handle::current();
-        let shared = Shared::new(core, membership, local_addr.ip(), runtime);
+        let shared = Shared::new(core, membership, local_addr.ip(), runtime, tls);
         let accept = tokio::spawn(crate::driver::accept_loop(shared.clone(), listener));
         shared.track(accept.abort_handle());
         let timer = tokio::spawn(crate::driver::timer_loop(shared.clone()));

@@ -71,6 +71,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub membership: Membership,
+    /// How links are encrypted and certified, if they are.
+    pub tls: Option<crate::tls::Tls>,
     /// The address outgoing connections are bound to, so the OS attributes them to us.
     pub local_ip: IpAddr,
     pub node: NodeId,
@@ -85,6 +87,7 @@ impl Shared {
         membership: Membership,
         local_ip: IpAddr,
         runtime: tokio::runtime::Handle,
+        tls: Option<crate::tls::Tls>,
     ) -> Arc<Self> {
         let node = core.node();
         Arc::new(Self {
@@ -105,6 +108,7 @@ impl Shared {
             local_ip,
             node,
             runtime,
+            tls,
         })
     }
 

@@ -186,6 +186,14 @@ impl NodeCore {
         }
     }
 
+    /// The runtime checked the TLS certificate of accepted connection `link`: it names
+    /// `node`, so the peer may claim to be no other node.
+    pub fn certify_link(&mut self, link: LinkId, node: NodeId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.certified = Some(node);
+        }
+    }
+
     /// Whether the other side of `link` proved it holds the cluster's secret.
     pub fn link_is_proved(&self, link: LinkId) -> bool {
         self.links
@@ -396,6 +404,7 @@ impl NodeCore {
             Link {
                 dialled,
                 auth: Auth::AwaitDiallerChallenge,
+                certified: None,
                 claims: None,
                 peer: dialled,
                 phase: Phase::Handshake,

@@ -9,6 +9,9 @@
 //! 3. dialler: checks the acceptor's proof, then → `Proof` (as dialler), then `Hello`;
 //! 4. acceptor: checks the dialler's proof, then reads the `Hello` (see `handshake`).
 //!
+//! With TLS, the runtime tells the core which node an accepted connection's certificate
+//! names (`certify_link`); its `Challenge` may claim no other.
+//!
 //! Invariants: until both proofs checked, a connection changes nothing but its own
 //! record: no peer is created, declared restarted or resumed, no channel opened; any
 //! other frame (or a frame longer than a `Challenge`) closes it with
@@ -66,7 +69,7 @@ impl NodeCore {
         let Some(l) = self.links.get(&link) else {
             return Ok(());
         };
-        let (auth, dialled) = (l.auth.clone(), l.dialled);
+        let (auth, dialled, certified) = (l.auth.clone(), l.dialled, l.certified);
         let next = match (auth, frame) {
             (_, Frame::GoAway { code }) => return Err((code, LinkCause::GoAway(code))),
             (
@@ -80,6 +83,12 @@ impl NodeCore {
                 },
             ) => {
                 self.check_challenge(version, cluster, node)?;
+                if certified.is_some_and(|c| c != node) {
+                    return Err(unauthenticated(format!(
+                        "a connection claims to be {node}, but its certificate names {}",
+                        certified.map_or(String::new(), |c| c.to_string())
+                    )));
+                }
                 let ours = self.fresh_claim();
                 let transcript = Transcript {
                     version,

@@ -224,6 +224,9 @@ pub(crate) struct Link {
     /// How far the two sides are in proving membership; nothing else is read before it
     /// is [`Auth::Proved`].
     pub auth: Auth,
+    /// The node the connection's TLS certificate names, if the runtime checked one: the
+    /// peer may claim no other.
+    pub certified: Option<NodeId>,
     /// On a dialled connection, what our `Hello` claimed. The peer settles the session on
     /// these claims; if ours differ when its answer comes, the answer is out of date.
     pub claims: Option<Claims>,

@@ -97,3 +97,47 @@ pub fn established_at(ip: std::net::Ipv4Addr) -> usize {
         .collect();
     ends.len()
 }
+
+/// A throwaway certificate authority and, for each of `nodes`, an identity whose
+/// certificate names it (or names `named[i]` instead, where given).
+pub fn tls_identities(nodes: u32, named: &[(u32, u32)]) -> Vec<plexus::TlsIdentity> {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("self-signed");
+    (0..nodes)
+        .map(|i| {
+            let as_node = named
+                .iter()
+                .find(|(who, _)| *who == i)
+                .map_or(i, |(_, other)| *other);
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec![plexus::node_name(NodeId(as_node))])
+                .expect("params");
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("signed");
+            plexus::TlsIdentity::from_pem(&cert.pem(), &key.serialize_pem(), &ca_cert.pem())
+                .expect("identity")
+        })
+        .collect()
+}
+
+/// Starts node `id` as [`start_node`] does, with TLS under `identity`.
+pub async fn start_tls_node(
+    membership: &Membership,
+    subnet: u8,
+    id: u32,
+    identity: plexus::TlsIdentity,
+    tune: &impl Fn(&mut Config),
+) -> Node {
+    let mut config = Config::new(NodeId(id), CLUSTER, secret());
+    tune(&mut config);
+    let ip = Ipv4Addr::new(127, 0, subnet, (id + 1) as u8);
+    Node::builder()
+        .config(config)
+        .listen(SocketAddr::new(IpAddr::V4(ip), 0))
+        .membership(membership.clone())
+        .tls(identity)
+        .start()
+        .await
+        .expect("node starts")
+}
