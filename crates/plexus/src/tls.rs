@@ -97,6 +97,10 @@ impl TlsIdentity {
     }
 }
 
+/// Bytes of records a connection may hold before the socket takes them: a link writer's
+/// whole batch, so it is encrypted in one go rather than in 64 KiB pieces.
+const SEND_BUFFER: usize = 1 << 20;
+
 /// The TLS side of a node: how it dials and how it accepts.
 #[derive(Clone)]
 pub(crate) struct Tls {
@@ -120,7 +124,7 @@ impl Tls {
     /// certificate required and checked against the authority.
     pub(crate) fn new(identity: &TlsIdentity) -> Result<Self, TlsError> {
         let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
-        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+        let provider: Arc<CryptoProvider> = Arc::new(provider());
         let mut roots = RootCertStore::empty();
         for ca in &identity.ca {
             roots.add(ca.clone()).map_err(|e| setup(&e))?;
@@ -158,7 +162,9 @@ impl Tls {
     ) -> std::io::Result<ClientStream> {
         let name = ServerName::try_from(node_name(peer))
             .map_err(|e| std::io::Error::other(format!("node name: {e}")))?;
-        self.connector.connect(name, stream).await
+        let mut stream = self.connector.connect(name, stream).await?;
+        stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
+        Ok(stream)
     }
 
     /// TLS over an accepted connection; returns it and the member (of `members`) its
@@ -168,7 +174,8 @@ impl Tls {
         stream: TcpStream,
         members: impl IntoIterator<Item = NodeId>,
     ) -> std::io::Result<(ServerStream, NodeId)> {
-        let stream = self.acceptor.accept(stream).await?;
+        let mut stream = self.acceptor.accept(stream).await?;
+        stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
         let named = {
             let (_, connection) = stream.get_ref();
             let cert = connection
@@ -181,6 +188,20 @@ impl Tls {
             std::io::Error::other("the peer's certificate names no member of the cluster")
         })?;
         Ok((stream, node))
+    }
+}
+
+/// ring's suites, AES-128-GCM first: as strong as a link needs, and the cheapest on
+/// processors with AES instructions (links carry every byte of every job).
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite;
+    CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
     }
 }
 

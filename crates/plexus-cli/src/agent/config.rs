@@ -30,6 +30,15 @@ struct File {
     access: Access,
     #[serde(default)]
     limits: Limits,
+    tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +81,8 @@ pub struct AgentConfig {
     pub users: Vec<u32>,
     /// A group whose members may attach too.
     pub group: Option<u32>,
+    /// The node's TLS identity, if its links use TLS.
+    pub tls: Option<plexus::TlsIdentity>,
 }
 
 /// Why a configuration file cannot be used.
@@ -172,10 +183,8 @@ impl AgentConfig {
             }
             Some(_) => {}
         }
-        let secret_path = file
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(&raw.secret_file);
+        let beside = |path: &Path| file.parent().unwrap_or(Path::new(".")).join(path);
+        let secret_path = beside(&raw.secret_file);
         let secret = read_secret(&secret_path).map_err(|e| field("secret_file", e))?;
         let mut core = Config::new(node, raw.cluster, secret);
         let size = |name: &str, value: &Option<String>| -> Result<Option<u64>, ConfigError> {
@@ -209,6 +218,17 @@ impl AgentConfig {
                 return Err(field("socket", "an empty path".into()));
             }
         }
+        let tls = raw
+            .tls
+            .map(|t| {
+                plexus::TlsIdentity::from_pem_files(
+                    &beside(&t.cert),
+                    &beside(&t.key),
+                    &beside(&t.ca),
+                )
+                .map_err(|e| field("tls", e.to_string()))
+            })
+            .transpose()?;
         Ok(Self {
             core,
             listen,
@@ -216,6 +236,7 @@ impl AgentConfig {
             socket: raw.socket,
             users: raw.access.users.unwrap_or_default(),
             group: raw.access.group,
+            tls,
         })
     }
 }

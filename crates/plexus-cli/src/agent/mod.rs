@@ -111,13 +111,14 @@ async fn run(config: AgentConfig, args: &AgentArgs) -> Result<(), String> {
         membership.insert(*node, *addr);
     }
     let id = config.core.node;
-    let node = Node::builder()
+    let mut builder = Node::builder()
         .config(config.core.clone())
         .listen(config.listen)
-        .membership(membership)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+        .membership(membership);
+    if let Some(identity) = &config.tls {
+        builder = builder.tls(identity.clone());
+    }
+    let node = builder.start().await.map_err(|e| e.to_string())?;
     if let Some(socket) = &config.socket {
         let mut policy =
             AttachPolicy::owner_only().map_err(|e| format!("reading our own user: {e}"))?;

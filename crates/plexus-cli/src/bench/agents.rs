@@ -237,6 +237,22 @@ fn config_text(shape: &Shape, i: u32, port: u16, socket: &Path) -> Result<String
         .ok_or("the run has no secret file for its agents")?;
     let secret = serde_json::to_string(&secret.to_string_lossy())
         .map_err(|e| format!("cannot quote {}: {e}", secret.display()))?;
+    let tls = match shape.tls_dir() {
+        None => String::new(),
+        Some(dir) => {
+            let [cert, key, ca] = super::certs::files(dir, i);
+            let quote = |p: &Path| {
+                serde_json::to_string(&p.to_string_lossy())
+                    .map_err(|e| format!("cannot quote {}: {e}", p.display()))
+            };
+            format!(
+                "\n[tls]\ncert = {}\nkey = {}\nca = {}\n",
+                quote(&cert)?,
+                quote(&key)?,
+                quote(&ca)?
+            )
+        }
+    };
     Ok(format!(
         "# Node {i} of a `plexus bench --agent` run, written by the bench, removed with its directory.\n\
          node = {i}\n\
@@ -248,7 +264,7 @@ fn config_text(shape: &Shape, i: u32, port: u16, socket: &Path) -> Result<String
          \n\
          [limits]\n\
          max_message = \"{}B\"\n\
-         credit_pool = \"{}B\"\n",
+         credit_pool = \"{}B\"\n{tls}",
         core.cluster,
         shape.node_ip(i),
         members.join("\n"),

@@ -36,10 +36,14 @@ pub const BODY_SEED: u64 = 0x5eed;
 /// Starts node `i` of `shape` on its own address (port 0), publishing it in `membership`.
 pub async fn start_node(shape: &Shape, i: u32, membership: &Membership) -> Result<Node, String> {
     let ip = shape.node_ip(i);
-    Node::builder()
+    let mut builder = Node::builder()
         .config(shape.node_config(i))
         .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-        .membership(membership.clone())
+        .membership(membership.clone());
+    if let Some(identity) = shape.node_tls(i)? {
+        builder = builder.tls(identity);
+    }
+    builder
         .start()
         .await
         .map_err(|e| format!("starting node {i} on {ip}: {e}"))

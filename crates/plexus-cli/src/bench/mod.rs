@@ -40,6 +40,7 @@ mod agents;
 mod arrival;
 mod attached;
 mod baseline;
+mod certs;
 mod chaos;
 pub mod child;
 mod consume;
@@ -161,6 +162,11 @@ pub struct BenchArgs {
     /// `impostor_refused`).
     #[arg(long)]
     pub impostor: bool,
+    /// Encrypt every link with mutual TLS 1.3 under a throwaway certificate authority made
+    /// for the run (certificates naming each node). With `--baseline plaintext`, the same
+    /// run without TLS follows, and the report gives `ratio_vs_plaintext`.
+    #[arg(long)]
+    pub tls: bool,
     /// After the plexus run, run the same workload over these systems too, and compare:
     /// raw-tcp (one connection per node pair), naive-tcp (one per channel), zmq (needs the
     /// `zmq` feature), rabbitmq (a broker at --amqp-url; needs the `rabbitmq` feature), all
@@ -203,6 +209,9 @@ pub struct BenchArgs {
     /// The run's cluster secret, made afresh by `main` in a directory of the run's own.
     #[arg(skip)]
     pub secret_file: Option<std::path::PathBuf>,
+    /// With `--tls`, where `main` wrote the run's certificates.
+    #[arg(skip)]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -227,6 +236,7 @@ impl BenchArgs {
             memory_budget: self.memory_budget,
             consume: self.consume,
             secret_file: self.secret_file.clone(),
+            tls_dir: self.tls_dir.clone(),
         }
     }
 
@@ -262,6 +272,9 @@ impl BenchArgs {
             }
             if self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
                 return Err("--baseline compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
+            }
+            if self.baseline.contains(&baseline::System::Plaintext) && !self.tls {
+                return Err("--baseline plaintext compares plexus over TLS with plexus without: it needs --tls".into());
             }
             if self.baseline.contains(&baseline::System::Embedded) && !self.agent {
                 return Err("--baseline embedded compares plexus through agents with plexus embedded: it needs --agent".into());
@@ -436,6 +449,13 @@ pub fn main(mut args: BenchArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     args.secret_file = Some(secret_file);
+    if args.tls {
+        if let Err(e) = certs::write(secret_dir.path(), args.nodes) {
+            eprintln!("plexus bench: {e}");
+            return ExitCode::from(2);
+        }
+        args.tls_dir = Some(secret_dir.path().to_owned());
+    }
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -67,6 +67,9 @@ pub struct ShapeSpec {
     /// (good for nodes of this process only).
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
+    /// Where each node's TLS files are (see `certs`), if links use TLS.
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// A validated run shape; see the module docs.
@@ -166,6 +169,22 @@ impl Shape {
             stalled,
             secret,
         })
+    }
+
+    /// Node `i`'s TLS identity, if links use TLS.
+    pub fn node_tls(&self, i: u32) -> Result<Option<plexus::TlsIdentity>, String> {
+        let Some(dir) = &self.spec.tls_dir else {
+            return Ok(None);
+        };
+        let [cert, key, ca] = super::certs::files(dir, i);
+        plexus::TlsIdentity::from_pem_files(&cert, &key, &ca)
+            .map(Some)
+            .map_err(|e| format!("node {i}'s TLS identity: {e}"))
+    }
+
+    /// The directory of the run's TLS files, if links use TLS.
+    pub fn tls_dir(&self) -> Option<&std::path::Path> {
+        self.spec.tls_dir.as_deref()
     }
 
     /// The file holding the cluster's secret, if the run has one.
@@ -457,6 +476,7 @@ pub(crate) mod tests {
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
             memory_budget: None,
             secret_file: None,
+            tls_dir: None,
             consume: ConsumeMode::Interleaved,
         }
     }

@@ -576,6 +576,7 @@ mod tests {
             first_ip: Ipv4Addr::new(127, 0, 0, 1),
             memory_budget: None,
             secret_file: None,
+            tls_dir: None,
             consume: Default::default(),
         })
         .expect("valid shape")

@@ -13,7 +13,9 @@
 //!   loopback (`--amqp-url`, checked by [`amqp_url`]), a connection per node, a queue per
 //!   consumer; skipped, with a note, when no broker answers;
 //! - `embedded` (with `--agent` only): plexus itself embedded, one node per OS process, as
-//!   `--spawn` runs it ([`super::spawn`]), to see what going through the agents costs.
+//!   `--spawn` runs it ([`super::spawn`]), to see what going through the agents costs;
+//! - `plaintext` (with `--tls` only): plexus in the same mode with its links in plain TCP,
+//!   to see what TLS costs.
 //!
 //! Each system runs on a fresh runtime with every node on its own loopback address (in
 //! this process, or for `embedded` in node processes), its links counted from the OS
@@ -67,6 +69,8 @@ pub enum System {
     Rabbitmq,
     /// plexus embedded, one node per process, as `--spawn` runs it (with `--agent` only).
     Embedded,
+    /// plexus in the same mode without TLS (with `--tls` only).
+    Plaintext,
 }
 
 impl System {
@@ -78,6 +82,7 @@ impl System {
             System::Zmq => "zmq",
             System::Rabbitmq => "rabbitmq",
             System::Embedded => "embedded",
+            System::Plaintext => "plaintext",
         }
     }
 
@@ -89,6 +94,7 @@ impl System {
             System::Zmq => "zmq",
             System::Rabbitmq => "rabbitmq",
             System::Embedded => "embedded",
+            System::Plaintext => "plaintext",
         }
     }
 }
@@ -201,6 +207,7 @@ fn how_it_connects(system: System) -> &'static str {
         System::Embedded => {
             "plexus embedded, one node per process (as --spawn runs it): one link per node pair"
         }
+        System::Plaintext => "plexus in the same mode, its links without TLS",
     }
 }
 
@@ -262,6 +269,29 @@ fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
             BaselineResult::skipped(system, "built without the rabbitmq feature".into())
         }
         System::Embedded => run_embedded(shape, args),
+        System::Plaintext => run_plaintext(args),
+    }
+}
+
+/// The same plexus run, in the same mode, with its links in plain TCP.
+fn run_plaintext(args: &BenchArgs) -> BaselineResult {
+    let plain = BenchArgs {
+        tls: false,
+        tls_dir: None,
+        baseline: Vec::new(),
+        report: None,
+        impostor: false,
+        ..args.clone()
+    };
+    let report = plain
+        .shape()
+        .and_then(|shape| super::run_nodes(&shape, &plain, plain.arrival()).map(|r| (shape, r)));
+    match report {
+        Ok((shape, report)) => {
+            let connections = fds::links_per_node(&shape).iter().sum::<u64>() / 2;
+            BaselineResult::reported(System::Plaintext, report, connections)
+        }
+        Err(e) => failed(System::Plaintext, e),
     }
 }
 
