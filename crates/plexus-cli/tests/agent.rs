@@ -164,6 +164,20 @@ fn stop(mut child: Child, signal: &str) -> (std::process::ExitStatus, String) {
     (status, log)
 }
 
+/// The body of `GET /metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(addr).expect("the metrics address answers");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: plexus\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1."), "{response}");
+    assert!(response.contains(" 200 "), "{response}");
+    response
+}
+
 /// A job between processes attached to two agents: every message arrives.
 fn run_a_job_through(dir: &Path) {
     use plexus::{Endpoint, JobId, Node, NodeId, Topology};
@@ -210,7 +224,8 @@ fn agents_run_until_sigterm_or_sigint_and_stop_cleanly() {
     let dir = temp_dir("run");
     let mut agents = Vec::new();
     for node in 0..2 {
-        let path = write_config(&dir, node, "");
+        let metrics = format!("metrics = \"127.0.101.{}:7102\"", node + 1);
+        let path = write_config(&dir, node, &metrics);
         let mut child = plexus()
             .args(["agent", "--config"])
             .arg(&path)
@@ -223,6 +238,29 @@ fn agents_run_until_sigterm_or_sigint_and_stop_cleanly() {
         agents.push(child);
     }
     run_a_job_through(&dir);
+    let text = scrape("127.0.101.1:7102");
+    for family in [
+        "plexus_peer_sent_bytes_total{peer=\"1\"}",
+        "plexus_peer_sent_messages_total{peer=\"1\"} 100",
+        "plexus_peer_link_up{peer=\"1\"} 1",
+        "plexus_jobs_completed_total",
+        "plexus_admission_wait_seconds_bucket{le=\"+Inf\"}",
+        "plexus_attached_processes",
+        "plexus_unauthenticated_connections_total 0",
+    ] {
+        assert!(text.contains(family), "{family} missing from:\n{text}");
+    }
+    let received = scrape("127.0.101.2:7102");
+    let line = received
+        .lines()
+        .find(|l| l.starts_with("plexus_peer_received_bytes_total{peer=\"0\"}"))
+        .unwrap_or_else(|| panic!("no bytes received from node 0:\n{received}"));
+    let bytes: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a figure");
+    assert!(bytes > 0, "{line}");
     for (child, signal) in agents.into_iter().zip(["-TERM", "-INT"]) {
         let (status, log) = stop(child, signal);
         assert!(status.success(), "{status}: {log}");

@@ -31,6 +31,7 @@ mod error;
 mod job;
 mod local;
 mod membership;
+mod metrics;
 mod node;
 mod port;
 mod secret;
@@ -42,9 +43,14 @@ pub use error::{Error, ExchangeError, LinkCause, Scope};
 pub use job::{Consumer, Job, Producer, TrySend};
 pub use local::{AttachPolicy, AttachedNode};
 pub use membership::Membership;
+pub use metrics::Metrics;
 pub use node::{Node, NodeBuilder};
 pub use plexus_proto::config::ConfigError;
 pub use plexus_proto::credit::message_cost;
+pub use plexus_proto::node::metrics::{
+    job_failure_kind, link_cause_kind, Counters, PeerCounters, WaitHistogram,
+    ADMISSION_WAIT_BUCKETS,
+};
 pub use plexus_proto::node::{ConsumerCredit, Stats};
 pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
 pub use secret::{generate_secret, read_secret_file, write_new_secret_file, Secret, SecretError};

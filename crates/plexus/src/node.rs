@@ -216,6 +216,25 @@ impl Node {
         self.shared.lock().core.peak_buffered()
     }
 
+    /// What the node did since it started and holds now.
+    pub fn metrics(&self) -> crate::Metrics {
+        let attached_processes = self
+            .shared
+            .attached
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let st = self.shared.lock();
+        crate::Metrics {
+            node: self.shared.node,
+            counters: st.core.counters().clone(),
+            stats: st.core.stats(),
+            links: st.core.peer_links(),
+            buffered_bytes: st.core.buffered(),
+            memory_budget: st.core.config().memory_budget,
+            admission_waiting: st.core.admission_load().0,
+            attached_processes,
+        }
+    }
+
     /// The longest time a job waited for admission on this node.
     pub fn longest_admission_wait(&self) -> Duration {
         self.shared.lock().core.longest_admission_wait()

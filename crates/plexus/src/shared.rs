@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub membership: Membership,
     /// How links are encrypted and certified, if they are.
     pub tls: Option<crate::tls::Tls>,
+    /// Processes attached through the local socket now.
+    pub attached: std::sync::atomic::AtomicUsize,
     /// The address outgoing connections are bound to, so the OS attributes them to us.
     pub local_ip: IpAddr,
     pub node: NodeId,
@@ -109,6 +111,7 @@ impl Shared {
             node,
             runtime,
             tls,
+            attached: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -26,6 +26,7 @@ struct File {
     listen: String,
     members: Vec<Member>,
     socket: Option<PathBuf>,
+    metrics: Option<String>,
     #[serde(default)]
     access: Access,
     #[serde(default)]
@@ -83,6 +84,8 @@ pub struct AgentConfig {
     pub group: Option<u32>,
     /// The node's TLS identity, if its links use TLS.
     pub tls: Option<plexus::TlsIdentity>,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why a configuration file cannot be used.
@@ -218,6 +221,14 @@ impl AgentConfig {
                 return Err(field("socket", "an empty path".into()));
             }
         }
+        let metrics = raw
+            .metrics
+            .as_deref()
+            .map(|m| {
+                m.parse::<SocketAddr>()
+                    .map_err(|e| field("metrics", format!("`{m}`: {e}")))
+            })
+            .transpose()?;
         let tls = raw
             .tls
             .map(|t| {
@@ -237,6 +248,7 @@ impl AgentConfig {
             users: raw.access.users.unwrap_or_default(),
             group: raw.access.group,
             tls,
+            metrics,
         })
     }
 }
@@ -333,6 +345,10 @@ mod tests {
             (
                 GOOD.replace("\"127.0.0.1:7100\"", "\"nowhere\""),
                 "`members[0].address`",
+            ),
+            (
+                GOOD.replace("[limits]", "metrics = \"port 9\"\n[limits]"),
+                "`metrics`",
             ),
         ];
         for (text, named) in cases {

@@ -12,6 +12,7 @@
 //! file, the field and the reason, and a non-zero exit status.
 
 pub mod config;
+pub mod metrics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,11 +130,15 @@ async fn run(config: AgentConfig, args: &AgentArgs) -> Result<(), String> {
         node.serve_local(socket, policy)
             .map_err(|e| e.to_string())?;
     }
+    if let Some(addr) = config.metrics {
+        metrics::serve(addr, node.clone())?;
+    }
     tracing::info!(
         node = id.0,
         listen = %node.local_addr(),
         members = config.members.len(),
         socket = ?config.socket,
+        metrics = ?config.metrics,
         "agent started"
     );
     let why = wait_for_stop(args.stop_with_stdin)

@@ -263,6 +263,7 @@ impl NodeCore {
     fn admitted_after_wait(&mut self, job: JobId, since: Instant) {
         let waited = self.now.saturating_duration_since(since);
         self.admission.longest_wait = self.admission.longest_wait.max(waited);
+        self.counters.admitted(waited);
         self.events.push_back(Event::Admitted { job });
     }
 

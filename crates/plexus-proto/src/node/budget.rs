@@ -71,6 +71,12 @@ impl NodeCore {
         self.peak_buffered = self.peak_buffered.max(now);
     }
 
+    /// The bytes this node has buffered now: data queued to send or kept until
+    /// acknowledged, plus credit its consumers granted and have not got back.
+    pub fn buffered(&self) -> u64 {
+        self.send_buffered() + self.consumers.granted()
+    }
+
     /// The most bytes this node ever had buffered: data queued to send or kept until
     /// acknowledged, plus credit its consumers granted and had not got back.
     pub fn peak_buffered(&self) -> u64 {

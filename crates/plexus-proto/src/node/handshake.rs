@@ -152,6 +152,10 @@ impl NodeCore {
                     return Ok(());
                 }
                 p.session.on_received(now, session::payload_len(&frame));
+                let messages = super::metrics::messages_in(&frame);
+                if messages > 0 {
+                    self.counters.peer(peer).messages_received += messages;
+                }
                 self.check_member_limits(peer, &frame, now)?;
                 self.handle_frame(peer, frame).map_err(protocol)
             }
@@ -334,7 +338,7 @@ impl NodeCore {
         let outage = p.session.down_since.take();
         p.down_stalled = Duration::ZERO;
         if let (Some(since), true) = (outage, resumed) {
-            self.record_resume(now.saturating_duration_since(since));
+            self.record_resume(node, now.saturating_duration_since(since));
         }
         let mut dialled = None;
         if let Some(l) = self.links.get_mut(&link) {

@@ -202,8 +202,11 @@ impl NodeCore {
             return;
         }
         self.release_reservation(job);
-        if self.jobs.remove(&job).is_some() && finished {
-            self.finished.insert(job, self.config.finished_jobs_kept);
+        if let Some(state) = self.jobs.remove(&job) {
+            if finished {
+                self.counters.job_ended(state.failed.as_ref());
+                self.finished.insert(job, self.config.finished_jobs_kept);
+            }
         }
     }
 
@@ -301,6 +304,7 @@ impl NodeCore {
     /// Declares `peer` dead with `cause`: every live job spanning it fails here, and the
     /// session with it is forgotten, so a later job starts afresh with a new link.
     pub(super) fn declare_dead(&mut self, peer: NodeId, cause: LinkCause) {
+        self.counters.peer_dead(&cause);
         let doomed: Vec<JobId> = self
             .jobs
             .iter()

@@ -33,6 +33,14 @@ impl NodeCore {
         frame: &Frame,
         now: Instant,
     ) -> Result<(), LinkError> {
+        let checked = self.check_limits(peer, frame, now);
+        if checked.is_err() {
+            self.counters.limits_exceeded += 1;
+        }
+        checked
+    }
+
+    fn check_limits(&mut self, peer: NodeId, frame: &Frame, now: Instant) -> Result<(), LinkError> {
         let job = match frame {
             Frame::Open { job, .. } => Some(*job),
             Frame::Cancel { .. } | Frame::Abort { .. } => None,

@@ -118,6 +118,20 @@ impl NodeCore {
     /// partial frame stays for the next call.
     pub fn handle_bytes(&mut self, link: LinkId, buf: &mut BytesMut, now: Instant) {
         self.now = now;
+        let arrived = buf.len();
+        self.decode_link_bytes(link, buf, now);
+        let consumed = (arrived - buf.len()) as u64;
+        let peer = self
+            .links
+            .get(&link)
+            .filter(|l| matches!(l.auth, Auth::Proved { .. }))
+            .and_then(|l| l.peer);
+        if let Some(peer) = peer {
+            self.counters.peer(peer).bytes_received += consumed;
+        }
+    }
+
+    fn decode_link_bytes(&mut self, link: LinkId, buf: &mut BytesMut, now: Instant) {
         loop {
             let Some(l) = self.links.get_mut(&link) else {
                 buf.clear();
@@ -174,6 +188,10 @@ impl NodeCore {
         let Some(l) = self.links.remove(&link) else {
             return;
         };
+        if l.phase != Phase::Closing && matches!(cause, LinkCause::Unauthenticated(_)) {
+            // Refused by the runtime (TLS) before the core saw anything.
+            self.counters.unauthenticated += 1;
+        }
         let carried = l
             .peer
             .filter(|peer| self.peers.get(peer).map(|p| &p.state) == Some(&PeerState::Up(link)));
@@ -240,6 +258,7 @@ impl NodeCore {
             return false;
         };
         l.wake_pending = false;
+        let before = out.len();
         while let Some(frame) = l.control.pop_front() {
             out.push_control(&frame);
         }
@@ -258,6 +277,9 @@ impl NodeCore {
             if carried {
                 l.last_traffic = now;
             }
+        }
+        if let (Some(peer), Phase::Up) = (peer, phase) {
+            self.counters.peer(peer).bytes_sent += (out.len() - before) as u64;
         }
         phase != Phase::Closing || !out.is_empty()
     }
@@ -283,6 +305,7 @@ impl NodeCore {
                 return wrote;
             };
             wrote = true;
+            self.counters.peer(peer).messages_sent += super::metrics::messages_in(&frame);
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.change_buffered(&mut self.send_buffered, |p| {
                     p.session.record_sent(frame.clone());
@@ -469,6 +492,9 @@ impl NodeCore {
         }
         let was_up = l.phase == Phase::Up;
         let was_handshake = l.phase == Phase::Handshake;
+        if matches!(cause, LinkCause::Unauthenticated(_)) {
+            self.counters.unauthenticated += 1;
+        }
         l.phase = Phase::Closing;
         l.control.clear();
         l.control.push_back(Frame::GoAway { code });

@@ -35,6 +35,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod link;
+pub mod metrics;
 mod parking;
 mod producer;
 mod proof;
@@ -183,6 +184,8 @@ pub struct NodeCore {
     next_link: u64,
     /// Nonces handed out so far (see `proof`).
     nonces: u64,
+    /// What the node did since it started.
+    counters: metrics::Counters,
     /// Dials in flight and peers waiting for one.
     dials: dial::Dials,
     producers: JobTable<LocalKey, Producer>,
@@ -257,6 +260,7 @@ impl NodeCore {
             links: Map::default(),
             next_link: 0,
             nonces: 0,
+            counters: metrics::Counters::default(),
             dials: dial::Dials::default(),
             producers: JobTable::new(|key, _| key.0),
             out_channels: JobTable::new(|_, ch: &OutChannel| ch.producer.0),
@@ -319,7 +323,15 @@ impl NodeCore {
     }
 
     /// Records the outage of a link that resumed.
-    fn record_resume(&mut self, down: Duration) {
+    /// What the node did since it started.
+    pub fn counters(&self) -> &metrics::Counters {
+        &self.counters
+    }
+
+    fn record_resume(&mut self, peer: NodeId, down: Duration) {
+        let counters = self.counters.peer(peer);
+        counters.resumes += 1;
+        counters.down += down;
         if self.resumes.len() == MAX_RESUMES {
             self.resumes.pop_front();
         }

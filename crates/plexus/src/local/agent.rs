@@ -229,6 +229,28 @@ const RING_BYTES: usize = 1 << 20;
 
 /// Serves one attached process until it goes (or breaks the protocol).
 async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
+    let _counted = Attached::count(&shared);
+    serve_attached(&shared, stream, pid).await;
+}
+
+/// Counts an attached process while it lives (however its task ends).
+struct Attached(Arc<Shared>);
+
+impl Attached {
+    fn count(shared: &Arc<Shared>) -> Self {
+        shared.attached.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.attached.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves the process attached on `stream` until it goes.
+async fn serve_attached(shared: &Arc<Shared>, stream: UnixStream, pid: i32) {
     let (mut rd, wr) = match pipe::offer(stream, RING_BYTES).await {
         Ok(halves) => halves,
         Err(e) => {
@@ -240,7 +262,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
     let out = Out(tx);
     let mut tasks = JoinSet::new();
     tasks.spawn(write_loop(wr, rx));
-    let limit = frame_limit(&shared);
+    let limit = frame_limit(shared);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut endpoints = Endpoints::default();
     let mut hello = false;
@@ -271,7 +293,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, pid: i32) {
                 }
                 _ if !hello => Err("a request before Hello".to_string()),
                 FromClient::Control(request) => {
-                    handle_request(&shared, &out, &mut endpoints, &mut tasks, request)
+                    handle_request(shared, &out, &mut endpoints, &mut tasks, request)
                 }
                 FromClient::Send(send) => endpoints
                     .producers

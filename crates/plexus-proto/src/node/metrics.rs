@@ -1,0 +1,170 @@
+//! What a node did since it started, for operators (a Prometheus exporter, a status view):
+//! traffic per peer, resumes and downtime, peers declared dead and jobs ended, by cause,
+//! refused connections, members cut off, and how long jobs waited for admission.
+//!
+//! Invariants: every figure only grows (they are counters; gauges are in
+//! [`super::Stats`]); the causes are a fixed set of names, so a label never takes more
+//! values than these; traffic is kept per peer that proved membership, so the peers are
+//! the cluster's members and an outsider adds no series.
+
+use std::time::Duration;
+
+use super::error::{ExchangeError, LinkCause};
+use crate::ids::NodeId;
+use crate::map::Map;
+
+/// Traffic with one peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PeerCounters {
+    /// Bytes written to its links (frames of every kind).
+    pub bytes_sent: u64,
+    /// Bytes read from its links.
+    pub bytes_received: u64,
+    /// Messages sent to it (in `Data` and `Batch` frames, resends excluded).
+    pub messages_sent: u64,
+    /// Messages received from it.
+    pub messages_received: u64,
+    /// Times its link came back and the session resumed.
+    pub resumes: u64,
+    /// Time its link was down before those resumes, summed.
+    pub down: Duration,
+}
+
+/// Upper bounds of the admission-wait histogram's buckets, in seconds.
+pub const ADMISSION_WAIT_BUCKETS: [f64; 8] = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+/// How long jobs waited for admission here: counts per bucket (cumulative, as Prometheus
+/// wants them), the count and the sum.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WaitHistogram {
+    /// Waits at most each of [`ADMISSION_WAIT_BUCKETS`].
+    pub buckets: [u64; ADMISSION_WAIT_BUCKETS.len()],
+    /// Waits in all.
+    pub count: u64,
+    /// Seconds waited in all.
+    pub sum: f64,
+}
+
+impl WaitHistogram {
+    fn record(&mut self, waited: Duration) {
+        let s = waited.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter_mut().zip(ADMISSION_WAIT_BUCKETS) {
+            if s <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+}
+
+/// Everything the node counts.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Traffic per peer.
+    pub peers: Map<NodeId, PeerCounters>,
+    /// Peers declared dead, by cause (see [`link_cause_kind`]).
+    pub peers_dead: Map<&'static str, u64>,
+    /// Jobs that ended here without an error.
+    pub jobs_completed: u64,
+    /// Jobs that ended here with an error, by cause (see [`job_failure_kind`]).
+    pub jobs_failed: Map<&'static str, u64>,
+    /// Connections closed because they did not prove membership.
+    pub unauthenticated: u64,
+    /// Members cut off for going beyond a limit.
+    pub limits_exceeded: u64,
+    /// How long admitted jobs waited.
+    pub admission_waits: WaitHistogram,
+}
+
+impl Counters {
+    pub(super) fn peer(&mut self, peer: NodeId) -> &mut PeerCounters {
+        self.peers.entry(peer).or_default()
+    }
+
+    pub(super) fn peer_dead(&mut self, cause: &LinkCause) {
+        *self.peers_dead.entry(link_cause_kind(cause)).or_insert(0) += 1;
+    }
+
+    pub(super) fn job_ended(&mut self, failure: Option<&ExchangeError>) {
+        match failure {
+            None => self.jobs_completed += 1,
+            Some(e) => *self.jobs_failed.entry(job_failure_kind(e)).or_insert(0) += 1,
+        }
+    }
+
+    pub(super) fn admitted(&mut self, waited: Duration) {
+        self.admission_waits.record(waited);
+    }
+}
+
+impl super::NodeCore {
+    /// Every peer this node knows, and whether a link to it is up now.
+    pub fn peer_links(&self) -> Vec<(NodeId, bool)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !matches!(p.state, super::state::PeerState::Local))
+            .map(|(&peer, p)| (peer, matches!(p.state, super::state::PeerState::Up(_))))
+            .collect()
+    }
+}
+
+/// Messages a frame carries.
+pub(super) fn messages_in(frame: &crate::frame::Frame) -> u64 {
+    match frame {
+        crate::frame::Frame::Data { .. } => 1,
+        crate::frame::Frame::Batch { messages, .. } => messages.len() as u64,
+        _ => 0,
+    }
+}
+
+/// A short name for a link's cause, from a fixed set.
+pub fn link_cause_kind(cause: &LinkCause) -> &'static str {
+    match cause {
+        LinkCause::Unreachable(_) => "unreachable",
+        LinkCause::Protocol(_) => "protocol",
+        LinkCause::GoAway(_) => "goaway",
+        LinkCause::Silent => "silent",
+        LinkCause::HandshakeTimeout => "handshake_timeout",
+        LinkCause::Superseded => "superseded",
+        LinkCause::Restarted(_) => "restarted",
+        LinkCause::ReportedDead { .. } => "reported_dead",
+        LinkCause::Io(_) => "io",
+        LinkCause::Shutdown => "shutdown",
+        LinkCause::Idle(_) => "idle",
+        LinkCause::Unauthenticated(_) => "unauthenticated",
+    }
+}
+
+/// A short name for why a job failed, from a fixed set.
+pub fn job_failure_kind(e: &ExchangeError) -> &'static str {
+    match e {
+        ExchangeError::LinkFailed { .. } => "link_failed",
+        ExchangeError::Cancelled { .. } => "consumer_cancelled",
+        ExchangeError::JobCancelled { .. } => "job_cancelled",
+        ExchangeError::ParkExpired { .. } => "park_expired",
+        ExchangeError::ProducerAborted { .. } => "producer_aborted",
+        ExchangeError::OverBudget { .. } => "over_budget",
+        ExchangeError::AdmissionTimeout { .. } => "admission_timeout",
+        ExchangeError::JobRefused { .. } => "refused",
+        ExchangeError::NodeShutdown { .. } => "node_shutdown",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_histogram_is_cumulative() {
+        let mut h = WaitHistogram::default();
+        h.record(Duration::from_millis(5));
+        h.record(Duration::from_secs(2));
+        assert_eq!(h.buckets[0], 0);
+        assert_eq!(h.buckets[1], 1, "5 ms ≤ 10 ms");
+        assert_eq!(h.buckets[5], 2, "both ≤ 5 s");
+        assert_eq!(h.count, 2);
+        assert!((h.sum - 2.005).abs() < 1e-9);
+    }
+}
