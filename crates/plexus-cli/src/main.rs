@@ -4,6 +4,7 @@
 
 mod agent;
 mod bench;
+mod status;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run this machine's node from a configuration file, until SIGTERM or SIGINT.
     Agent(agent::AgentArgs),
+    /// One snapshot of a running agent's node: links, jobs, buffers, and the consumers
+    /// that keep its producers waiting for credit.
+    Status(status::StatusArgs),
     /// Make a new cluster secret: 32 random bytes in a new file only its owner can read.
     Secret(SecretArgs),
     /// Run the all-to-all job on loopback and report throughput, links and memory.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent::main(args),
         Command::Secret(args) => make_secret(&args),
+        Command::Status(args) => status::main(args),
         Command::Bench(args) => bench::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
         Command::BenchEndpoint(args) => bench::endpoint::main(args),

@@ -19,12 +19,17 @@ fn sample() -> PathBuf {
 /// A configuration for node `node` of a two-node cluster on `127.0.101.{1,2}:7101`, whose
 /// processes attach at `dir/node{node}.sock`.
 fn write_config(dir: &Path, node: u32, extra: &str) -> PathBuf {
+    write_config_on(dir, 101, node, extra)
+}
+
+/// The same, on `127.0.<subnet>.{1,2}`.
+fn write_config_on(dir: &Path, subnet: u8, node: u32, extra: &str) -> PathBuf {
     make_secret(dir);
     let path = dir.join(format!("node{node}.toml"));
     let socket = dir.join(format!("node{node}.sock"));
     let text = format!(
-        "node = {node}\ncluster = 9\nsecret_file = \"cluster.secret\"\nlisten = \"127.0.101.{}:7101\"\n\
-         members = [{{ id = 0, address = \"127.0.101.1:7101\" }}, {{ id = 1, address = \"127.0.101.2:7101\" }}]\n\
+        "node = {node}\ncluster = 9\nsecret_file = \"cluster.secret\"\nlisten = \"127.0.{subnet}.{}:7101\"\n\
+         members = [{{ id = 0, address = \"127.0.{subnet}.1:7101\" }}, {{ id = 1, address = \"127.0.{subnet}.2:7101\" }}]\n\
          socket = \"{}\"\n{extra}\n",
         node + 1,
         socket.display()
@@ -267,6 +272,121 @@ fn agents_run_until_sigterm_or_sigint_and_stop_cleanly() {
         assert!(log.contains("agent started"), "{log}");
         assert!(log.contains("agent stopped"), "{log}");
         assert!(log.contains("process attached"), "{log}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A consumer that does not read keeps its producer waiting for credit: `plexus status`
+/// against the producer's agent names that consumer and the waiting producer.
+#[test]
+fn status_names_the_consumer_that_keeps_producers_waiting() {
+    use plexus::{Endpoint, JobId, Node, NodeId, Topology, TrySend};
+    let dir = temp_dir("status");
+    let mut agents = Vec::new();
+    for node in 0..2u32 {
+        let path = write_config_on(
+            &dir,
+            102,
+            node,
+            "[limits]\nmax_message = \"64KiB\"\ncredit_pool = \"256KiB\"",
+        );
+        let child = plexus()
+            .args(["agent", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start plexus agent");
+        agents.push(child);
+    }
+    for (node, child) in agents.iter_mut().enumerate() {
+        wait_listening(&format!("127.0.102.{}:7101", node + 1), child);
+        let socket = dir.join(format!("node{node}.sock"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no socket at {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (_rx, _tx) = runtime.block_on(async {
+        let (p, c) = (Endpoint::new(NodeId(0), 3), Endpoint::new(NodeId(1), 2));
+        let topology = Topology::new([p], [c]);
+        let sender = Node::attach(dir.join("node0.sock"))
+            .await
+            .expect("attach 0");
+        let receiver = Node::attach(dir.join("node1.sock"))
+            .await
+            .expect("attach 1");
+        let rx = receiver
+            .job(JobId(7), topology.clone())
+            .consumer(2)
+            .await
+            .expect("consumer");
+        let mut tx = sender
+            .job(JobId(7), topology)
+            .producer(3)
+            .await
+            .expect("producer");
+        // Until the pool is full: the consumer reads nothing.
+        let mut sent = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match tx.try_send(c, bytes::Bytes::from(vec![0u8; 16 * 1024])) {
+                Ok(()) => sent += 1,
+                Err(TrySend::NoCredit(_)) if sent > 0 => break,
+                Err(TrySend::NoCredit(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "the pool never filled");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (rx, tx)
+    });
+    let out = plexus()
+        .args(["status", "--json", "--config"])
+        .arg(dir.join("node0.toml"))
+        .output()
+        .expect("run plexus status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let starving = &status["starving"][0];
+    assert_eq!(starving["job"], 7, "{status}");
+    assert_eq!(
+        (
+            starving["consumer_node"].as_u64(),
+            starving["consumer_slot"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{status}"
+    );
+    assert_eq!(starving["producers"], serde_json::json!([3]), "{status}");
+    assert!(
+        starving["longest_wait_ms"].as_u64() >= Some(200),
+        "{status}"
+    );
+    let human = plexus()
+        .args(["status", "--socket"])
+        .arg(dir.join("node0.sock"))
+        .output()
+        .expect("run plexus status");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("job 7: consumer 1/2 keeps 1 producer here waiting"),
+        "{text}"
+    );
+    drop(runtime);
+    for child in agents {
+        let (status, log) = stop(child, "-TERM");
+        assert!(status.success(), "{log}");
     }
     std::fs::remove_dir_all(dir).ok();
 }

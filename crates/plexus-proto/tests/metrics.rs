@@ -67,3 +67,27 @@ fn counters_follow_traffic_jobs_refusals_and_resumes() {
         "an outsider adds no series"
     );
 }
+
+/// A consumer that stops reading starves its channels: the producer's wait shows, naming
+/// the consumer, until the consumer reads again; then it is counted.
+#[test]
+fn a_stalled_consumer_shows_as_starving_its_producer() {
+    let mut net = Net::new(2, support::tight);
+    let (p, c) = (ep(0, 0), ep(1, 0));
+    let msgs = plan(JOB, p, c, 200, 900);
+    let mut inboxes = vec![Inbox::open(&mut net, 1, JOB, 0, &[p])];
+    let mut outboxes = vec![Outbox::open(&mut net, 0, JOB, 0, vec![(c, msgs.clone())])];
+    for _ in 0..50 {
+        outboxes[0].pump(&mut net);
+        net.drive();
+        net.advance(net.tick());
+    }
+    let starving = net.node(0).starving(net.now());
+    assert_eq!(starving.len(), 1, "{starving:?}");
+    assert_eq!((starving[0].producer, starving[0].consumer), (p, c));
+    assert!(!starving[0].blocked_for.is_zero(), "{starving:?}");
+    run_to_completion(&mut net, &mut outboxes, &mut inboxes, 50_000);
+    assert_eq!(inboxes[0].by_producer.get(&p), Some(&msgs));
+    assert!(net.node(0).starving(net.now()).is_empty());
+    assert!(!net.node(0).counters().producers_blocked.is_zero());
+}

@@ -36,6 +36,7 @@ mod node;
 mod port;
 mod secret;
 mod shared;
+mod status;
 mod tls;
 mod topology;
 
@@ -48,11 +49,12 @@ pub use node::{Node, NodeBuilder};
 pub use plexus_proto::config::ConfigError;
 pub use plexus_proto::credit::message_cost;
 pub use plexus_proto::node::metrics::{
-    job_failure_kind, link_cause_kind, Counters, PeerCounters, WaitHistogram,
+    job_failure_kind, link_cause_kind, Counters, PeerCounters, Starving, WaitHistogram,
     ADMISSION_WAIT_BUCKETS,
 };
 pub use plexus_proto::node::{ConsumerCredit, Stats};
 pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
 pub use secret::{generate_secret, read_secret_file, write_new_secret_file, Secret, SecretError};
+pub use status::{LinkStatus, StarvedBy, Status};
 pub use tls::{node_name, TlsError, TlsIdentity};
 pub use topology::Topology;

@@ -218,21 +218,18 @@ impl Node {
 
     /// What the node did since it started and holds now.
     pub fn metrics(&self) -> crate::Metrics {
-        let attached_processes = self
-            .shared
-            .attached
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let st = self.shared.lock();
-        crate::Metrics {
-            node: self.shared.node,
-            counters: st.core.counters().clone(),
-            stats: st.core.stats(),
-            links: st.core.peer_links(),
-            buffered_bytes: st.core.buffered(),
-            memory_budget: st.core.config().memory_budget,
-            admission_waiting: st.core.admission_load().0,
-            attached_processes,
-        }
+        self.shared.metrics()
+    }
+
+    /// The channels whose producers here wait for credit now, longest wait first.
+    pub fn starving(&self) -> Vec<crate::Starving> {
+        self.shared.lock().core.starving(Instant::now())
+    }
+
+    /// The node's status: links, jobs, buffers, and the consumers that keep producers
+    /// here waiting.
+    pub fn status(&self) -> crate::Status {
+        self.shared.status()
     }
 
     /// The longest time a job waited for admission on this node.

@@ -115,6 +115,28 @@ impl Shared {
         })
     }
 
+    /// What the node did since it started and holds now.
+    pub fn metrics(&self) -> crate::Metrics {
+        let attached_processes = self.attached.load(std::sync::atomic::Ordering::Relaxed);
+        let st = self.lock();
+        crate::Metrics {
+            node: self.node,
+            counters: st.core.counters().clone(),
+            stats: st.core.stats(),
+            links: st.core.peer_links(),
+            buffered_bytes: st.core.buffered(),
+            memory_budget: st.core.config().memory_budget,
+            admission_waiting: st.core.admission_load().0,
+            attached_processes,
+        }
+    }
+
+    /// The node's status (see [`crate::Status`]).
+    pub fn status(&self) -> crate::Status {
+        let starving = self.lock().core.starving(std::time::Instant::now());
+        crate::Status::of(&self.metrics(), &starving)
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

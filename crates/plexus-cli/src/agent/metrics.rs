@@ -61,8 +61,12 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, va
     }
 }
 
-/// The node's figures in the Prometheus text format.
-pub fn render(m: &Metrics) -> String {
+/// Jobs whose waiting producers get a series of their own (the longest waits): labels
+/// stay bounded whatever number of jobs starve.
+const STARVING_JOBS_SHOWN: usize = 20;
+
+/// The node's figures, and the channels starving now, in the Prometheus text format.
+pub fn render(m: &Metrics, starving: &[plexus::Starving]) -> String {
     let mut r = Registry::with_prefix("plexus");
     let peer = |p: &plexus::NodeId| vec![("peer", p.0.to_string())];
     let sent = counter_family(
@@ -225,6 +229,32 @@ pub fn render(m: &Metrics) -> String {
         None,
         m.attached_processes as i64,
     );
+    let blocked = Counter::<f64>::default();
+    blocked.inc_by(m.counters.producers_blocked.as_secs_f64());
+    r.register_with_unit(
+        "producers_blocked",
+        "Time producers here waited for credit, summed over channels, for waits that ended",
+        Unit::Seconds,
+        blocked,
+    );
+    let waiting = Family::<Labels, Gauge>::default();
+    r.register(
+        "job_producer_channels_waiting",
+        "Channels whose producer here waits for credit now, per job (the jobs with the longest waits)",
+        waiting.clone(),
+    );
+    let mut jobs: Vec<plexus::JobId> = Vec::new();
+    for s in starving {
+        if !jobs.contains(&s.job) {
+            if jobs.len() == STARVING_JOBS_SHOWN {
+                continue;
+            }
+            jobs.push(s.job);
+        }
+        waiting
+            .get_or_create(&vec![("job", s.job.0.to_string())])
+            .inc();
+    }
     let refused = Counter::<u64>::default();
     refused.inc_by(m.counters.unauthenticated);
     r.register(
@@ -259,7 +289,8 @@ pub fn serve(addr: SocketAddr, node: Node) -> Result<(), String> {
                         &b"Content-Type"[..],
                         &b"text/plain; version=0.0.4; charset=utf-8"[..],
                     );
-                    let mut response = tiny_http::Response::from_string(render(&node.metrics()));
+                    let text = render(&node.metrics(), &node.starving());
+                    let mut response = tiny_http::Response::from_string(text);
                     if let Ok(header) = header {
                         response.add_header(header);
                     }

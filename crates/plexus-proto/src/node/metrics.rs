@@ -75,6 +75,9 @@ pub struct Counters {
     pub limits_exceeded: u64,
     /// How long admitted jobs waited.
     pub admission_waits: WaitHistogram,
+    /// Time producers here spent waiting for credit on a channel, summed over channels
+    /// (counted when the wait ends; see [`Starving`] for waits still going on).
+    pub producers_blocked: Duration,
 }
 
 impl Counters {
@@ -98,7 +101,40 @@ impl Counters {
     }
 }
 
+/// A channel whose producer here waits for credit: its consumer has not made room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Starving {
+    /// The job.
+    pub job: crate::ids::JobId,
+    /// The producer that waits (on this node).
+    pub producer: crate::ids::Endpoint,
+    /// The consumer whose credit it waits for.
+    pub consumer: crate::ids::Endpoint,
+    /// For how long, so far.
+    pub blocked_for: Duration,
+}
+
 impl super::NodeCore {
+    /// Every channel whose producer waits for credit now, longest wait first (a scan of
+    /// the channels: for status views, not for every message).
+    pub fn starving(&self, now: std::time::Instant) -> Vec<Starving> {
+        let mut starving: Vec<Starving> = self
+            .out_channels
+            .values()
+            .filter_map(|ch| {
+                let since = ch.blocked_since?;
+                Some(Starving {
+                    job: ch.producer.0,
+                    producer: crate::ids::Endpoint::new(self.config.node, ch.producer.1),
+                    consumer: ch.consumer,
+                    blocked_for: now.saturating_duration_since(since),
+                })
+            })
+            .collect();
+        starving.sort_by_key(|s| std::cmp::Reverse(s.blocked_for));
+        starving
+    }
+
     /// Every peer this node knows, and whether a link to it is up now.
     pub fn peer_links(&self) -> Vec<(NodeId, bool)> {
         self.peers

@@ -97,13 +97,21 @@ impl NodeCore {
             Err(e) => return Err(TrySendError::Failed(e, payload)),
         };
         let policy = self.send_policy;
+        let now = self.now;
         let Some(ch) = self.out_channels.get_mut(&key) else {
             return Err(TrySendError::Failed(ExchangeError::Closed, payload));
         };
         let (spent, request) = ch.credit.try_spend(cost, policy);
         let wire = wire_of(key);
-        if spent {
+        let unblocked = if spent {
             ch.sent += cost;
+            ch.blocked_since.take()
+        } else {
+            ch.blocked_since.get_or_insert(now);
+            None
+        };
+        if let Some(since) = unblocked {
+            self.counters.producers_blocked += now.saturating_duration_since(since);
         }
         let peer = consumer.node;
         let mut refused = None;
@@ -184,6 +192,9 @@ impl NodeCore {
             return Err(ExchangeError::Closed);
         };
         let (ok, request) = ch.credit.check(message_cost(len), policy);
+        if !ok {
+            ch.blocked_since.get_or_insert(self.now);
+        }
         if let Some(r) = request {
             let wire = wire_of(key);
             self.push_control(
@@ -354,6 +365,7 @@ impl NodeCore {
                 credit: SendCredit::default(),
                 sent: 0,
                 state: OutState::Open,
+                blocked_since: None,
             },
         );
         if let Some(p) = self.producers.get_mut(&producer) {

@@ -302,6 +302,8 @@ pub(crate) struct OutChannel {
     /// Payload bytes queued or sent so far.
     pub sent: u64,
     pub state: OutState,
+    /// Since when its producer has been waiting for credit to send (see `starving`).
+    pub blocked_since: Option<Instant>,
 }
 
 /// One incoming channel.

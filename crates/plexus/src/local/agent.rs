@@ -439,6 +439,10 @@ fn handle_request(
         ToAgent::DropConsumer { job, slot } => {
             endpoints.consumers.remove(&(job, slot));
         }
+        ToAgent::Status { req } => out.control(ToClient::Status {
+            req,
+            status: Box::new(shared.status()),
+        }),
     }
     Ok(())
 }

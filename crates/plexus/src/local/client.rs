@@ -101,6 +101,28 @@ impl AttachedNode {
         self.conn.node
     }
 
+    /// The status of the agent's node: links, jobs, buffers, and the consumers that keep
+    /// its producers waiting for credit.
+    pub async fn status(&self) -> Result<crate::Status, Error> {
+        let (tx, rx) = oneshot::channel();
+        let req = {
+            let mut st = self.conn.lock();
+            if let Some(lost) = st.lost.clone() {
+                return Err(Error::AgentLost(lost));
+            }
+            st.next_req += 1;
+            let req = st.next_req;
+            st.status_replies.insert(req, tx);
+            req
+        };
+        self.conn.send(ToAgent::Status { req });
+        rx.await.map_err(|_| {
+            self.conn
+                .lost()
+                .unwrap_or_else(|| Error::AgentLost("the connection is lost".into()))
+        })
+    }
+
     /// A handle to job `id` with the given topology, on the agent's node.
     pub fn job(&self, id: JobId, topology: Topology) -> Job {
         let (req, reply) = self.conn.request();
@@ -152,6 +174,7 @@ struct State {
     replies: HashMap<u64, oneshot::Sender<Result<(), Failure>>>,
     /// Answers awaited to `Credit` requests.
     credit_replies: HashMap<u64, oneshot::Sender<Result<ConsumerCredit, Failure>>>,
+    status_replies: HashMap<u64, oneshot::Sender<crate::Status>>,
     producers: HashMap<(JobId, u32), ProducerSide>,
     consumers: HashMap<(JobId, u32), ConsumerSide>,
     /// Why the connection is lost, once it is.
@@ -350,6 +373,7 @@ async fn read_loop(conn: std::sync::Weak<Connection>, mut rd: PipeReader, mut bu
         st.lost = Some(reason);
         st.replies.clear();
         st.credit_replies.clear();
+        st.status_replies.clear();
         for p in st.producers.values_mut() {
             wakers.extend(p.waker.take());
         }
@@ -412,6 +436,12 @@ fn file(conn: &Connection, frame: FromAgent) {
         FromAgent::Control(ToClient::Credit { req, figures }) => {
             if let Some(tx) = st.credit_replies.remove(&req) {
                 let _ = tx.send(figures);
+            }
+            None
+        }
+        FromAgent::Control(ToClient::Status { req, status }) => {
+            if let Some(tx) = st.status_replies.remove(&req) {
+                let _ = tx.send(*status);
             }
             None
         }

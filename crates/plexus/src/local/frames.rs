@@ -77,6 +77,8 @@ pub(crate) enum ToAgent {
     DropConsumer { job: JobId, slot: u32 },
     /// The consumer's credit figures (answered with `Credit`).
     Credit { req: u64, job: JobId, slot: u32 },
+    /// The node's status (answered with `Status`).
+    Status { req: u64 },
 }
 
 /// An error the agent reports to a process: the node's, or one of the agent's own.
@@ -127,6 +129,11 @@ pub(crate) enum ToClient {
         slot: u32,
         consumer: Endpoint,
         error: Failure,
+    },
+    /// Answer to `Status`.
+    Status {
+        req: u64,
+        status: Box<crate::Status>,
     },
     /// Answer to `Credit`.
     Credit {
