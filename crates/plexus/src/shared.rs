@@ -196,7 +196,14 @@ impl Shared {
                             }
                         }
                     }
-                    Event::Admitted { job } | Event::AdmissionFailed { job, .. } => {
+                    Event::Admitted { job } => {
+                        tracing::info!(node = self.node.0, job = job.0, "job admitted");
+                        if let Some(waiting) = st.admissions.remove(&job) {
+                            wakers.extend(waiting);
+                        }
+                    }
+                    Event::AdmissionFailed { job, error } => {
+                        tracing::warn!(node = self.node.0, job = job.0, %error, "job not admitted");
                         if let Some(waiting) = st.admissions.remove(&job) {
                             wakers.extend(waiting);
                         }
@@ -221,6 +228,34 @@ impl Shared {
                             );
                         }
                     }
+                    Event::LinkUp {
+                        peer,
+                        link,
+                        resumed_after,
+                    } => match resumed_after {
+                        Some(down) => tracing::info!(
+                            node = self.node.0,
+                            peer = peer.0,
+                            link = link.0,
+                            down_ms = down.as_millis() as u64,
+                            "link resumed"
+                        ),
+                        None => tracing::info!(
+                            node = self.node.0,
+                            peer = peer.0,
+                            link = link.0,
+                            "link up"
+                        ),
+                    },
+                    Event::JobEnded { job, failure } => match failure {
+                        None => tracing::info!(node = self.node.0, job = job.0, "job done"),
+                        Some(error) => tracing::warn!(
+                            node = self.node.0,
+                            job = job.0,
+                            %error,
+                            "job failed"
+                        ),
+                    },
                     Event::ConsumerReady { job, slot } => {
                         if let Some(waker) = st.consumers.remove(&(job, slot)) {
                             wakers.push(waker);

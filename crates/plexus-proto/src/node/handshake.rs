@@ -337,9 +337,18 @@ impl NodeCore {
         p.redial_at = None;
         let outage = p.session.down_since.take();
         p.down_stalled = Duration::ZERO;
-        if let (Some(since), true) = (outage, resumed) {
-            self.record_resume(node, now.saturating_duration_since(since));
+        let resumed_after = match (outage, resumed) {
+            (Some(since), true) => Some(now.saturating_duration_since(since)),
+            _ => None,
+        };
+        if let Some(down) = resumed_after {
+            self.record_resume(node, down);
         }
+        self.events.push_back(super::Event::LinkUp {
+            peer: node,
+            link,
+            resumed_after,
+        });
         let mut dialled = None;
         if let Some(l) = self.links.get_mut(&link) {
             l.phase = Phase::Up;

@@ -206,6 +206,10 @@ impl NodeCore {
             if finished {
                 self.counters.job_ended(state.failed.as_ref());
                 self.finished.insert(job, self.config.finished_jobs_kept);
+                self.events.push_back(Event::JobEnded {
+                    job,
+                    failure: state.failed,
+                });
             }
         }
     }

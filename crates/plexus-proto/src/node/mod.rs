@@ -125,6 +125,24 @@ pub enum Event {
         /// The jobs that failed on this node because of it.
         jobs_failed: Vec<JobId>,
     },
+    /// A link to `peer` came up: a fresh session, or one resumed after `down` (to be
+    /// logged).
+    LinkUp {
+        /// The node.
+        peer: NodeId,
+        /// The link.
+        link: LinkId,
+        /// How long the peer had no link, if the session resumed.
+        resumed_after: Option<Duration>,
+    },
+    /// A job's record on this node retired: it ended here, well or with `failure` (to be
+    /// logged).
+    JobEnded {
+        /// The job.
+        job: JobId,
+        /// Why it failed, if it did.
+        failure: Option<ExchangeError>,
+    },
     /// A consumer has something to read (a message, an error, or the end).
     ConsumerReady {
         /// Its job.

@@ -1059,6 +1059,8 @@ impl Net {
             } => self.deaths.push((i, peer, jobs_failed)),
             Event::Admitted { job } => self.admissions[i].push((job, None)),
             Event::AdmissionFailed { job, error } => self.admissions[i].push((job, Some(error))),
+            // Only logged by a runtime.
+            Event::LinkUp { .. } | Event::JobEnded { .. } => {}
         }
     }
 
