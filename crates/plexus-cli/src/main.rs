@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod status;
+mod top;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ enum Command {
     /// One snapshot of a running agent's node: links, jobs, buffers, and the consumers
     /// that keep its producers waiting for credit.
     Status(status::StatusArgs),
+    /// A live view of a running agent's node: links, jobs, and the channels starved of
+    /// credit, naming the consumers that hold them (`q` quits).
+    Top(top::TopArgs),
     /// Make a new cluster secret: 32 random bytes in a new file only its owner can read.
     Secret(SecretArgs),
     /// Run the all-to-all job on loopback and report throughput, links and memory.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::main(args),
         Command::Secret(args) => make_secret(&args),
         Command::Status(args) => status::main(args),
+        Command::Top(args) => top::main(args),
         Command::Bench(args) => bench::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
         Command::BenchEndpoint(args) => bench::endpoint::main(args),

@@ -31,14 +31,15 @@ struct SocketOf {
     socket: Option<PathBuf>,
 }
 
-fn socket(args: &StatusArgs) -> Result<PathBuf, String> {
-    if let Some(socket) = &args.socket {
-        return Ok(socket.clone());
+/// The agent's socket: `socket` if given, else the one its configuration `config` names.
+pub fn socket_of(
+    config: Option<&std::path::Path>,
+    socket: Option<&std::path::Path>,
+) -> Result<PathBuf, String> {
+    if let Some(socket) = socket {
+        return Ok(socket.to_owned());
     }
-    let file = args
-        .config
-        .as_ref()
-        .ok_or("--config or --socket is required")?;
+    let file = config.ok_or("--config or --socket is required")?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
     let parsed: SocketOf = toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -59,7 +60,7 @@ pub fn main(args: StatusArgs) -> ExitCode {
 }
 
 fn run(args: &StatusArgs) -> Result<(), String> {
-    let socket = socket(args)?;
+    let socket = socket_of(args.config.as_deref(), args.socket.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
