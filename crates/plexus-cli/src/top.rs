@@ -169,8 +169,11 @@ fn run(args: &TopArgs) -> Result<(), String> {
     let outcome = (|| {
         let mut previous: Option<(plexus::Status, Instant)> = None;
         loop {
+            // The timer is made inside the runtime, which it needs.
             let status = runtime
-                .block_on(tokio::time::timeout(Duration::from_secs(10), node.status()))
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), node.status()).await
+                })
                 .map_err(|_| "the agent did not answer within 10 s".to_string())?
                 .map_err(|e| e.to_string())?;
             let now = Instant::now();
