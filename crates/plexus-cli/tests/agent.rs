@@ -332,14 +332,17 @@ fn status_names_the_consumer_that_keeps_producers_waiting() {
             .producer(3)
             .await
             .expect("producer");
-        // Until the pool is full: the consumer reads nothing.
-        let mut sent = 0;
+        // Until the pool is full: the consumer reads nothing, so refusals go on (a refusal
+        // alone may only mean that credit has not come yet).
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match tx.try_send(c, bytes::Bytes::from(vec![0u8; 16 * 1024])) {
-                Ok(()) => sent += 1,
-                Err(TrySend::NoCredit(_)) if sent > 0 => break,
-                Err(TrySend::NoCredit(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+        let mut refused_since: Option<Instant> = None;
+        while refused_since.is_none_or(|since| since.elapsed() < Duration::from_millis(300)) {
+            match tx.try_send(c, bytes::Bytes::from(vec![1u8; 16 * 1024])) {
+                Ok(()) => refused_since = None,
+                Err(TrySend::NoCredit(_)) => {
+                    refused_since.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 Err(e) => panic!("{e}"),
             }
             assert!(Instant::now() < deadline, "the pool never filled");

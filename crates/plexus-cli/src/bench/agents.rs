@@ -57,7 +57,10 @@ pub struct Agents {
     sockets: Vec<PathBuf>,
     /// What the agents write on stdout: their figures, as they stop.
     figures: mpsc::UnboundedReceiver<Inbound<StopFigures>>,
-    dir: TempDir,
+    /// The directory of the configurations and sockets, if the bench made it.
+    dir: Option<TempDir>,
+    /// Agents started by someone else (`--cluster`): their process ids, by node.
+    external: Option<Vec<u32>>,
 }
 
 impl Agents {
@@ -72,11 +75,12 @@ impl Agents {
             fleet: Fleet::new("agent"),
             sockets: Vec::new(),
             figures,
-            dir,
+            dir: None,
+            external: None,
         };
         for i in 0..shape.nodes() {
-            let socket = agents.dir.path().join(format!("node{i}.sock"));
-            let file = agents.dir.path().join(format!("node{i}.toml"));
+            let socket = dir.path().join(format!("node{i}.sock"));
+            let file = dir.path().join(format!("node{i}.toml"));
             let text = config_text(shape, i, port, &socket)?;
             AgentConfig::parse(&file, &text, |path| {
                 plexus::read_secret_file(path).map_err(|e| e.to_string())
@@ -94,8 +98,76 @@ impl Agents {
             agents.fleet.start(exe, &args, Some(&figures_tx))?;
             agents.sockets.push(socket);
         }
+        agents.dir = Some(dir);
         agents.await_attaches(deadline, bound).await?;
         Ok(agents)
+    }
+
+    /// The agents already running for `shape`'s nodes, configured by `dir/node<i>.toml`
+    /// (and their process ids in `dir/node<i>.pid`), as `scripts/netns-cluster.sh` starts
+    /// them; waits, at most `bound`, until every one accepts attaches. Their limits must
+    /// suit the shape.
+    pub async fn existing(dir: &Path, shape: &Shape, bound: Duration) -> Result<Agents, String> {
+        let deadline = Instant::now() + bound;
+        let mut sockets = Vec::new();
+        let mut pids = Vec::new();
+        for i in 0..shape.nodes() {
+            let file = dir.join(format!("node{i}.toml"));
+            let config = AgentConfig::load(&file).map_err(|e| e.to_string())?;
+            let wanted = shape.node_config(i);
+            if config.core.node != NodeId(i) || config.listen.ip() != shape.node_ip(i) {
+                return Err(format!(
+                    "{}: node {} on {}, but the run expects node {i} on {}",
+                    file.display(),
+                    config.core.node,
+                    config.listen.ip(),
+                    shape.node_ip(i)
+                ));
+            }
+            if config.core.max_message < wanted.max_message
+                || config.core.credit_pool != wanted.credit_pool
+            {
+                return Err(format!(
+                    "{}: max_message {} and credit_pool {}, but the run needs max_message ≥ {} and credit_pool {} (--credit-pool)",
+                    file.display(),
+                    config.core.max_message,
+                    config.core.credit_pool,
+                    wanted.max_message,
+                    wanted.credit_pool
+                ));
+            }
+            sockets.push(config.socket.ok_or(format!(
+                "{}: the agent serves no local socket",
+                file.display()
+            ))?);
+            let pid_file = dir.join(format!("node{i}.pid"));
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                .ok_or(format!("{}: no process id", pid_file.display()))?;
+            pids.push(pid);
+        }
+        // No sender: the figures of agents that are not ours never come.
+        let (_, figures) = mpsc::unbounded_channel();
+        let mut agents = Agents {
+            fleet: Fleet::new("agent"),
+            sockets,
+            figures,
+            dir: None,
+            external: Some(pids),
+        };
+        agents.await_attaches(deadline, bound).await?;
+        Ok(agents)
+    }
+
+    /// The socket tables of the agents' network namespaces, if they are not this
+    /// process's (`--cluster`).
+    pub fn socket_tables(&self) -> Option<Vec<PathBuf>> {
+        self.external.as_ref().map(|pids| {
+            pids.iter()
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/net")))
+                .collect()
+        })
     }
 
     /// Waits until every agent accepts an attach and runs its node, or one exits, or the
@@ -130,8 +202,8 @@ impl Agents {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the agents of nodes {pending:?} did not accept attaches within {bound:?} (sockets in {})",
-                    self.dir.path().display()
+                    "the agents of nodes {pending:?} did not accept attaches within {bound:?} (sockets: {})",
+                    self.socket(pending[0]).display()
                 ));
             }
             tokio::time::sleep(ATTACH_RETRY).await;
@@ -147,12 +219,25 @@ impl Agents {
 
     /// Node `node`'s agent's process id.
     pub fn pid(&self, node: u32) -> u32 {
-        self.fleet.pid(node as usize)
+        match &self.external {
+            Some(pids) => pids.get(node as usize).copied().unwrap_or(0),
+            None => self.fleet.pid(node as usize),
+        }
     }
 
     /// SIGKILLs node `node`'s agent and reaps it.
     pub fn kill(&mut self, node: u32) -> Result<(), String> {
         self.fleet.kill(node as usize)
+    }
+
+    /// Agents of someone else's that are gone (`--cluster`), by node.
+    pub fn external_gone(&self) -> Vec<u32> {
+        let Some(pids) = &self.external else {
+            return Vec::new();
+        };
+        (0..pids.len() as u32)
+            .filter(|&node| !Path::new(&format!("/proc/{}", self.pid(node))).exists())
+            .collect()
     }
 
     /// Agents that exited since the last call, by node, with how.

@@ -65,8 +65,11 @@ pub fn run(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<Report, 
     let (exe, shape_json, runtime) = fleet::coordinator_parts(shape, "agents")?;
     let timeout = Duration::from_secs(args.timeout_s);
     let deadline = Instant::now() + timeout;
-    let mut agents =
-        runtime.block_on(Agents::start(&exe, shape, AGENT_START_BOUND.min(timeout)))?;
+    let bound = AGENT_START_BOUND.min(timeout);
+    let mut agents = match &args.cluster {
+        Some(dir) => runtime.block_on(Agents::existing(dir, shape, bound))?,
+        None => runtime.block_on(Agents::start(&exe, shape, bound))?,
+    };
     let endpoints = shape.endpoints();
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let mut fleet = Fleet::new("endpoint process");
@@ -183,7 +186,10 @@ impl Coordinator<'_> {
             .report
             .is_some()
             .then(|| Timeline::start(delivered.clone(), start.into_std()));
-        let monitor = Monitor::start(shape, &delivered, args.json);
+        let monitor = match agents.socket_tables() {
+            Some(tables) => Monitor::start_in(shape, &delivered, args.json, tables),
+            None => Monitor::start(shape, &delivered, args.json),
+        };
         let chaos = args
             .chaos_link_kill_ms
             .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
@@ -346,6 +352,12 @@ impl Coordinator<'_> {
                             "the agent of node {node} (pid {}) exited unexpectedly ({status})",
                             agents.pid(node)
                         ));
+                    }
+                    for node in agents.external_gone() {
+                        let gone = format!("the agent of node {node} (pid {}) is gone", agents.pid(node));
+                        if !record.errors.contains(&gone) {
+                            record.errors.push(gone);
+                        }
                     }
                 }
                 _ = &mut interrupted => {

@@ -171,7 +171,7 @@ async fn serve(shape: &Shape, args: &EndpointArgs) -> Result<(), String> {
             args.node
         ));
     }
-    let job = attached.job(Shape::job_id(args.job), shape.topology(args.job));
+    let job = attached.job(shape.node_job_id(args.job), shape.topology(args.job));
     emit(&FromEndpoint::Ready {
         pid: std::process::id(),
     })?;

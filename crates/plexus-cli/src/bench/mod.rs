@@ -209,6 +209,15 @@ pub struct BenchArgs {
     /// The run's cluster secret, made afresh by `main` in a directory of the run's own.
     #[arg(skip)]
     pub secret_file: Option<std::path::PathBuf>,
+    /// Run through the agents already running whose configurations are `DIR/node<i>.toml`
+    /// (as `scripts/netns-cluster.sh up` makes them, in network namespaces): the nodes and
+    /// their addresses come from there; every endpoint runs in a process of its own
+    /// attached to its node's agent, as with `--agent`.
+    #[arg(long, value_name = "DIR")]
+    pub cluster: Option<std::path::PathBuf>,
+    /// Added to the job ids on the nodes (set by `main` with `--cluster`).
+    #[arg(skip)]
+    pub job_base: u64,
     /// With `--tls`, where `main` wrote the run's certificates.
     #[arg(skip)]
     pub tls_dir: Option<std::path::PathBuf>,
@@ -237,6 +246,7 @@ impl BenchArgs {
             consume: self.consume,
             secret_file: self.secret_file.clone(),
             tls_dir: self.tls_dir.clone(),
+            job_base: self.job_base,
         }
     }
 
@@ -250,6 +260,17 @@ impl BenchArgs {
 
     /// Checks the options that go together.
     fn check(&self) -> Result<(), String> {
+        if self.cluster.is_some()
+            && (self.spawn
+                || self.kill_node.is_some()
+                || self.chaos_link_kill_ms.is_some()
+                || self.tls
+                || self.impostor
+                || !self.baseline.is_empty()
+                || self.latency.is_some())
+        {
+            return Err("--cluster runs through agents someone else started, in other network namespaces: it does not go with --spawn, --kill-node, --chaos-link-kill-ms, --tls, --impostor, --baseline or --latency".into());
+        }
         self.check_waves()?;
         self.check_consume()?;
         self.check_agent()?;
@@ -449,6 +470,24 @@ pub fn main(mut args: BenchArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     args.secret_file = Some(secret_file);
+    if let Some(dir) = args.cluster.clone() {
+        match cluster_nodes(&dir) {
+            Ok((nodes, first_ip)) => {
+                args.nodes = nodes;
+                args.first_ip = first_ip;
+                args.agent = true;
+                // The agents outlive the run: its jobs take ids no earlier run took (a
+                // million per second of the clock).
+                args.job_base = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() * 1_000_000);
+            }
+            Err(e) => {
+                eprintln!("plexus bench: --cluster {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     if args.tls {
         if let Err(e) = certs::write(secret_dir.path(), args.nodes) {
             eprintln!("plexus bench: {e}");
@@ -463,6 +502,24 @@ pub fn main(mut args: BenchArgs) -> ExitCode {
             eprintln!("plexus bench: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The nodes of the cluster whose agents' configurations are in `dir` (`node0.toml`,
+/// `node1.toml`, ...), and node 0's address: the run's `--nodes` and `--first-ip`.
+fn cluster_nodes(dir: &std::path::Path) -> Result<(u32, std::net::Ipv4Addr), String> {
+    let mut nodes = 0;
+    while dir.join(format!("node{nodes}.toml")).exists() {
+        nodes += 1;
+    }
+    if nodes < 2 {
+        return Err("no node0.toml and node1.toml there: is the cluster up?".into());
+    }
+    let config = crate::agent::config::AgentConfig::load(&dir.join("node0.toml"))
+        .map_err(|e| e.to_string())?;
+    match config.listen.ip() {
+        std::net::IpAddr::V4(ip) => Ok((nodes, ip)),
+        other => Err(format!("node 0 listens on {other}: the bench needs IPv4")),
     }
 }
 

@@ -8,6 +8,7 @@
 //! number of waves.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use super::shape::Shape;
 pub struct Monitor {
     task: JoinHandle<()>,
     ips: Vec<Ipv4Addr>,
+    tables: Vec<PathBuf>,
     links_max: Arc<AtomicUsize>,
     progress: ProgressBar,
 }
@@ -31,11 +33,23 @@ impl Monitor {
     /// Starts sampling the connections of the nodes of `shape` and showing the bytes
     /// `delivered` out of all the shape's bytes (unless `hidden`).
     pub fn start(shape: &Shape, delivered: &Arc<Delivered>, hidden: bool) -> Monitor {
+        Self::start_in(shape, delivered, hidden, vec![PathBuf::from("/proc/net")])
+    }
+
+    /// The same, reading the socket tables in `tables` (one per network namespace the
+    /// nodes live in, e.g. `/proc/PID/net`).
+    pub fn start_in(
+        shape: &Shape,
+        delivered: &Arc<Delivered>,
+        hidden: bool,
+        tables: Vec<PathBuf>,
+    ) -> Monitor {
         let ips = shape.node_ips();
         let links_max = Arc::new(AtomicUsize::new(0));
         let progress = progress_bar(shape.bytes_total(), hidden);
         let task = tokio::spawn(sample_links(
             ips.clone(),
+            tables.clone(),
             links_max.clone(),
             delivered.clone(),
             progress.clone(),
@@ -43,6 +57,7 @@ impl Monitor {
         Monitor {
             task,
             ips,
+            tables,
             links_max,
             progress,
         }
@@ -67,7 +82,7 @@ impl Monitor {
     pub fn finish(self) -> usize {
         self.task.abort();
         self.links_max
-            .fetch_max(max_links(&self.ips), Ordering::Relaxed);
+            .fetch_max(max_links_in(&self.ips, &self.tables), Ordering::Relaxed);
         self.progress.finish_and_clear();
         self.links_max.load(Ordering::Relaxed)
     }
@@ -77,15 +92,16 @@ impl Monitor {
 /// the progress bar.
 async fn sample_links(
     ips: Vec<Ipv4Addr>,
+    tables: Vec<PathBuf>,
     links_max: Arc<AtomicUsize>,
     delivered: Arc<Delivered>,
     progress: ProgressBar,
 ) {
     loop {
         progress.set_position(delivered.total());
-        let ips = ips.clone();
+        let (ips, tables) = (ips.clone(), tables.clone());
         let started = Instant::now();
-        if let Ok(max) = tokio::task::spawn_blocking(move || max_links(&ips)).await {
+        if let Ok(max) = tokio::task::spawn_blocking(move || max_links_in(&ips, &tables)).await {
             links_max.fetch_max(max, Ordering::Relaxed);
         }
         let pause = (started.elapsed() * 19).max(Duration::from_millis(100));
@@ -93,11 +109,17 @@ async fn sample_links(
     }
 }
 
-/// Most established connections any of `ips` holds, per the OS socket table.
-pub fn max_links(ips: &[Ipv4Addr]) -> usize {
-    let Ok(counts) = sockets::established_by_local_ip() else {
-        return 0;
-    };
+/// Most established connections any of `ips` holds, per the OS socket tables in
+/// `tables` (one per network namespace), summed.
+pub fn max_links_in(ips: &[Ipv4Addr], tables: &[PathBuf]) -> usize {
+    let mut counts = std::collections::HashMap::new();
+    for table in tables {
+        if let Ok(found) = sockets::established_by_local_ip_in(table) {
+            for (ip, n) in found {
+                *counts.entry(ip).or_insert(0) += n;
+            }
+        }
+    }
     ips.iter()
         .map(|ip| counts.get(ip).copied().unwrap_or(0))
         .max()

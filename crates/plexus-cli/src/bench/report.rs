@@ -52,6 +52,12 @@ pub struct Report {
     pub elapsed_s: f64,
     /// `bytes_total / elapsed_s`.
     pub throughput_bytes_per_s: f64,
+    /// The least goodput any node's consumers received, in bytes per second, from every
+    /// producer (their own node's included).
+    pub node_received_bytes_per_s_min: Option<f64>,
+    /// The same, counting only what came from other nodes (the part a node's network
+    /// interface carried in): to compare with a line rate.
+    pub node_network_received_bytes_per_s_min: Option<f64>,
     /// `messages_total / elapsed_s`.
     pub messages_per_s: f64,
     /// With an ordered `consume_mode`, the throughput of the same shape read interleaved,

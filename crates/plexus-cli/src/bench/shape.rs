@@ -70,6 +70,10 @@ pub struct ShapeSpec {
     /// Where each node's TLS files are (see `certs`), if links use TLS.
     #[serde(default)]
     pub tls_dir: Option<std::path::PathBuf>,
+    /// Added to every job id on the nodes (`--cluster`: agents that outlive a run never
+    /// take an id twice, so each run's ids are fresh).
+    #[serde(default)]
+    pub job_base: u64,
 }
 
 /// A validated run shape; see the module docs.
@@ -295,6 +299,11 @@ impl Shape {
         JobId(u64::from(j) + 1)
     }
 
+    /// The id job `j` has on the nodes: [`Shape::job_id`] after the run's base.
+    pub fn node_job_id(&self, j: u32) -> JobId {
+        JobId(self.spec.job_base + Self::job_id(j).0)
+    }
+
     /// The index of job `j` within its wave: the first wave's job it repeats.
     pub fn in_wave(&self, j: u32) -> u32 {
         j % self.spec.jobs
@@ -477,6 +486,7 @@ pub(crate) mod tests {
             memory_budget: None,
             secret_file: None,
             tls_dir: None,
+            job_base: 0,
             consume: ConsumeMode::Interleaved,
         }
     }

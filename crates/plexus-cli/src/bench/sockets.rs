@@ -28,16 +28,19 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// The `st` column value of an established TCP socket.
 const TCP_ESTABLISHED: u8 = 0x01;
 
-/// Reads `/proc/net/tcp` (and, if present, `/proc/net/tcp6`) and returns the
-/// number of ESTABLISHED TCP sockets per local IPv4 address.
+/// Reads `DIR/tcp` (and, if present, `DIR/tcp6`) and returns the number of
+/// ESTABLISHED TCP sockets per local IPv4 address; `dir` is `/proc/net`, or
+/// `/proc/PID/net` for the network namespace of process PID.
 ///
 /// IPv6 sockets count only when their local address is IPv4-mapped
 /// (`::ffff:a.b.c.d`, i.e. dual-stack sockets carrying IPv4 traffic). An
-/// error reading `/proc/net/tcp` is returned; a missing or unreadable
-/// `/proc/net/tcp6` (IPv6 disabled) is ignored.
-pub fn established_by_local_ip() -> std::io::Result<HashMap<Ipv4Addr, usize>> {
-    let mut counts = parse_proc_net_tcp(&std::fs::read_to_string("/proc/net/tcp")?);
-    if let Ok(text) = std::fs::read_to_string("/proc/net/tcp6") {
+/// error reading `tcp` is returned; a missing or unreadable `tcp6` (IPv6
+/// disabled) is ignored.
+pub fn established_by_local_ip_in(
+    dir: &std::path::Path,
+) -> std::io::Result<HashMap<Ipv4Addr, usize>> {
+    let mut counts = parse_proc_net_tcp(&std::fs::read_to_string(dir.join("tcp"))?);
+    if let Ok(text) = std::fs::read_to_string(dir.join("tcp6")) {
         for (ip, n) in parse_proc_net_tcp(&text) {
             *counts.entry(ip).or_insert(0) += n;
         }
@@ -297,7 +300,8 @@ garbage
         assert_eq!(client.local_addr().expect("client address").ip(), node);
         assert_eq!(server.local_addr().expect("server address").ip(), node);
 
-        let counts = established_by_local_ip().expect("read /proc/net/tcp");
+        let counts = established_by_local_ip_in(std::path::Path::new("/proc/net"))
+            .expect("read /proc/net/tcp");
         let n = counts.get(&node).copied().unwrap_or(0);
         assert!(
             n >= 2,

@@ -279,6 +279,8 @@ pub struct Tally {
     affected_job_ids: Vec<u64>,
     detect_ms: Option<u64>,
     bytes: u64,
+    /// Bytes received by each node's consumers.
+    bytes_by_node: std::collections::BTreeMap<u32, u64>,
     messages: u64,
     healthy_bytes: u64,
     stalled_peak: u64,
@@ -300,6 +302,7 @@ impl Tally {
             affected_job_ids: Vec::new(),
             detect_ms: None,
             bytes: 0,
+            bytes_by_node: std::collections::BTreeMap::new(),
             messages: 0,
             healthy_bytes: 0,
             stalled_peak: 0,
@@ -326,6 +329,7 @@ impl Tally {
         }
         for o in outcomes.iter().filter(|o| o.role == Role::Consumer) {
             self.bytes += o.bytes;
+            *self.bytes_by_node.entry(o.node).or_insert(0) += o.bytes;
             self.messages += o.messages;
             self.held_peak = self.held_peak.max(o.peak_buffered);
             if o.peak_buffered > shape.credit_pool() {
@@ -455,6 +459,18 @@ impl Tally {
             messages_total: self.messages,
             elapsed_s: elapsed,
             throughput_bytes_per_s: self.bytes as f64 / elapsed,
+            node_received_bytes_per_s_min: self
+                .bytes_by_node
+                .values()
+                .min()
+                .map(|b| *b as f64 / elapsed),
+            // Every channel of a job carries the same bytes, and a node's own producers
+            // are 1/nodes_per_job of a job's: the rest came over the network.
+            node_network_received_bytes_per_s_min: self.bytes_by_node.values().min().map(|b| {
+                let remote =
+                    f64::from(shape.nodes_per_job() - 1) / f64::from(shape.nodes_per_job());
+                *b as f64 * remote / elapsed
+            }),
             messages_per_s: self.messages as f64 / elapsed,
             job_latency_ms_p50: latency_ms(0.5),
             job_latency_ms_p99: latency_ms(0.99),
@@ -577,6 +593,7 @@ mod tests {
             memory_budget: None,
             secret_file: None,
             tls_dir: None,
+            job_base: 0,
             consume: Default::default(),
         })
         .expect("valid shape")
