@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,24 +19,6 @@ fn tune(config: &mut Config) {
 }
 
 const BOUND: Duration = Duration::from_secs(60);
-
-/// Kills the established TCP connections from `src` to `dst` with `ss -K`; true if any.
-fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-    let out = Command::new("ss")
-        .args([
-            "-K",
-            "-t",
-            "-n",
-            "src",
-            &src.to_string(),
-            "dst",
-            &dst.to_string(),
-        ])
-        .output()
-        .expect("ss (iproute2) is installed");
-    // ss prints a header, then one line per socket it closed.
-    String::from_utf8_lossy(&out.stdout).lines().count() > 1
-}
 
 /// Links killed during the transfer before producers may stop sending: the transfer
 /// lasts until then, however fast the machine or slow `ss` is.
@@ -93,7 +74,7 @@ async fn links_killed_mid_transfer_resume_with_nothing_lost_or_duplicated() {
                         continue;
                     }
                     let ip = |k: u32| Ipv4Addr::new(127, 0, subnet, (k + 1) as u8);
-                    if kill_link(ip(a), ip(b)) {
+                    if common::kill_link(ip(a), ip(b)) {
                         kills.fetch_add(1, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis(10));

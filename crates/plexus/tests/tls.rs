@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,23 +13,6 @@ use common::{drain, message, start_tls_node, tls_identities};
 use plexus::{Endpoint, Error, JobId, Membership, Node, NodeId, Topology};
 
 const BOUND: Duration = Duration::from_secs(60);
-
-/// Kills the established TCP connections from `src` to `dst` with `ss -K`; true if any.
-fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-    let out = Command::new("ss")
-        .args([
-            "-K",
-            "-t",
-            "-n",
-            "src",
-            &src.to_string(),
-            "dst",
-            &dst.to_string(),
-        ])
-        .output()
-        .expect("ss (iproute2) is installed");
-    String::from_utf8_lossy(&out.stdout).lines().count() > 1
-}
 
 fn tune(c: &mut plexus::Config) {
     c.credit_pool = 256 * 1024;
@@ -86,7 +68,7 @@ async fn links_under_tls_deliver_and_resume_after_cuts() {
                     let (a, b) = (i % n, (i / n + 1 + i) % n);
                     i += 1;
                     let ip = |k: u32| Ipv4Addr::new(127, 0, subnet, (k + 1) as u8);
-                    if a != b && kill_link(ip(a), ip(b)) {
+                    if a != b && common::kill_link(ip(a), ip(b)) {
                         kills.fetch_add(1, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis(15));

@@ -141,3 +141,22 @@ pub async fn start_tls_node(
         .await
         .expect("node starts")
 }
+
+/// Kills the established TCP connections from `src` to `dst` with `ss -K` (iproute2), as
+/// a flaky network or an operator would; true if it killed any.
+pub fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-K",
+            "-t",
+            "-n",
+            "src",
+            &src.to_string(),
+            "dst",
+            &dst.to_string(),
+        ])
+        .output()
+        .expect("ss (iproute2) is installed");
+    // ss prints a header, then one line per socket it closed.
+    String::from_utf8_lossy(&out.stdout).lines().count() > 1
+}
