@@ -103,8 +103,11 @@ pub fn human(status: &plexus::Status) -> String {
         status.attached_processes
     );
     for link in &status.links {
+        let rtt = link.rtt_us.map_or(String::new(), |us| {
+            format!(", round trip {:.2} ms", us as f64 / 1000.0)
+        });
         out.push_str(&format!(
-            "  peer {}: {}, {} bytes sent, {} received, {} resumes\n",
+            "  peer {}: {}, {} bytes sent, {} received, {} resumes{rtt}\n",
             link.peer,
             if link.up { "up" } else { "down" },
             link.bytes_sent,

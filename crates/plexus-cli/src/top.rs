@@ -1,5 +1,6 @@
 //! `plexus top`: a live terminal view of a running agent's node, over its local socket:
-//! its links (state, bytes per second each way, resumes), its jobs and buffers, and the
+//! its links (state, bytes per second each way, resumes, round trip), its jobs and
+//! buffers, and the
 //! channels starved of credit, longest wait first, naming the consumer that holds them.
 //! `q` or Esc quits.
 //!
@@ -110,6 +111,9 @@ pub fn draw(frame: &mut Frame, view: &View) {
             rate(out),
             rate(inn),
             format!("{}", l.resumes),
+            l.rtt_us.map_or("-".to_string(), |us| {
+                format!("{:.2} ms", us as f64 / 1000.0)
+            }),
         ])
     });
     frame.render_widget(
@@ -121,9 +125,10 @@ pub fn draw(frame: &mut Frame, view: &View) {
                 Constraint::Length(14),
                 Constraint::Length(14),
                 Constraint::Length(8),
+                Constraint::Length(10),
             ],
         )
-        .header(Row::new(vec!["peer", "link", "sent", "received", "resumes"]).style(bold))
+        .header(Row::new(vec!["peer", "link", "sent", "received", "resumes", "rtt"]).style(bold))
         .block(Block::default().borders(Borders::ALL).title(" links ")),
         links,
     );

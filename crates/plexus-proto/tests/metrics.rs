@@ -40,6 +40,15 @@ fn counters_follow_traffic_jobs_refusals_and_resumes() {
         "the cut link resumed: {sender:?} {receiver:?}"
     );
 
+    // A quiet link is pinged, and the pong times the round trip.
+    let ping = net.node(0).config().ping_interval;
+    net.advance(ping * 2);
+    net.drive();
+    net.advance(net.tick());
+    net.drive();
+    let rtt = net.node(0).counters().peers[&NodeId(1)].rtt;
+    assert!(rtt.is_some(), "no round trip measured");
+
     // The consumer's end of the job ended well once its record retires.
     assert_eq!(net.node(1).counters().jobs_completed, 0);
     net.drop_consumer(1, JOB, 0);

@@ -45,6 +45,9 @@ pub struct LinkStatus {
     pub bytes_received: u64,
     /// Times its link resumed.
     pub resumes: u64,
+    /// The latest measured round trip to it, in microseconds (pings go out on quiet
+    /// links).
+    pub rtt_us: Option<u64>,
 }
 
 /// A consumer that keeps producers of this node waiting for credit.
@@ -100,6 +103,9 @@ impl Status {
                     bytes_sent: c.bytes_sent,
                     bytes_received: c.bytes_received,
                     resumes: c.resumes,
+                    rtt_us: c
+                        .rtt
+                        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 }
             })
             .collect();

@@ -116,6 +116,18 @@ pub fn render(m: &Metrics, starving: &[plexus::Starving]) -> String {
         resumes.get_or_create(&peer(p)).inc_by(c.resumes);
         down.get_or_create(&peer(p)).inc_by(c.down.as_secs_f64());
     }
+    let rtt = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    r.register_with_unit(
+        "peer_rtt",
+        "The latest measured round trip to the peer (pings go out on quiet links)",
+        Unit::Seconds,
+        rtt.clone(),
+    );
+    for (p, c) in &m.counters.peers {
+        if let Some(d) = c.rtt {
+            rtt.get_or_create(&peer(p)).set(d.as_secs_f64());
+        }
+    }
     let link_up = Family::<Labels, Gauge>::default();
     r.register(
         "peer_link_up",

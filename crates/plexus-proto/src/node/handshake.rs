@@ -134,7 +134,15 @@ impl NodeCore {
                 self.wake_link(link);
                 Ok(())
             }
-            (Phase::Up, Frame::Pong { .. }) => Ok(()),
+            (Phase::Up, Frame::Pong { nonce }) => {
+                // The answer to our latest ping times the round trip (queueing included).
+                if nonce == l.next_ping {
+                    if let (Some(sent), Some(peer)) = (l.ping_sent_at.take(), l.peer) {
+                        self.counters.peer(peer).rtt = Some(now.saturating_duration_since(sent));
+                    }
+                }
+                Ok(())
+            }
             (Phase::Up, frame) => {
                 let Some(peer) = l.peer else {
                     return Err(protocol("channel frame on an anonymous link".into()));

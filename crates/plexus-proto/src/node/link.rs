@@ -338,6 +338,7 @@ impl NodeCore {
                     {
                         l.next_ping += 1;
                         l.control.push_back(Frame::Ping { nonce: l.next_ping });
+                        l.ping_sent_at = Some(now);
                         l.last_tx = now;
                         to_wake.push(id);
                     }
@@ -439,6 +440,7 @@ impl NodeCore {
                 idle_judged: now,
                 wake_pending: false,
                 next_ping: 0,
+                ping_sent_at: None,
             },
         );
         id

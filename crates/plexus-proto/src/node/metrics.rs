@@ -28,6 +28,8 @@ pub struct PeerCounters {
     pub resumes: u64,
     /// Time its link was down before those resumes, summed.
     pub down: Duration,
+    /// The round trip of the latest ping answered (pings go out on quiet links).
+    pub rtt: Option<Duration>,
 }
 
 /// Upper bounds of the admission-wait histogram's buckets, in seconds.

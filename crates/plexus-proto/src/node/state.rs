@@ -245,6 +245,8 @@ pub(crate) struct Link {
     /// A `Transmit` event was emitted and not yet followed by a `poll_transmit`.
     pub wake_pending: bool,
     pub next_ping: u64,
+    /// When ping `next_ping` left (queued), until its pong comes back.
+    pub ping_sent_at: Option<Instant>,
 }
 
 /// Where a connection is in proving membership (see `proof`).
