@@ -115,6 +115,17 @@ pub fn human(status: &plexus::Status) -> String {
             link.resumes
         ));
     }
+    for job in &status.jobs {
+        out.push_str(&format!(
+            "  job {}: {} producers, {} consumers here, {}, {} bytes sent, {} received\n",
+            job.job,
+            job.producers,
+            job.consumers,
+            job.admission,
+            job.bytes_sent,
+            job.bytes_received
+        ));
+    }
     if status.starving.is_empty() {
         out.push_str("  no producer waits for credit\n");
     }

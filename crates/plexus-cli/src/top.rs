@@ -1,6 +1,6 @@
 //! `plexus top`: a live terminal view of a running agent's node, over its local socket:
-//! its links (state, bytes per second each way, resumes, round trip), its jobs and
-//! buffers, and the
+//! its links (state, bytes per second each way, resumes, round trip), its jobs (endpoints,
+//! admission, bytes per second each way) and buffers, and the
 //! channels starved of credit, longest wait first, naming the consumer that holds them.
 //! `q` or Esc quits.
 //!
@@ -37,6 +37,8 @@ pub struct View {
     status: plexus::Status,
     /// Per peer: bytes per second sent and received since the previous snapshot.
     rates: Vec<(u32, f64, f64)>,
+    /// Per job: the same.
+    job_rates: Vec<(u64, f64, f64)>,
 }
 
 impl View {
@@ -60,7 +62,24 @@ impl View {
                 )
             })
             .collect();
-        View { status, rates }
+        let job_rates = status
+            .jobs
+            .iter()
+            .map(|j| {
+                let before = previous.and_then(|p| p.jobs.iter().find(|b| b.job == j.job));
+                let (sent, received) = before.map_or((0, 0), |b| (b.bytes_sent, b.bytes_received));
+                (
+                    j.job,
+                    j.bytes_sent.saturating_sub(sent) as f64 / secs,
+                    j.bytes_received.saturating_sub(received) as f64 / secs,
+                )
+            })
+            .collect();
+        View {
+            status,
+            rates,
+            job_rates,
+        }
     }
 }
 
@@ -79,9 +98,10 @@ fn rate(n: f64) -> String {
 /// Draws `view` into `frame`.
 pub fn draw(frame: &mut Frame, view: &View) {
     let s = &view.status;
-    let [head, links, starving] = Layout::vertical([
+    let [head, links, jobs, starving] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length((s.links.len() as u16).saturating_add(3).min(20)),
+        Constraint::Length((s.jobs.len() as u16).saturating_add(3).min(12)),
         Constraint::Min(4),
     ])
     .areas(frame.area());
@@ -131,6 +151,48 @@ pub fn draw(frame: &mut Frame, view: &View) {
         .header(Row::new(vec!["peer", "link", "sent", "received", "resumes", "rtt"]).style(bold))
         .block(Block::default().borders(Borders::ALL).title(" links ")),
         links,
+    );
+    let job_rows = s.jobs.iter().map(|j| {
+        let (_, out, inn) = view
+            .job_rates
+            .iter()
+            .find(|(job, ..)| *job == j.job)
+            .copied()
+            .unwrap_or((j.job, 0.0, 0.0));
+        Row::new(vec![
+            format!("{}", j.job),
+            format!("{}", j.producers),
+            format!("{}", j.consumers),
+            j.admission.clone(),
+            rate(out),
+            rate(inn),
+        ])
+    });
+    frame.render_widget(
+        Table::new(
+            job_rows,
+            [
+                Constraint::Length(20),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(14),
+                Constraint::Length(14),
+                Constraint::Length(14),
+            ],
+        )
+        .header(
+            Row::new(vec![
+                "job",
+                "producers",
+                "consumers",
+                "admission",
+                "sent",
+                "received",
+            ])
+            .style(bold),
+        )
+        .block(Block::default().borders(Borders::ALL).title(" jobs ")),
+        jobs,
     );
     let starving_rows: Vec<Row> = s
         .starving
@@ -278,7 +340,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let status = sender.status().await.expect("status");
         let view = View::new(status, None, Duration::from_secs(1));
-        let mut terminal = Terminal::new(TestBackend::new(110, 16)).expect("terminal");
+        let mut terminal = Terminal::new(TestBackend::new(110, 22)).expect("terminal");
         terminal.draw(|f| draw(f, &view)).expect("drawn");
         let screen: String = terminal
             .backend()
@@ -293,6 +355,10 @@ mod tests {
         );
         assert!(screen.contains("channels starved of credit, longest wait first"));
         assert!(screen.contains("up"), "the link to node 1 is shown up");
+        assert!(
+            screen.contains("admitted"),
+            "job 9's admission is shown: {screen}"
+        );
         for socket in sockets {
             std::fs::remove_file(socket).ok();
         }

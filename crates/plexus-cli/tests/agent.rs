@@ -376,6 +376,11 @@ fn status_names_the_consumer_that_keeps_producers_waiting() {
         starving["longest_wait_ms"].as_u64() >= Some(200),
         "{status}"
     );
+    let job = &status["jobs"][0];
+    assert_eq!(job["job"], 7, "{status}");
+    assert_eq!(job["producers"], 1, "{status}");
+    assert_eq!(job["admission"], "admitted", "{status}");
+    assert!(job["bytes_sent"].as_u64() > Some(0), "{status}");
     let human = plexus()
         .args(["status", "--socket"])
         .arg(dir.join("node0.sock"))

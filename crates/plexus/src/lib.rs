@@ -55,6 +55,6 @@ pub use plexus_proto::node::metrics::{
 pub use plexus_proto::node::{ConsumerCredit, Stats};
 pub use plexus_proto::{Config, Endpoint, JobId, NodeId};
 pub use secret::{generate_secret, read_secret_file, write_new_secret_file, Secret, SecretError};
-pub use status::{LinkStatus, StarvedBy, Status};
+pub use status::{JobStatus, LinkStatus, StarvedBy, Status};
 pub use tls::{node_name, TlsError, TlsIdentity};
 pub use topology::Topology;

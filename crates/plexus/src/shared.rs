@@ -133,8 +133,14 @@ impl Shared {
 
     /// The node's status (see [`crate::Status`]).
     pub fn status(&self) -> crate::Status {
-        let starving = self.lock().core.starving(std::time::Instant::now());
-        crate::Status::of(&self.metrics(), &starving)
+        let (starving, jobs) = {
+            let st = self.lock();
+            (
+                st.core.starving(std::time::Instant::now()),
+                st.core.job_summaries(crate::status::JOBS_SHOWN),
+            )
+        };
+        crate::Status::of(&self.metrics(), &starving, &jobs)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

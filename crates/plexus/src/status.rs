@@ -1,5 +1,5 @@
 //! A node's status for operators, as one serialisable snapshot: its links (traffic,
-//! resumes), jobs and admission, buffered bytes against the budget, attached processes,
+//! resumes, round trips), its jobs (endpoints, bytes, admission), buffered bytes against the budget, attached processes,
 //! and above all **who starves whom**: every channel whose producer waits for credit,
 //! grouped by the consumer that holds it, longest wait first.
 //!
@@ -20,6 +20,8 @@ pub struct Status {
     pub links: Vec<LinkStatus>,
     /// Jobs with a record here.
     pub jobs_active: usize,
+    /// The jobs with the most bytes here (at most [`JOBS_SHOWN`]).
+    pub jobs: Vec<JobStatus>,
     /// Jobs waiting for admission here.
     pub admission_waiting: usize,
     /// Bytes buffered now.
@@ -30,6 +32,26 @@ pub struct Status {
     pub attached_processes: usize,
     /// Consumers that keep producers here waiting for credit, longest wait first.
     pub starving: Vec<StarvedBy>,
+}
+
+/// Jobs a status lists, at most (the ones with the most bytes).
+pub const JOBS_SHOWN: usize = 50;
+
+/// A job as the node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job: u64,
+    /// Its producers open here.
+    pub producers: usize,
+    /// Its consumers open here.
+    pub consumers: usize,
+    /// Where its admission stands here ("admitted", "queued", "awaiting turn", ...).
+    pub admission: String,
+    /// Bytes its producers here queued to send so far.
+    pub bytes_sent: u64,
+    /// Bytes its consumers here received so far.
+    pub bytes_received: u64,
 }
 
 /// A peer and the link to it.
@@ -86,6 +108,7 @@ impl Status {
     pub(crate) fn of(
         metrics: &crate::Metrics,
         starving: &[plexus_proto::node::metrics::Starving],
+        jobs: &[plexus_proto::node::metrics::JobSummary],
     ) -> Self {
         let links = metrics
             .links
@@ -130,6 +153,17 @@ impl Status {
             node: metrics.node.0,
             links,
             jobs_active: metrics.stats.jobs,
+            jobs: jobs
+                .iter()
+                .map(|j| JobStatus {
+                    job: j.job.0,
+                    producers: j.producers,
+                    consumers: j.consumers,
+                    admission: j.admission.to_string(),
+                    bytes_sent: j.bytes_sent,
+                    bytes_received: j.bytes_received,
+                })
+                .collect(),
             admission_waiting: metrics.admission_waiting,
             buffered_bytes: metrics.buffered_bytes,
             memory_budget: metrics.memory_budget,

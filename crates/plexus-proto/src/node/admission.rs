@@ -61,6 +61,19 @@ pub(crate) enum Stage {
     Released,
 }
 
+impl Stage {
+    /// The stage's name, for status views.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Stage::NotAsked => "not asked",
+            Stage::AwaitingTurn { .. } => "awaiting turn",
+            Stage::Queued { .. } => "queued",
+            Stage::Admitted { .. } => "admitted",
+            Stage::Released => "released",
+        }
+    }
+}
+
 /// One job's admission state on this node.
 #[derive(Debug, Default)]
 pub(crate) struct JobAdmission {

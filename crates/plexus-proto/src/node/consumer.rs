@@ -423,6 +423,9 @@ impl NodeCore {
         ch.received += cost;
         let local = ch.consumer;
         let producer = ch.producer;
+        if let Some(state) = self.jobs.get_mut(&local.0) {
+            state.bytes_received += cost;
+        }
         // A consumer that found nothing of what it reads waits for this; one that did is
         // still reading.
         let wake = self.consumers.change(&local, |c| c.push(producer, arrival));

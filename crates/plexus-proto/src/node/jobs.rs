@@ -47,6 +47,10 @@ pub(crate) struct JobState {
     pub closed_consumers: Vec<u32>,
     /// Where the job's admission stands here.
     pub admission: JobAdmission,
+    /// Bytes (payload and per-message overhead) its producers here queued to send.
+    pub bytes_sent: u64,
+    /// The same, that its consumers here received.
+    pub bytes_received: u64,
 }
 
 /// The ids of the most recently finished jobs, oldest first.

@@ -116,7 +116,48 @@ pub struct Starving {
     pub blocked_for: Duration,
 }
 
+/// One job as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// The job.
+    pub job: crate::ids::JobId,
+    /// Its producers open here.
+    pub producers: usize,
+    /// Its consumers open here.
+    pub consumers: usize,
+    /// Where its admission stands here: "not asked", "awaiting turn", "queued",
+    /// "admitted", "released" (its consumers here closed), or "failed".
+    pub admission: &'static str,
+    /// Bytes (payload and per-message overhead) its producers here queued to send so far.
+    pub bytes_sent: u64,
+    /// The same, that its consumers here received.
+    pub bytes_received: u64,
+}
+
 impl super::NodeCore {
+    /// Every job with a record here, the most bytes first, at most `most` of them.
+    pub fn job_summaries(&self, most: usize) -> Vec<JobSummary> {
+        let mut jobs: Vec<JobSummary> = self
+            .jobs
+            .iter()
+            .map(|(&job, state)| JobSummary {
+                job,
+                producers: self.producers.count(job),
+                consumers: self.consumers.count(job),
+                admission: if state.failed.is_some() {
+                    "failed"
+                } else {
+                    state.admission.stage.name()
+                },
+                bytes_sent: state.bytes_sent,
+                bytes_received: state.bytes_received,
+            })
+            .collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.bytes_sent + j.bytes_received));
+        jobs.truncate(most);
+        jobs
+    }
+
     /// Every channel whose producer waits for credit now, longest wait first (a scan of
     /// the channels: for status views, not for every message).
     pub fn starving(&self, now: std::time::Instant) -> Vec<Starving> {

@@ -113,6 +113,11 @@ impl NodeCore {
         if let Some(since) = unblocked {
             self.counters.producers_blocked += now.saturating_duration_since(since);
         }
+        if spent {
+            if let Some(state) = self.jobs.get_mut(&job) {
+                state.bytes_sent += cost;
+            }
+        }
         let peer = consumer.node;
         let mut refused = None;
         if let Some(p) = self.peers.get_mut(&peer) {
