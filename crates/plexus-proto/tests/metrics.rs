@@ -91,6 +91,12 @@ fn a_stalled_consumer_shows_as_starving_its_producer() {
         net.drive();
         net.advance(net.tick());
     }
+    let jobs = net.node(0).job_summaries(10);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!((jobs[0].job, jobs[0].producers), (JOB, 1));
+    assert!(jobs[0].bytes_sent > 0, "{jobs:?}");
+    let received = net.node(1).job_summaries(10);
+    assert!(received[0].bytes_received > 0, "{received:?}");
     let starving = net.node(0).starving(net.now());
     assert_eq!(starving.len(), 1, "{starving:?}");
     assert_eq!((starving[0].producer, starving[0].consumer), (p, c));

@@ -251,7 +251,7 @@ impl NodeCore {
         for in_key in c.channels.into_keys() {
             // The record goes now: frames still on their way for it are recognised as
             // belonging to a retired channel and dropped.
-            self.in_channels.remove(&in_key);
+            self.remove_in_channel(in_key);
             self.push_control(
                 in_key.0,
                 Frame::Cancel {
@@ -380,10 +380,10 @@ impl NodeCore {
         });
         match outcome {
             Some(Attach::EndedWhileParked) => {
-                self.in_channels.remove(&in_key);
+                self.remove_in_channel(in_key);
             }
             Some(Attach::Refused) => {
-                self.in_channels.remove(&in_key);
+                self.remove_in_channel(in_key);
                 self.refuse(in_key, CancelCode::UnknownConsumer);
             }
             Some(Attach::Attached) | None => {}
@@ -423,9 +423,7 @@ impl NodeCore {
         ch.received += cost;
         let local = ch.consumer;
         let producer = ch.producer;
-        if let Some(state) = self.jobs.get_mut(&local.0) {
-            state.bytes_received += cost;
-        }
+
         // A consumer that found nothing of what it reads waits for this; one that did is
         // still reading.
         let wake = self.consumers.change(&local, |c| c.push(producer, arrival));
@@ -498,7 +496,7 @@ impl NodeCore {
         let unused = ch.granted - ch.received;
         let local = ch.consumer;
         let producer = ch.producer;
-        self.in_channels.remove(&in_key);
+        self.remove_in_channel(in_key);
         self.consumers.change(&local, |c| {
             c.pool.forget(in_key);
             c.pool.release(unused);

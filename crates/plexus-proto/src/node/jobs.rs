@@ -23,7 +23,9 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::admission::JobAdmission;
-use super::state::{ChannelSlot, InKey, LocalKey, OutState, Peer, PeerState};
+use super::state::{
+    ChannelSlot, InChannel, InKey, LocalKey, OutChannel, OutKey, OutState, Peer, PeerState,
+};
 use super::{Event, ExchangeError, LinkCause, NodeCore};
 use crate::frame::{CancelCode, Frame, RefuseCode};
 use crate::ids::{JobId, NodeId};
@@ -47,7 +49,8 @@ pub(crate) struct JobState {
     pub closed_consumers: Vec<u32>,
     /// Where the job's admission stands here.
     pub admission: JobAdmission,
-    /// Bytes (payload and per-message overhead) its producers here queued to send.
+    /// Bytes (payload and per-message overhead) its producers here queued to send on
+    /// channels that are over (a live channel counts its own: see `job_summaries`).
     pub bytes_sent: u64,
     /// The same, that its consumers here received.
     pub bytes_received: u64,
@@ -180,6 +183,24 @@ impl NodeCore {
     /// Live job records, and the finished ids remembered.
     pub fn job_counts(&self) -> (usize, usize) {
         (self.jobs.len(), self.finished.len())
+    }
+
+    /// Removes incoming channel `key`, keeping what it received in its job's count.
+    pub(super) fn remove_in_channel(&mut self, key: InKey) -> Option<InChannel> {
+        let ch = self.in_channels.remove(&key)?;
+        if let Some(state) = self.jobs.get_mut(&ch.consumer.0) {
+            state.bytes_received += ch.received;
+        }
+        Some(ch)
+    }
+
+    /// Removes outgoing channel `key`, keeping what it sent in its job's count.
+    pub(super) fn remove_out_channel(&mut self, key: OutKey) -> Option<OutChannel> {
+        let ch = self.out_channels.remove(&key)?;
+        if let Some(state) = self.jobs.get_mut(&ch.producer.0) {
+            state.bytes_sent += ch.sent;
+        }
+        Some(ch)
     }
 
     /// Retires `job`'s record if nothing of the job is left here: no application handle,
@@ -377,7 +398,7 @@ impl NodeCore {
             self.fail_consumer(key, &error);
         }
         for in_key in self.parked.take_job(job) {
-            self.in_channels.remove(&in_key);
+            self.remove_in_channel(in_key);
         }
         self.release_reservation(job);
         self.retire_if_over(job);
@@ -445,7 +466,7 @@ impl NodeCore {
 
     /// Forgets incoming channel `in_key`, returning its credit to its consumer's pool.
     pub(super) fn drop_in_channel(&mut self, in_key: InKey) {
-        let Some(ch) = self.in_channels.remove(&in_key) else {
+        let Some(ch) = self.remove_in_channel(in_key) else {
             return;
         };
         self.consumers.change(&ch.consumer, |c| {

@@ -136,7 +136,15 @@ pub struct JobSummary {
 
 impl super::NodeCore {
     /// Every job with a record here, the most bytes first, at most `most` of them.
+    /// (A scan of the channels: for status views, not for every message.)
     pub fn job_summaries(&self, most: usize) -> Vec<JobSummary> {
+        let mut live: Map<crate::ids::JobId, (u64, u64)> = Map::default();
+        for ch in self.out_channels.values() {
+            live.entry(ch.producer.0).or_default().0 += ch.sent;
+        }
+        for ch in self.in_channels.values() {
+            live.entry(ch.consumer.0).or_default().1 += ch.received;
+        }
         let mut jobs: Vec<JobSummary> = self
             .jobs
             .iter()
@@ -149,8 +157,8 @@ impl super::NodeCore {
                 } else {
                     state.admission.stage.name()
                 },
-                bytes_sent: state.bytes_sent,
-                bytes_received: state.bytes_received,
+                bytes_sent: state.bytes_sent + live.get(&job).map_or(0, |l| l.0),
+                bytes_received: state.bytes_received + live.get(&job).map_or(0, |l| l.1),
             })
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.bytes_sent + j.bytes_received));

@@ -113,11 +113,7 @@ impl NodeCore {
         if let Some(since) = unblocked {
             self.counters.producers_blocked += now.saturating_duration_since(since);
         }
-        if spent {
-            if let Some(state) = self.jobs.get_mut(&job) {
-                state.bytes_sent += cost;
-            }
-        }
+
         let peer = consumer.node;
         let mut refused = None;
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -498,7 +494,7 @@ impl NodeCore {
 
     /// Forgets outgoing channel `key`, recording its outcome with its producer.
     pub(super) fn retire_out_channel(&mut self, key: OutKey) {
-        let Some(ch) = self.out_channels.remove(&key) else {
+        let Some(ch) = self.remove_out_channel(key) else {
             return;
         };
         let outcome = match ch.state {
