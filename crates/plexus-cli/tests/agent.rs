@@ -381,6 +381,7 @@ fn status_names_the_consumer_that_keeps_producers_waiting() {
     assert_eq!(job["producers"], 1, "{status}");
     assert_eq!(job["admission"], "admitted", "{status}");
     assert!(job["bytes_sent"].as_u64() > Some(0), "{status}");
+    assert!(job["producers_blocked_ms"].is_u64(), "{status}");
     let human = plexus()
         .args(["status", "--socket"])
         .arg(dir.join("node0.sock"))

@@ -101,6 +101,13 @@ fn a_stalled_consumer_shows_as_starving_its_producer() {
     assert_eq!(starving.len(), 1, "{starving:?}");
     assert_eq!((starving[0].producer, starving[0].consumer), (p, c));
     assert!(!starving[0].blocked_for.is_zero(), "{starving:?}");
+    // The consumer reads: the producer sends again, and its wait counts for the job.
+    inboxes[0].pull(&mut net);
+    net.drive();
+    outboxes[0].pump(&mut net);
+    net.drive();
+    let jobs = net.node(0).job_summaries(10);
+    assert!(!jobs[0].producers_blocked.is_zero(), "{jobs:?}");
     run_to_completion(&mut net, &mut outboxes, &mut inboxes, 50_000);
     assert_eq!(inboxes[0].by_producer.get(&p), Some(&msgs));
     assert!(net.node(0).starving(net.now()).is_empty());

@@ -52,6 +52,8 @@ pub struct JobStatus {
     pub bytes_sent: u64,
     /// Bytes its consumers here received so far.
     pub bytes_received: u64,
+    /// Milliseconds its producers here waited for credit so far (waits that ended).
+    pub producers_blocked_ms: u64,
 }
 
 /// A peer and the link to it.
@@ -162,6 +164,8 @@ impl Status {
                     admission: j.admission.to_string(),
                     bytes_sent: j.bytes_sent,
                     bytes_received: j.bytes_received,
+                    producers_blocked_ms: u64::try_from(j.producers_blocked.as_millis())
+                        .unwrap_or(u64::MAX),
                 })
                 .collect(),
             admission_waiting: metrics.admission_waiting,

@@ -65,8 +65,9 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, va
 /// stay bounded whatever number of jobs starve.
 const STARVING_JOBS_SHOWN: usize = 20;
 
-/// The node's figures, and the channels starving now, in the Prometheus text format.
-pub fn render(m: &Metrics, starving: &[plexus::Starving]) -> String {
+/// The node's figures, the channels starving now, and the busiest jobs, in the Prometheus
+/// text format.
+pub fn render(m: &Metrics, starving: &[plexus::Starving], busiest: &[plexus::JobStatus]) -> String {
     let mut r = Registry::with_prefix("plexus");
     let peer = |p: &plexus::NodeId| vec![("peer", p.0.to_string())];
     let sent = counter_family(
@@ -267,6 +268,18 @@ pub fn render(m: &Metrics, starving: &[plexus::Starving]) -> String {
             .get_or_create(&vec![("job", s.job.0.to_string())])
             .inc();
     }
+    let job_blocked = Family::<Labels, Counter<f64>>::default();
+    r.register_with_unit(
+        "job_producers_blocked",
+        "Time producers here waited for credit, per job, for waits that ended (the busiest jobs)",
+        Unit::Seconds,
+        job_blocked.clone(),
+    );
+    for job in busiest.iter().take(STARVING_JOBS_SHOWN) {
+        job_blocked
+            .get_or_create(&vec![("job", job.job.to_string())])
+            .inc_by(job.producers_blocked_ms as f64 / 1000.0);
+    }
     let refused = Counter::<u64>::default();
     refused.inc_by(m.counters.unauthenticated);
     r.register(
@@ -301,7 +314,7 @@ pub fn serve(addr: SocketAddr, node: Node) -> Result<(), String> {
                         &b"Content-Type"[..],
                         &b"text/plain; version=0.0.4; charset=utf-8"[..],
                     );
-                    let text = render(&node.metrics(), &node.starving());
+                    let text = render(&node.metrics(), &node.starving(), &node.status().jobs);
                     let mut response = tiny_http::Response::from_string(text);
                     if let Ok(header) = header {
                         response.add_header(header);

@@ -54,6 +54,8 @@ pub(crate) struct JobState {
     pub bytes_sent: u64,
     /// The same, that its consumers here received.
     pub bytes_received: u64,
+    /// Time its producers here waited for credit, for waits that ended.
+    pub producers_blocked: std::time::Duration,
 }
 
 /// The ids of the most recently finished jobs, oldest first.

@@ -132,6 +132,8 @@ pub struct JobSummary {
     pub bytes_sent: u64,
     /// The same, that its consumers here received.
     pub bytes_received: u64,
+    /// Time its producers here waited for credit so far (waits that ended).
+    pub producers_blocked: Duration,
 }
 
 impl super::NodeCore {
@@ -159,6 +161,7 @@ impl super::NodeCore {
                 },
                 bytes_sent: state.bytes_sent + live.get(&job).map_or(0, |l| l.0),
                 bytes_received: state.bytes_received + live.get(&job).map_or(0, |l| l.1),
+                producers_blocked: state.producers_blocked,
             })
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.bytes_sent + j.bytes_received));

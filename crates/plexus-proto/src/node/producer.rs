@@ -111,7 +111,11 @@ impl NodeCore {
             None
         };
         if let Some(since) = unblocked {
-            self.counters.producers_blocked += now.saturating_duration_since(since);
+            let waited = now.saturating_duration_since(since);
+            self.counters.producers_blocked += waited;
+            if let Some(state) = self.jobs.get_mut(&job) {
+                state.producers_blocked += waited;
+            }
         }
 
         let peer = consumer.node;
