@@ -104,23 +104,9 @@ impl AttachedNode {
     /// The status of the agent's node: links, jobs, buffers, and the consumers that keep
     /// its producers waiting for credit.
     pub async fn status(&self) -> Result<crate::Status, Error> {
-        let (tx, rx) = oneshot::channel();
-        let req = {
-            let mut st = self.conn.lock();
-            if let Some(lost) = st.lost.clone() {
-                return Err(Error::AgentLost(lost));
-            }
-            st.next_req += 1;
-            let req = st.next_req;
-            st.status_replies.insert(req, tx);
-            req
-        };
-        self.conn.send(ToAgent::Status { req });
-        rx.await.map_err(|_| {
-            self.conn
-                .lost()
-                .unwrap_or_else(|| Error::AgentLost("the connection is lost".into()))
-        })
+        self.conn
+            .ask(|st| &mut st.status_replies, |req| ToAgent::Status { req })
+            .await
     }
 
     /// A handle to job `id` with the given topology, on the agent's node.
@@ -225,6 +211,31 @@ impl Connection {
     /// The error every call gets once the connection is lost.
     fn lost(&self) -> Option<Error> {
         self.lock().lost.clone().map(Error::AgentLost)
+    }
+
+    /// Sends the request `make` builds with a fresh id and waits for its answer, filed
+    /// by the reader in the table `replies` picks; an error once the connection is lost.
+    async fn ask<T>(
+        &self,
+        replies: fn(&mut State) -> &mut HashMap<u64, oneshot::Sender<T>>,
+        make: impl FnOnce(u64) -> ToAgent,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        let req = {
+            let mut st = self.lock();
+            if let Some(lost) = st.lost.clone() {
+                return Err(Error::AgentLost(lost));
+            }
+            st.next_req += 1;
+            let req = st.next_req;
+            replies(&mut st).insert(req, tx);
+            req
+        };
+        self.send(make(req));
+        rx.await.map_err(|_| {
+            self.lost()
+                .unwrap_or_else(|| Error::AgentLost("the connection is lost".into()))
+        })
     }
 
     /// Sends `frame` and waits for its answer.
@@ -763,29 +774,14 @@ impl ConsumerPort for AttachedConsumer {
 
     fn credit(&self) -> BoxFuture<'_, Result<ConsumerCredit, Error>> {
         Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            let req = {
-                let mut st = self.conn.lock();
-                if let Some(lost) = st.lost.clone() {
-                    return Err(Error::AgentLost(lost));
-                }
-                st.next_req += 1;
-                let req = st.next_req;
-                st.credit_replies.insert(req, tx);
-                req
-            };
-            self.conn.send(ToAgent::Credit {
-                req,
-                job: self.job,
-                slot: self.slot,
-            });
-            match rx.await {
-                Ok(figures) => figures.map_err(from_failure),
-                Err(_) => Err(self
-                    .conn
-                    .lost()
-                    .unwrap_or_else(|| Error::AgentLost("the connection is lost".into()))),
-            }
+            let (job, slot) = (self.job, self.slot);
+            self.conn
+                .ask(
+                    |st| &mut st.credit_replies,
+                    |req| ToAgent::Credit { req, job, slot },
+                )
+                .await?
+                .map_err(from_failure)
         })
     }
 
