@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,21 +59,13 @@ async fn links_under_tls_deliver_and_resume_after_cuts() {
                 }));
             }
         }
-        let chaos = std::thread::spawn({
-            let (done, kills) = (done.clone(), kills.clone());
-            move || {
-                let mut i = 0u32;
-                while !done.load(Ordering::Relaxed) {
-                    let (a, b) = (i % n, (i / n + 1 + i) % n);
-                    i += 1;
-                    let ip = |k: u32| Ipv4Addr::new(127, 0, subnet, (k + 1) as u8);
-                    if a != b && common::kill_link(ip(a), ip(b)) {
-                        kills.fetch_add(1, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(15));
-                }
-            }
-        });
+        let chaos = common::kill_links_until(
+            subnet,
+            n,
+            Duration::from_millis(15),
+            done.clone(),
+            kills.clone(),
+        );
         let mut sent = std::collections::HashMap::new();
         for p in producers {
             let (me, count) = p.await.unwrap().expect("no producer sees an error");

@@ -160,3 +160,30 @@ pub fn kill_link(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
     // ss prints a header, then one line per socket it closed.
     String::from_utf8_lossy(&out.stdout).lines().count() > 1
 }
+
+/// Until `done`, kills a live link among nodes `127.0.<subnet>.1..=n` every `every`,
+/// cycling through the pairs, counting the kills that hit a connection in `kills`.
+pub fn kill_links_until(
+    subnet: u8,
+    n: u32,
+    every: std::time::Duration,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    kills: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut i = 0u32;
+        while !done.load(Ordering::Relaxed) {
+            let (a, b) = (i % n, (i / n + 1 + i) % n);
+            i += 1;
+            if a == b {
+                continue;
+            }
+            let ip = |k: u32| Ipv4Addr::new(127, 0, subnet, (k + 1) as u8);
+            if kill_link(ip(a), ip(b)) {
+                kills.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(every);
+        }
+    })
+}
