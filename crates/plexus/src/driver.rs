@@ -249,20 +249,10 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
                 Err(e) => Err(e),
             };
             match dialled {
-                Ok(Dialled::Plain(stream)) => {
+                Ok(dialled) => {
                     let link = shared.op(|st| st.core.handle_dialed(peer, Instant::now()));
                     if let Some(link) = link {
-                        let remote = stream.peer_addr().ok();
-                        let (rd, wr) = stream.into_split();
-                        start_link(&shared, link, rd, wr, remote);
-                    }
-                }
-                Ok(Dialled::Tls(stream)) => {
-                    let link = shared.op(|st| st.core.handle_dialed(peer, Instant::now()));
-                    if let Some(link) = link {
-                        let remote = stream.get_ref().0.peer_addr().ok();
-                        let (rd, wr) = tokio::io::split(*stream);
-                        start_link(&shared, link, rd, wr, remote);
+                        dialled.start(&shared, link);
                     }
                 }
                 Err(e) => {
@@ -287,6 +277,24 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
 enum Dialled {
     Plain(TcpStream),
     Tls(Box<crate::tls::ClientStream>),
+}
+
+impl Dialled {
+    /// Runs the link's reader and writer over the connection.
+    fn start(self, shared: &Arc<Shared>, link: LinkId) {
+        match self {
+            Dialled::Plain(stream) => {
+                let remote = stream.peer_addr().ok();
+                let (rd, wr) = stream.into_split();
+                start_link(shared, link, rd, wr, remote);
+            }
+            Dialled::Tls(stream) => {
+                let remote = stream.get_ref().0.peer_addr().ok();
+                let (rd, wr) = tokio::io::split(*stream);
+                start_link(shared, link, rd, wr, remote);
+            }
+        }
+    }
 }
 
 /// Runs the TLS handshake on a connection dialled to `peer`, if the node uses TLS (within
