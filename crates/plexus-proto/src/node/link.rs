@@ -292,9 +292,11 @@ impl NodeCore {
             out.push_control(&Frame::Ack { received });
         }
         let mut wrote = false;
+        // Counted once the batch is written, not per frame.
+        let mut messages = 0;
         while out.len() < max_bytes {
             let Some(p) = self.peers.get_mut(&peer) else {
-                return wrote;
+                break;
             };
             if let Some(frame) = p.session.next_resend() {
                 push_frame(out, frame);
@@ -302,16 +304,19 @@ impl NodeCore {
                 continue;
             }
             let Some(frame) = self.next_outgoing(peer) else {
-                return wrote;
+                break;
             };
             wrote = true;
-            self.counters.peer(peer).messages_sent += super::metrics::messages_in(&frame);
+            messages += super::metrics::messages_in(&frame);
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.change_buffered(&mut self.send_buffered, |p| {
                     p.session.record_sent(frame.clone());
                 });
             }
             push_frame(out, frame);
+        }
+        if messages > 0 {
+            self.counters.peer(peer).messages_sent += messages;
         }
         wrote
     }
