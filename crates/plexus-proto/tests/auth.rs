@@ -29,6 +29,19 @@ fn exchange(net: &mut Net) -> (Vec<Outbox>, Vec<Inbox>, Vec<bytes::Bytes>) {
     (outboxes, inboxes, msgs)
 }
 
+/// A `Hello` of `node` in `incarnation` that claims no session with the receiver.
+fn fresh_hello(node: NodeId, incarnation: u64) -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        cluster: CLUSTER,
+        node,
+        incarnation,
+        peer_incarnation: 0,
+        received: 0,
+        max_message: 1024,
+    }
+}
+
 /// Asserts that node 1 closed the raw connection for want of a proof, told it so, and
 /// that the exchange between nodes 0 and 1 completes untouched.
 fn assert_refused_and_harmless(
@@ -91,18 +104,7 @@ fn an_impostor_with_a_wrong_secret_changes_nothing() {
     let raw = net.raw_connect(1);
     let wrong = Secret::new(*b"not the cluster's secret").expect("long enough");
     net.raw_prove(raw, NodeId(0), 0xF00D, &wrong);
-    net.raw_send_frame(
-        raw,
-        &Frame::Hello {
-            version: PROTOCOL_VERSION,
-            cluster: CLUSTER,
-            node: NodeId(0),
-            incarnation: 0xF00D,
-            peer_incarnation: 0,
-            received: 0,
-            max_message: 1024,
-        },
-    );
+    net.raw_send_frame(raw, &fresh_hello(NodeId(0), 0xF00D));
     net.drive();
     assert_refused_and_harmless("wrong secret", &mut net, raw, outboxes, inboxes, msgs);
 }
@@ -114,18 +116,7 @@ fn an_impostor_without_a_secret_changes_nothing() {
     let mut net = Net::new(2, small);
     let (outboxes, inboxes, msgs) = exchange(&mut net);
     let raw = net.raw_connect(1);
-    net.raw_send_frame(
-        raw,
-        &Frame::Hello {
-            version: PROTOCOL_VERSION,
-            cluster: CLUSTER,
-            node: NodeId(0),
-            incarnation: 0xF00D,
-            peer_incarnation: 0,
-            received: 0,
-            max_message: 1024,
-        },
-    );
+    net.raw_send_frame(raw, &fresh_hello(NodeId(0), 0xF00D));
     net.drive();
     assert_refused_and_harmless("no secret", &mut net, raw, outboxes, inboxes, msgs);
 }
@@ -184,18 +175,7 @@ fn a_hello_must_name_the_node_that_was_proved() {
     let (outboxes, inboxes, msgs) = exchange(&mut net);
     let raw = net.raw_connect(1);
     net.raw_prove(raw, NodeId(99), 0x99, &secret());
-    net.raw_send_frame(
-        raw,
-        &Frame::Hello {
-            version: PROTOCOL_VERSION,
-            cluster: CLUSTER,
-            node: NodeId(0),
-            incarnation: 0x99,
-            peer_incarnation: 0,
-            received: 0,
-            max_message: 1024,
-        },
-    );
+    net.raw_send_frame(raw, &fresh_hello(NodeId(0), 0x99));
     net.drive();
     assert_refused_and_harmless("switched identity", &mut net, raw, outboxes, inboxes, msgs);
 }
