@@ -49,30 +49,34 @@ impl View {
         elapsed: Duration,
     ) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-3);
+        // Bytes each way now, less those of the previous snapshot, per second.
+        let per_second = |now: (u64, u64), before: Option<(u64, u64)>| {
+            let (sent, received) = before.unwrap_or((0, 0));
+            (
+                now.0.saturating_sub(sent) as f64 / secs,
+                now.1.saturating_sub(received) as f64 / secs,
+            )
+        };
         let rates = status
             .links
             .iter()
             .map(|l| {
-                let before = previous.and_then(|p| p.links.iter().find(|b| b.peer == l.peer));
-                let (sent, received) = before.map_or((0, 0), |b| (b.bytes_sent, b.bytes_received));
-                (
-                    l.peer,
-                    l.bytes_sent.saturating_sub(sent) as f64 / secs,
-                    l.bytes_received.saturating_sub(received) as f64 / secs,
-                )
+                let before = previous
+                    .and_then(|p| p.links.iter().find(|b| b.peer == l.peer))
+                    .map(|b| (b.bytes_sent, b.bytes_received));
+                let (out, inn) = per_second((l.bytes_sent, l.bytes_received), before);
+                (l.peer, out, inn)
             })
             .collect();
         let job_rates = status
             .jobs
             .iter()
             .map(|j| {
-                let before = previous.and_then(|p| p.jobs.iter().find(|b| b.job == j.job));
-                let (sent, received) = before.map_or((0, 0), |b| (b.bytes_sent, b.bytes_received));
-                (
-                    j.job,
-                    j.bytes_sent.saturating_sub(sent) as f64 / secs,
-                    j.bytes_received.saturating_sub(received) as f64 / secs,
-                )
+                let before = previous
+                    .and_then(|p| p.jobs.iter().find(|b| b.job == j.job))
+                    .map(|b| (b.bytes_sent, b.bytes_received));
+                let (out, inn) = per_second((j.bytes_sent, j.bytes_received), before);
+                (j.job, out, inn)
             })
             .collect();
         View {
