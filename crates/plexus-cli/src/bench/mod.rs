@@ -167,13 +167,27 @@ pub struct BenchArgs {
     /// run without TLS follows, and the report gives `ratio_vs_plaintext`.
     #[arg(long)]
     pub tls: bool,
-    /// After the plexus run, run the same workload over these systems too, and compare:
-    /// raw-tcp (one connection per node pair), naive-tcp (one per channel), zmq (needs the
-    /// `zmq` feature), rabbitmq (a broker at --amqp-url; needs the `rabbitmq` feature), all
-    /// in this process; embedded (with --agent only: plexus embedded, one node per
-    /// process, as --spawn runs it). Comma-separated.
+    /// After the plexus run, run the same workload, with the same stalled consumers and
+    /// link kills, over these systems too, and compare: raw-tcp (one connection per node
+    /// pair), naive-tcp (one per channel), grpc (one HTTP/2 connection per node pair, a
+    /// streaming call per channel), zmq (needs the `zmq` feature), rabbitmq (a broker at
+    /// --amqp-url; needs the `rabbitmq` feature), all in this process; embedded (with
+    /// --agent only: plexus embedded, one node per process, as --spawn runs it).
+    /// Comma-separated.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub baseline: Vec<baseline::System>,
+    /// The HTTP/2 flow-control window of `--baseline grpc`, for every stream and every
+    /// connection on both sides (default: the stacks' own, 1 MiB on servers, 2 MiB per
+    /// stream and 5 MiB per connection on clients).
+    #[arg(long, value_name = "SIZE", value_parser = parse_window_arg)]
+    pub grpc_window: Option<u32>,
+    /// Run the comparison matrix instead: plexus and every other system this build has
+    /// (raw-tcp, naive-tcp, grpc, zmq, and rabbitmq when a broker answers at --amqp-url),
+    /// each on the plain workload, with --stall-consumers consumers stalled (default 2),
+    /// and with a link killed every --chaos-link-kill-ms (default 100), on this shape; the
+    /// report is one row per system.
+    #[arg(long)]
+    pub compare: bool,
     /// The RabbitMQ broker of `--baseline rabbitmq` (on loopback only; see
     /// scripts/rabbitmq.sh).
     #[arg(long, default_value = baseline::amqp_url::DEFAULT)]
@@ -291,8 +305,8 @@ impl BenchArgs {
                         .into(),
                 );
             }
-            if self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
-                return Err("--baseline compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
+            if self.agent && (self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some()) {
+                return Err("--baseline with --agent compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
             }
             if self.baseline.contains(&baseline::System::Plaintext) && !self.tls {
                 return Err("--baseline plaintext compares plexus over TLS with plexus without: it needs --tls".into());
@@ -448,6 +462,17 @@ const KILL_AT_MS: u64 = 300;
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     size::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// An HTTP/2 window: at least the protocol's initial 65,535 bytes, at most 2^31 − 1.
+fn parse_window_arg(s: &str) -> Result<u32, String> {
+    let size = parse_size_arg(s)?;
+    match u32::try_from(size) {
+        Ok(window) if (65_535..=0x7fff_ffff).contains(&window) => Ok(window),
+        _ => Err(format!(
+            "an HTTP/2 window is 64KiB - 1 (65535) to 2GiB - 1 bytes, not {size}"
+        )),
+    }
 }
 
 /// Runs the bench and prints its report; fails when the run did not verify.

@@ -83,6 +83,17 @@ pub trait Sink: Send + 'static {
 
     /// Ends the producer's streams after everything it sent.
     fn finish(self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Splits the sink into parts that may send at the same time, each to some of the
+    /// consumers `to` (workload ids), every one of them in exactly one part, so that a
+    /// producer can serve every consumer that can take a message while another cannot.
+    /// By default, one part for all.
+    fn split(self, to: &[u32]) -> Vec<(Vec<u32>, Self)>
+    where
+        Self: Sized,
+    {
+        vec![(to.to_vec(), self)]
+    }
 }
 
 /// A consumer's way in.

@@ -7,6 +7,8 @@
 //! - `naive-tcp` ([`naive_tcp`]): one TCP connection per channel, what users do today;
 //!   skipped, with a note, when its connections would not fit under the process's
 //!   descriptor limit ([`super::fds`]);
+//! - `grpc` ([`grpc`]): gRPC streams (tonic) over one HTTP/2 connection per node pair, a
+//!   streaming call per channel, with HTTP/2's default windows or `--grpc-window`;
 //! - `zmq` (`zmq`, only with the cargo feature `zmq`): ZeroMQ used the ordinary way, a
 //!   PULL socket per consumer and a PUSH socket per channel;
 //! - `rabbitmq` (`rabbitmq`, only with the cargo feature `rabbitmq`): a RabbitMQ broker on
@@ -19,17 +21,24 @@
 //!
 //! Each system runs on a fresh runtime with every node on its own loopback address (in
 //! this process, or for `embedded` in node processes), its links counted from the OS
-//! socket table like plexus's, and is judged by the same [`verdict`] as plexus.
+//! socket table like plexus's, and is judged by the same [`verdict`] as plexus. It faces
+//! the same faults as the plexus run: the same stalled consumers (`--stall-consumers`),
+//! and links killed from outside at the same period (`--chaos-link-kill-ms`); how it came
+//! through is its [`Outcome`], from what its consumers saw.
 //!
 //! Invariants: a system runs at most once per bench run, in the order asked; a skipped
 //! system is reported with its reason and no figures, and counts neither for nor against
-//! the run; a system that ran and did not verify fails the run (its errors are listed,
-//! prefixed with its name); `ratio_vs_<system>` and `msgs_ratio_vs_<system>` are plexus's
-//! figure divided by the system's, and `null` unless both ran and verified.
+//! the run; on the plain workload a system that ran and did not verify fails the run (its
+//! errors are listed, prefixed with its name), while under faults its outcome is a result,
+//! reported and not held against the run; `ratio_vs_<system>` and
+//! `msgs_ratio_vs_<system>` are plexus's figure divided by the system's, and `null`
+//! unless both ran and verified.
 
 pub mod amqp_url;
+mod grpc;
 mod naive_tcp;
 mod outbox;
+mod outcome;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 pub mod raw_tcp;
@@ -45,6 +54,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::{timeout_at, Instant};
 
+use super::chaos::Chaos;
 use super::delivered::Delivered;
 use super::fds;
 use super::monitor::Monitor;
@@ -54,7 +64,9 @@ use super::transport::{self, Faults, Transport};
 use super::verdict::{self, RunRecord};
 use super::BenchArgs;
 use naive_tcp::NaiveTcp;
+pub use outcome::{Fates, Outcome};
 use raw_tcp::RawTcp;
+use roles::RunState;
 
 /// A system the workload can also run over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +75,8 @@ pub enum System {
     RawTcp,
     /// One TCP connection per channel.
     NaiveTcp,
+    /// gRPC streams over one HTTP/2 connection per node pair.
+    Grpc,
     /// ZeroMQ PUSH/PULL sockets (needs the `zmq` feature).
     Zmq,
     /// A RabbitMQ broker at `--amqp-url` (needs the `rabbitmq` feature).
@@ -79,6 +93,7 @@ impl System {
         match self {
             System::RawTcp => "raw-tcp",
             System::NaiveTcp => "naive-tcp",
+            System::Grpc => "grpc",
             System::Zmq => "zmq",
             System::Rabbitmq => "rabbitmq",
             System::Embedded => "embedded",
@@ -91,6 +106,7 @@ impl System {
         match self {
             System::RawTcp => "raw_tcp",
             System::NaiveTcp => "naive_tcp",
+            System::Grpc => "grpc",
             System::Zmq => "zmq",
             System::Rabbitmq => "rabbitmq",
             System::Embedded => "embedded",
@@ -151,6 +167,18 @@ pub struct BaselineResult {
     pub links_per_node_max: usize,
     /// TCP connections the system opened between endpoints or nodes (or to the broker).
     pub connections: u64,
+    /// How the run ended (`null` if skipped).
+    pub outcome: Option<Outcome>,
+    /// Consumers that read nothing until every other consumer was done.
+    pub stalled_consumers: u32,
+    /// With stalled consumers: what the others got, per second, until the last of them
+    /// was done.
+    pub healthy_throughput_bytes_per_s: Option<f64>,
+    /// With stalled consumers: the most bytes sent to a stalled consumer and not yet read
+    /// by it, wherever the system held them (queues, HTTP/2 or kernel buffers, a broker).
+    pub stalled_buffered_bytes_max: u64,
+    /// Links killed from outside while it ran.
+    pub link_kills: u64,
 }
 
 impl BaselineResult {
@@ -169,17 +197,33 @@ impl BaselineResult {
             messages_per_s: None,
             links_per_node_max: 0,
             connections: 0,
+            outcome: None,
+            stalled_consumers: 0,
+            healthy_throughput_bytes_per_s: None,
+            stalled_buffered_bytes_max: 0,
+            link_kills: 0,
         }
     }
 
-    /// A system that ran, as its run was judged.
-    pub fn judged(system: System, shape: &Shape, record: RunRecord, connections: u64) -> Self {
-        Self::reported(system, verdict::judge(shape, record), connections)
+    /// A system that ran, as its run was judged, with what its consumers saw.
+    pub fn judged(system: System, shape: &Shape, measured: Measured, connections: u64) -> Self {
+        let report = verdict::judge(shape, measured.record);
+        BaselineResult {
+            stalled_buffered_bytes_max: measured.stalled_buffered_max,
+            ..Self::reported(system, report, measured.fates, connections)
+        }
     }
 
-    /// A system that ran, as its `report` says.
-    fn reported(system: System, report: Report, connections: u64) -> Self {
+    /// A system that ran, as its `report` says, with what its consumers saw.
+    fn reported(system: System, report: Report, fates: Fates, connections: u64) -> Self {
+        let stalled = report.stalled_consumers > 0;
         BaselineResult {
+            outcome: Some(Outcome::of(report.verified, fates)),
+            stalled_consumers: report.stalled_consumers,
+            healthy_throughput_bytes_per_s: stalled
+                .then_some(report.healthy_throughput_bytes_per_s),
+            stalled_buffered_bytes_max: report.stalled_buffered_bytes_max,
+            link_kills: report.link_kills,
             system: system.name(),
             skipped: false,
             note: Some(how_it_connects(system).to_string()),
@@ -194,12 +238,21 @@ impl BaselineResult {
             connections,
         }
     }
+
+    /// Whether this result should fail the run: it ran the plain workload and did not
+    /// verify (under faults, not verifying is a result).
+    fn fails_run(&self, under_faults: bool) -> bool {
+        !self.skipped && !self.verified && !under_faults
+    }
 }
 
 fn how_it_connects(system: System) -> &'static str {
     match system {
         System::RawTcp => "one connection per node pair, made before the clock starts",
         System::NaiveTcp => "one connection per channel, made after the clock starts",
+        System::Grpc => {
+            "one HTTP/2 connection per node pair, made before the clock starts; a streaming call per channel"
+        }
         System::Zmq => "a PUSH socket per channel to each consumer's PULL socket",
         System::Rabbitmq => {
             "one broker connection per node, a channel per endpoint, a queue per consumer"
@@ -214,6 +267,7 @@ fn how_it_connects(system: System) -> &'static str {
 /// Runs every system `args.baseline` asks for, after the plexus run of `report`, and adds
 /// their results and plexus's ratios to it.
 pub fn run_all(shape: &Shape, args: &BenchArgs, report: &mut Report) {
+    let under_faults = shape.stall_consumers() > 0 || args.chaos_link_kill_ms.is_some();
     let mut done: Vec<System> = Vec::new();
     for &system in &args.baseline {
         if done.contains(&system) {
@@ -232,7 +286,7 @@ pub fn run_all(shape: &Shape, args: &BenchArgs, report: &mut Report) {
             format!("msgs_ratio_vs_{}", system.key()),
             ratio(report.messages_per_s, result.messages_per_s),
         );
-        if !result.skipped && !result.verified {
+        if result.fails_run(under_faults) {
             report.verified = false;
             if result.errors.is_empty() {
                 report
@@ -249,21 +303,48 @@ pub fn run_all(shape: &Shape, args: &BenchArgs, report: &mut Report) {
     }
 }
 
+/// What a system's run faces besides the workload of its shape (which says which
+/// consumers stall).
+#[derive(Clone, Copy, Debug)]
+pub struct Conditions {
+    /// Print nothing but the final JSON.
+    pub json: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Kill a random live link between nodes this often.
+    pub chaos: Option<Duration>,
+    /// The HTTP/2 windows of the `grpc` system.
+    pub grpc_windows: grpc::Windows,
+}
+
+impl Conditions {
+    /// The conditions `args` ask for.
+    pub fn of(args: &BenchArgs) -> Conditions {
+        Conditions {
+            json: args.json,
+            timeout: Duration::from_secs(args.timeout_s),
+            chaos: args.chaos_link_kill_ms.map(Duration::from_millis),
+            grpc_windows: grpc::Windows(args.grpc_window),
+        }
+    }
+}
+
 /// Runs the workload of `shape` over `system`.
-fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
-    let timeout = Duration::from_secs(args.timeout_s);
+pub fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
+    let conditions = Conditions::of(args);
     match system {
-        System::RawTcp => on_runtime(system, run_raw(shape, args.json, timeout)),
+        System::RawTcp => on_runtime(system, run_raw(shape, conditions)),
         System::NaiveTcp => match fds::too_many(shape.channels(), 2, fds::soft_limit()) {
             Some(note) => BaselineResult::skipped(system, note),
-            None => on_runtime(system, run_naive(shape, args.json, timeout)),
+            None => on_runtime(system, run_naive(shape, conditions)),
         },
+        System::Grpc => on_runtime(system, run_grpc(shape, conditions)),
         #[cfg(feature = "zmq")]
-        System::Zmq => zmq::run(shape, args.json, timeout),
+        System::Zmq => zmq::run(shape, conditions),
         #[cfg(not(feature = "zmq"))]
         System::Zmq => BaselineResult::skipped(system, "built without the zmq feature".into()),
         #[cfg(feature = "rabbitmq")]
-        System::Rabbitmq => rabbitmq::run(shape, &args.amqp_url, args.json, timeout),
+        System::Rabbitmq => rabbitmq::run(shape, &args.amqp_url, args.json, conditions.timeout),
         #[cfg(not(feature = "rabbitmq"))]
         System::Rabbitmq => {
             BaselineResult::skipped(system, "built without the rabbitmq feature".into())
@@ -289,7 +370,7 @@ fn run_plaintext(args: &BenchArgs) -> BaselineResult {
     match report {
         Ok((shape, report)) => {
             let connections = fds::links_per_node(&shape).iter().sum::<u64>() / 2;
-            BaselineResult::reported(System::Plaintext, report, connections)
+            BaselineResult::reported(System::Plaintext, report, Fates::default(), connections)
         }
         Err(e) => failed(System::Plaintext, e),
     }
@@ -312,7 +393,9 @@ fn run_embedded(shape: &Shape, args: &BenchArgs) -> BaselineResult {
     };
     let connections = fds::links_per_node(shape).iter().sum::<u64>() / 2;
     match super::spawn::run(shape, &spawned, spawned.arrival()) {
-        Ok(report) => BaselineResult::reported(System::Embedded, report, connections),
+        Ok(report) => {
+            BaselineResult::reported(System::Embedded, report, Fates::default(), connections)
+        }
         Err(e) => failed(System::Embedded, e),
     }
 }
@@ -328,55 +411,108 @@ fn on_runtime(system: System, run: impl Future<Output = BaselineResult>) -> Base
     }
 }
 
-async fn run_raw(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
-    let deadline = Instant::now() + timeout;
+async fn run_raw(shape: &Shape, conditions: Conditions) -> BaselineResult {
+    let deadline = Instant::now() + conditions.timeout;
     let (faults, log) = Faults::new();
     match timeout_at(deadline, RawTcp::open(shape, &faults)).await {
         Ok(Ok((raw, connections))) => {
-            let record = measure(raw, shape, json, deadline, log).await;
-            BaselineResult::judged(System::RawTcp, shape, record, connections)
+            let measured = measure(raw, shape, conditions, deadline, log).await;
+            BaselineResult::judged(System::RawTcp, shape, measured, connections)
         }
         Ok(Err(e)) => failed(System::RawTcp, e),
         Err(_) => failed(System::RawTcp, "timed out connecting the nodes".into()),
     }
 }
 
-async fn run_naive(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
-    let deadline = Instant::now() + timeout;
+async fn run_naive(shape: &Shape, conditions: Conditions) -> BaselineResult {
+    let deadline = Instant::now() + conditions.timeout;
     let (faults, log) = Faults::new();
     match NaiveTcp::open(shape, &faults) {
         Ok((naive, connections)) => {
-            let record = measure(naive, shape, json, deadline, log).await;
+            let measured = measure(naive, shape, conditions, deadline, log).await;
             let connections = connections.load(Ordering::Relaxed);
-            BaselineResult::judged(System::NaiveTcp, shape, record, connections)
+            BaselineResult::judged(System::NaiveTcp, shape, measured, connections)
         }
         Err(e) => failed(System::NaiveTcp, e),
     }
 }
 
-/// Runs the throughput workload over `transport`, timed and watched like the plexus run.
+async fn run_grpc(shape: &Shape, conditions: Conditions) -> BaselineResult {
+    let deadline = Instant::now() + conditions.timeout;
+    let (faults, log) = Faults::new();
+    let opened = timeout_at(
+        deadline,
+        grpc::Grpc::open(shape, conditions.grpc_windows, &faults),
+    )
+    .await;
+    match opened {
+        Ok(Ok((grpc, connections))) => {
+            let measured = measure(grpc, shape, conditions, deadline, log).await;
+            BaselineResult::judged(System::Grpc, shape, measured, connections)
+        }
+        Ok(Err(e)) => failed(System::Grpc, e),
+        Err(_) => failed(System::Grpc, "timed out connecting the nodes".into()),
+    }
+}
+
+/// A run of one system, before judging.
+pub struct Measured {
+    /// What the endpoints and the run reported.
+    pub record: RunRecord,
+    /// What its consumers and its clock saw.
+    pub fates: Fates,
+    /// The most bytes sent to a stalled consumer and not yet read by it.
+    pub stalled_buffered_max: u64,
+}
+
+/// Runs the throughput workload over `transport`, timed and watched like the plexus run,
+/// with its stalled consumers and, if asked, links killed from outside.
 async fn measure<T: Transport>(
     transport: T,
     shape: &Shape,
-    json: bool,
+    conditions: Conditions,
     deadline: Instant,
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
-) -> RunRecord {
+) -> Measured {
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start(shape, &delivered, json);
-    let (produce, consume) = roles::throughput(shape, delivered);
+    let monitor = Monitor::start(shape, &delivered, conditions.json);
+    let state = Arc::new(RunState::new(shape, delivered));
+    let (produce, consume) = roles::throughput(shape, state.clone());
+    let chaos = conditions
+        .chaos
+        .map(|period| Chaos::start(shape.node_ips(), period));
     let start = Instant::now();
-    let (outcomes, mut errors) =
+    let (mut outcomes, mut errors) =
         transport::drive(transport, shape, deadline, produce, consume).await;
     let elapsed_s = start.elapsed().as_secs_f64();
+    let timed_out = Instant::now() >= deadline;
+    let link_kills = chaos.map_or(0, Chaos::stop);
     errors.extend(Faults::drain(&mut faults));
-    RunRecord {
+    state.annotate(shape, &mut outcomes);
+    let fates = Fates {
+        duplicated: state.duplicated(),
+        lost: state.lost(),
+        timed_out,
+    };
+    let healthy_elapsed_s = if shape.stall_consumers() > 0 {
+        state.healthy_elapsed_since(start)
+    } else {
+        None
+    };
+    let record = RunRecord {
         outcomes,
         errors,
         elapsed_s,
+        healthy_elapsed_s,
+        link_kills,
         links_per_node_max: monitor.finish(),
         processes: 1,
         ..RunRecord::default()
+    };
+    Measured {
+        record,
+        fates,
+        stalled_buffered_max: state.stalled_unread_max(shape),
     }
 }
 

@@ -248,4 +248,18 @@ impl Sink for NaiveSink {
         }
         Ok(())
     }
+
+    fn split(self, _to: &[u32]) -> Vec<(Vec<u32>, Self)> {
+        self.conns
+            .into_iter()
+            .map(|(id, conn)| {
+                (
+                    vec![id],
+                    NaiveSink {
+                        conns: HashMap::from([(id, conn)]),
+                    },
+                )
+            })
+            .collect()
+    }
 }

@@ -353,6 +353,7 @@ impl Transport for RawTcp {
 }
 
 /// A raw-tcp producer: local consumers' queues and its node's links.
+#[derive(Clone)]
 pub struct RawSink {
     node: u32,
     job: u32,
@@ -386,6 +387,10 @@ impl Sink for RawSink {
 
     async fn finish(self) -> Result<(), String> {
         Ok(())
+    }
+
+    fn split(self, to: &[u32]) -> Vec<(Vec<u32>, Self)> {
+        to.iter().map(|&id| (vec![id], self.clone())).collect()
     }
 }
 
