@@ -43,6 +43,7 @@ mod baseline;
 mod certs;
 mod chaos;
 pub mod child;
+mod compare;
 mod consume;
 mod delivered;
 pub mod endpoint;
@@ -92,9 +93,11 @@ pub struct BenchArgs {
     /// Jobs running at once.
     #[arg(long, default_value_t = 2)]
     pub jobs: u32,
-    /// Bytes each producer sends, spread over every consumer of its job (KiB/MiB/GiB).
-    #[arg(long, default_value = "8MiB", value_parser = parse_size_arg)]
-    pub bytes_per_producer: u64,
+    /// Bytes each producer sends, spread over every consumer of its job (KiB/MiB/GiB);
+    /// default 8MiB, or 32MiB with --compare (so that a stalled consumer is owed more than
+    /// the systems' buffers hide).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub bytes_per_producer: Option<u64>,
     /// Size of each message, header included (at least 24 bytes).
     #[arg(long, default_value = "32KiB", value_parser = parse_size_arg)]
     pub message_size: u64,
@@ -237,7 +240,21 @@ pub struct BenchArgs {
     pub tls_dir: Option<std::path::PathBuf>,
 }
 
+/// Bytes each producer sends by default.
+const BYTES_PER_PRODUCER: u64 = 8 << 20;
+/// Bytes each producer sends by default with `--compare`.
+const COMPARE_BYTES_PER_PRODUCER: u64 = 32 << 20;
+
 impl BenchArgs {
+    /// Bytes each producer sends: `--bytes-per-producer`, or the mode's default.
+    pub fn bytes_per_producer(&self) -> u64 {
+        self.bytes_per_producer.unwrap_or(if self.compare {
+            COMPARE_BYTES_PER_PRODUCER
+        } else {
+            BYTES_PER_PRODUCER
+        })
+    }
+
     /// The run's shape, validated.
     fn shape(&self) -> Result<Shape, String> {
         Shape::new(self.spec())
@@ -251,7 +268,7 @@ impl BenchArgs {
             consumers: self.consumers,
             jobs: self.jobs,
             nodes_per_job: self.nodes_per_job,
-            bytes_per_producer: self.bytes_per_producer,
+            bytes_per_producer: self.bytes_per_producer(),
             message_size: self.message_size,
             credit_pool: self.credit_pool,
             stall_consumers: self.stall_consumers,
@@ -285,6 +302,7 @@ impl BenchArgs {
         {
             return Err("--cluster runs through agents someone else started, in other network namespaces: it does not go with --spawn, --kill-node, --chaos-link-kill-ms, --tls, --impostor, --baseline or --latency".into());
         }
+        self.check_compare()?;
         self.check_waves()?;
         self.check_consume()?;
         self.check_agent()?;
@@ -379,6 +397,42 @@ impl BenchArgs {
             return Err("--kill-endpoint needs --agent: only an endpoint in a process of its own can be killed".into());
         }
         Ok(())
+    }
+
+    /// Checks `--compare` against the options it does not go with: it runs every system in
+    /// this process, three times, on the plain interleaved workload plus its own faults.
+    fn check_compare(&self) -> Result<(), String> {
+        if !self.compare {
+            if self.grpc_window.is_some() && !self.baseline.contains(&baseline::System::Grpc) {
+                return Err(
+                    "--grpc-window sets the windows of --baseline grpc (or --compare): give one"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        let refused = [
+            (self.spawn, "--spawn"),
+            (self.agent, "--agent"),
+            (self.cluster.is_some(), "--cluster"),
+            (!self.baseline.is_empty(), "--baseline"),
+            (self.latency.is_some(), "--latency"),
+            (self.waves > 1, "--waves"),
+            (self.consume.is_ordered(), "an ordered --consume"),
+            (
+                self.kill_node.is_some() || self.kill_endpoint.is_some(),
+                "--kill-node or --kill-endpoint",
+            ),
+            (self.tls, "--tls"),
+            (self.impostor, "--impostor"),
+            (self.memory_budget.is_some(), "--memory-budget"),
+        ];
+        match refused.iter().find(|(refused, _)| *refused) {
+            Some((_, what)) => Err(format!(
+                "--compare runs every system in this process on the plain workload, stalled and with links killed: it does not go with {what}"
+            )),
+            None => chaos::check_ss(),
+        }
     }
 
     /// Checks `--agent` against the options it does not go with.
@@ -575,6 +629,15 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
     if let Some(dir) = &args.report {
         export::prepare(dir)?;
     }
+    if args.compare {
+        let report = compare::run(args)?;
+        report.print(args.json);
+        if let Some(dir) = &args.report {
+            export::compare(dir, &report)?;
+            written(dir, args.json);
+        }
+        return Ok(report.verified);
+    }
     if let Some(rate) = args.latency {
         let report = latency::run(args, rate)?;
         report.print(args.json);
@@ -604,7 +667,7 @@ fn run(args: &BenchArgs) -> Result<bool, String> {
         export::throughput(
             dir,
             &report,
-            args.bytes_per_producer,
+            args.bytes_per_producer(),
             args.spawn || args.agent,
         )?;
         written(dir, args.json);

@@ -93,8 +93,47 @@ impl RunState {
         self.unread.get(&(job, consumer))
     }
 
+    /// `bytes` were sent to consumer `consumer` (workload id) of job index `job`.
+    pub fn sent(&self, job: u32, consumer: u32, bytes: u64) {
+        if let Some(unread) = self.unread(job, consumer) {
+            unread.sent(bytes);
+        }
+    }
+
+    /// Consumer `consumer` of job index `job` read `bytes`, stalled or not.
+    pub fn read(&self, job: u32, consumer: u32, stalled: bool, bytes: u64) {
+        if let Some(unread) = self.unread(job, consumer) {
+            unread.read(bytes);
+        }
+        self.delivered.add(stalled, bytes);
+    }
+
+    /// A consumer's verifier rejected a message with `error`.
+    pub fn rejected(&self, error: &VerifyError) {
+        match error {
+            VerifyError::Duplicate { .. } => self.duplicated.store(true, Ordering::Relaxed),
+            VerifyError::OutOfOrder { .. } => self.lost.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// Waits (blocking the thread) until the stalled consumers are released, or `within`
+    /// has passed.
+    #[cfg(feature = "zmq")]
+    pub fn wait_release_blocking(&self, within: std::time::Duration) {
+        let mut release = self.release.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(within, release.wait_for(|released| *released)).await;
+            });
+        }
+    }
+
     /// A non-stalled consumer is done: the last one releases the stalled ones.
-    fn healthy_done(&self) {
+    pub fn healthy_done(&self) {
         let all = self
             .healthy
             .lock()
@@ -247,9 +286,7 @@ async fn send_part<S: Sink>(
             if let Err(e) = sink.send(consumer, id, message).await {
                 return (moved, Some(e));
             }
-            if let Some(unread) = state.unread(job, id) {
-                unread.sent(len);
-            }
+            state.sent(job, id, len);
             moved.bytes += len;
             moved.messages += 1;
         }
@@ -294,7 +331,7 @@ async fn read<R: Source>(
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
     let mut verifier = shape.consumer_verifier(job, me);
-    let unread = state.unread(job, shape.consumer_id(me));
+    let my_id = shape.consumer_id(me);
     let mut moved = Moved::default();
     while let Some(item) = source.recv().await {
         let (from, message) = match item {
@@ -302,20 +339,13 @@ async fn read<R: Source>(
             Err(e) => return (moved, fail(e)),
         };
         let len = message.len() as u64;
-        if let Some(unread) = unread {
-            unread.read(len);
-        }
+        state.read(job, my_id, stalled, len);
         if let Err(e) = verifier.accept(from, &message) {
-            match e {
-                VerifyError::Duplicate { .. } => state.duplicated.store(true, Ordering::Relaxed),
-                VerifyError::OutOfOrder { .. } => state.lost.store(true, Ordering::Relaxed),
-                _ => {}
-            }
+            state.rejected(&e);
             return (moved, fail(e.to_string()));
         }
         moved.bytes += len;
         moved.messages += 1;
-        state.delivered.add(stalled, len);
         if !*announced && verifier.is_complete() {
             *announced = true;
             state.healthy_done();

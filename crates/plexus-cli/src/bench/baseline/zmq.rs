@@ -5,20 +5,27 @@
 //! consumer knows the sender. Each node has its own context (one I/O thread), as it would
 //! in a process of its own; endpoints are threads, since the ZeroMQ API blocks.
 //!
-//! Invariants: everything is bounded by the deadline: sends, receives and the lingering
-//! of unsent messages time out by then, so every thread ends by itself; a consumer stops
-//! as soon as its verifier found every channel complete (PUSH/PULL has no end of stream);
-//! high-water marks hold about 1 MiB per pipe (at most ZeroMQ's default of 1000 messages),
-//! so a slow consumer blocks its producers instead of growing queues without bound.
+//! A producer serves its PUSH sockets as plexus's producers serve their consumers: it
+//! sends to every socket that takes a message without waiting, and waits (polling) only
+//! when none does. ZeroMQ reconnects a broken connection by itself; what was in flight on
+//! it is gone, and the consumers' verification says so.
+//!
+//! Invariants: everything is bounded by the deadline: sends, receives, polls, the stalled
+//! consumers' wait and the lingering of unsent messages time out by then, so every thread
+//! ends by itself; a consumer stops as soon as its verifier found every channel complete
+//! (PUSH/PULL has no end of stream); high-water marks hold about 1 MiB per pipe (at most
+//! ZeroMQ's default of 1000 messages), so a slow consumer blocks its producers' pipes to
+//! it instead of growing queues without bound.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use plexus::Endpoint;
 use tokio::sync::mpsc;
 
+use super::super::chaos::Chaos;
 use super::super::delivered::Delivered;
 use super::super::fds;
 use super::super::host::BODY_SEED;
@@ -28,7 +35,8 @@ use super::super::shape::Shape;
 use super::super::transport::endpoint_outcome;
 use super::super::verdict::RunRecord;
 use super::super::workload::MessageFactory;
-use super::{BaselineResult, System};
+use super::roles::RunState;
+use super::{BaselineResult, Conditions, Fates, Measured, System};
 
 /// File descriptors each channel costs: its PUSH socket's mailbox and both connection ends.
 const FDS_PER_CHANNEL: u64 = 3;
@@ -39,38 +47,62 @@ const MAX_SOCKETS_PER_CONTEXT: u64 = 1000;
 /// Bytes of messages a pipe's high-water mark allows, roughly.
 const PIPE_BYTES: u64 = 1 << 20;
 
-/// Runs the workload of `shape` over ZeroMQ, within `timeout`.
-pub fn run(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
+/// Runs the workload of `shape` over ZeroMQ, under `conditions`.
+pub fn run(shape: &Shape, conditions: Conditions) -> BaselineResult {
     if let Some(note) = fds::too_many(shape.channels(), FDS_PER_CHANNEL, fds::soft_limit()) {
         return BaselineResult::skipped(System::Zmq, note);
     }
     if let Some(note) = too_many_sockets(shape) {
         return BaselineResult::skipped(System::Zmq, note);
     }
-    super::on_runtime(System::Zmq, measure(shape, json, timeout))
+    super::on_runtime(System::Zmq, measure(shape, conditions))
 }
 
-async fn measure(shape: &Shape, json: bool, timeout: Duration) -> BaselineResult {
-    let deadline = Instant::now() + timeout;
+async fn measure(shape: &Shape, conditions: Conditions) -> BaselineResult {
+    let deadline = Instant::now() + conditions.timeout;
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start(shape, &delivered, json);
+    let monitor = Monitor::start(shape, &delivered, conditions.json);
+    let state = Arc::new(RunState::new(shape, delivered));
     let sample = Arc::new(LinkSample::new(shape));
+    let chaos = conditions
+        .chaos
+        .map(|period| Chaos::start(shape.node_ips(), period));
     let start = Instant::now();
-    let (outcomes, errors) = match launch(shape, deadline, &delivered, &sample) {
+    let (mut outcomes, errors) = match launch(shape, deadline, &state, &sample) {
         Ok((expected, events)) => gather(expected, events, deadline).await,
         Err(e) => (Vec::new(), vec![e]),
+    };
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let timed_out = Instant::now() >= deadline;
+    let link_kills = chaos.map_or(0, Chaos::stop);
+    state.annotate(shape, &mut outcomes);
+    let healthy_elapsed_s = if shape.stall_consumers() > 0 {
+        state.healthy_elapsed_since(start.into())
+    } else {
+        None
     };
     let record = RunRecord {
         outcomes,
         errors,
-        elapsed_s: start.elapsed().as_secs_f64(),
+        elapsed_s,
+        healthy_elapsed_s,
+        link_kills,
         links_per_node_max: monitor
             .finish()
             .max(sample.links_max.load(Ordering::Relaxed)),
         processes: 1,
         ..RunRecord::default()
     };
-    BaselineResult::judged(System::Zmq, shape, record, shape.channels())
+    let measured = Measured {
+        record,
+        fates: Fates {
+            duplicated: state.duplicated(),
+            lost: state.lost(),
+            timed_out,
+        },
+        stalled_buffered_max: state.stalled_unread_max(shape),
+    };
+    BaselineResult::judged(System::Zmq, shape, measured, shape.channels())
 }
 
 /// Why some node would need more sockets than a context holds, if it would.
@@ -123,7 +155,7 @@ impl LinkSample {
 fn launch(
     shape: &Shape,
     deadline: Instant,
-    delivered: &Arc<Delivered>,
+    state: &Arc<RunState>,
     sample: &Arc<LinkSample>,
 ) -> Result<(usize, mpsc::UnboundedReceiver<EndpointOutcome>), String> {
     let contexts: Vec<zmq::Context> = (0..shape.nodes()).map(|_| zmq::Context::new()).collect();
@@ -151,10 +183,10 @@ fn launch(
                     .map_err(|_| format!("zmq: consumer {me}: an endpoint that is not text"))?;
                 let address = endpoint.trim_start_matches("tcp://").to_string();
                 bound.push((j, me, address));
-                let (shape, events, delivered) = (shape.clone(), events.clone(), delivered.clone());
+                let (shape, events, state) = (shape.clone(), events.clone(), state.clone());
                 expected += 1;
                 spawn(format!("zmq-c{j}-{me}"), move || {
-                    let (moved, error) = consume(&socket, &shape, j, me, &delivered);
+                    let (moved, error) = consume(&socket, &shape, j, me, &state, deadline);
                     drop(socket);
                     let _ = events.send(endpoint_outcome(j, me, Role::Consumer, moved, error));
                 })?;
@@ -186,10 +218,18 @@ fn launch(
                     sockets.push((*id, socket));
                 }
                 let (shape, events, factory) = (shape.clone(), events.clone(), factory.clone());
-                let sample = sample.clone();
+                let (sample, state) = (sample.clone(), state.clone());
                 expected += 1;
                 spawn(format!("zmq-p{j}-{me}"), move || {
-                    let (moved, error) = produce(&sockets, &shape, j, me, &factory, &sample);
+                    let sending = Sending {
+                        shape: &shape,
+                        job: j,
+                        me,
+                        factory: &factory,
+                        state: &state,
+                        deadline,
+                    };
+                    let (moved, error) = sending.run(&sockets, &sample);
                     drop(sockets);
                     let _ = events.send(endpoint_outcome(j, me, Role::Producer, moved, error));
                 })?;
@@ -242,37 +282,87 @@ async fn gather(
     (outcomes, errors)
 }
 
-fn produce(
-    sockets: &[(u32, zmq::Socket)],
-    shape: &Shape,
+/// What a producer thread sends, and to whom it reports.
+struct Sending<'a> {
+    shape: &'a Shape,
     job: u32,
     me: Endpoint,
-    factory: &MessageFactory,
-    sample: &LinkSample,
-) -> (Moved, Option<EndpointError>) {
-    let plan = shape.plan();
-    let my_id = shape.producer_id(me);
-    let tag = my_id.to_le_bytes();
-    let mut moved = Moved::default();
-    for seq in 0..plan.messages() {
-        for (id, socket) in sockets {
-            let message = factory.message(&plan, my_id, *id, seq);
-            let sent = socket
-                .send(&tag[..], zmq::SNDMORE)
-                .and_then(|()| socket.send(&message[..], 0));
-            if let Err(e) = sent {
-                let context = format!("job {} producer {me}", Shape::job_id(job).0);
-                let error = format!("{context}: sending to consumer id {id}: {e}");
-                return (moved, Some(EndpointError::other(error)));
+    factory: &'a MessageFactory,
+    state: &'a RunState,
+    deadline: Instant,
+}
+
+impl Sending<'_> {
+    /// Sends the producer's plan over `sockets` (one per consumer id), to every socket
+    /// that takes a message without waiting, polling only when none does.
+    fn run(
+        &self,
+        sockets: &[(u32, zmq::Socket)],
+        sample: &LinkSample,
+    ) -> (Moved, Option<EndpointError>) {
+        let (plan, me) = (self.shape.plan(), self.me);
+        let my_id = self.shape.producer_id(me);
+        let tag = my_id.to_le_bytes();
+        let fail = |e: String| {
+            let context = format!("job {} producer {me}", Shape::job_id(self.job).0);
+            Some(EndpointError::other(format!("{context}: {e}")))
+        };
+        let mut moved = Moved::default();
+        let mut next = vec![0u32; sockets.len()];
+        let mut held: Vec<Option<bytes::Bytes>> = vec![None; sockets.len()];
+        let mut sampled = false;
+        while next.iter().any(|&n| n < plan.messages()) {
+            let mut progressed = false;
+            for (i, (id, socket)) in sockets.iter().enumerate() {
+                if next[i] == plan.messages() {
+                    continue;
+                }
+                let message = held[i]
+                    .take()
+                    .unwrap_or_else(|| self.factory.message(&plan, my_id, *id, next[i]));
+                match socket.send(&tag[..], zmq::SNDMORE | zmq::DONTWAIT) {
+                    Ok(()) => {}
+                    Err(zmq::Error::EAGAIN) => {
+                        held[i] = Some(message);
+                        continue;
+                    }
+                    Err(e) => return (moved, fail(format!("sending to consumer id {id}: {e}"))),
+                }
+                // The first part went: ZeroMQ takes the rest of the message.
+                if let Err(e) = socket.send(&message[..], 0) {
+                    return (moved, fail(format!("sending to consumer id {id}: {e}")));
+                }
+                self.state.sent(self.job, *id, message.len() as u64);
+                moved.bytes += message.len() as u64;
+                moved.messages += 1;
+                next[i] += 1;
+                progressed = true;
             }
-            moved.bytes += message.len() as u64;
-            moved.messages += 1;
+            if !sampled && next.iter().all(|&n| n > 0) {
+                sampled = true;
+                sample.first_round_done();
+            }
+            if !progressed {
+                let mut items: Vec<zmq::PollItem<'_>> = sockets
+                    .iter()
+                    .zip(&next)
+                    .filter(|(_, &n)| n < plan.messages())
+                    .map(|((_, socket), _)| socket.as_poll_item(zmq::POLLOUT))
+                    .collect();
+                match zmq::poll(&mut items, i64::from(millis_until(self.deadline))) {
+                    Ok(0) => {
+                        return (
+                            moved,
+                            fail("timed out waiting for a consumer to take a message".into()),
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => return (moved, fail(format!("polling: {e}"))),
+                }
+            }
         }
-        if seq == 0 {
-            sample.first_round_done();
-        }
+        (moved, None)
     }
-    (moved, None)
 }
 
 fn consume(
@@ -280,11 +370,34 @@ fn consume(
     shape: &Shape,
     job: u32,
     me: Endpoint,
-    delivered: &Delivered,
+    state: &RunState,
+    deadline: Instant,
+) -> (Moved, Option<EndpointError>) {
+    let stalled = shape.is_stalled(job, me);
+    if stalled {
+        state.wait_release_blocking(deadline.saturating_duration_since(Instant::now()));
+    }
+    let read = read(socket, shape, job, me, state, stalled);
+    if !stalled {
+        // Done, complete or not: the stalled consumers must not wait on a failure.
+        state.healthy_done();
+    }
+    read
+}
+
+/// Reads and verifies until the consumer has every message of every producer.
+fn read(
+    socket: &zmq::Socket,
+    shape: &Shape,
+    job: u32,
+    me: Endpoint,
+    state: &RunState,
+    stalled: bool,
 ) -> (Moved, Option<EndpointError>) {
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
     let mut verifier = shape.consumer_verifier(job, me);
+    let my_id = shape.consumer_id(me);
     let mut moved = Moved::default();
     let (mut tag, mut message) = (zmq::Message::new(), zmq::Message::new());
     while !verifier.is_complete() {
@@ -298,12 +411,13 @@ fn consume(
             Ok(id) if tag.get_more() => u32::from_le_bytes(id),
             _ => return (moved, fail("a message without its producer id".into())),
         };
+        state.read(job, my_id, stalled, message.len() as u64);
         if let Err(e) = verifier.accept(from, &message) {
+            state.rejected(&e);
             return (moved, fail(e.to_string()));
         }
         moved.bytes += message.len() as u64;
         moved.messages += 1;
-        delivered.add(false, message.len() as u64);
     }
     match verifier.finish() {
         Ok(_) => (moved, None),

@@ -153,6 +153,15 @@ pub fn goodput(bars: &[Bar]) -> Result<String, String> {
     })
 }
 
+/// One figure per system, a bar each, labelled with its value, under `title`, the value
+/// axis named `y_desc`.
+pub fn column(title: &str, y_desc: &str, bars: &[Bar], values: &[f64]) -> Result<String, String> {
+    svg(|root| {
+        let root = root.titled(title, (FONT, 24)).map_err(|e| e.to_string())?;
+        bar_panel(&root, "", y_desc, bars, values)
+    })
+}
+
 /// The legend of a line chart, in its upper left corner.
 fn draw_legend<'a, X: Ranged, Y: Ranged>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,

@@ -9,6 +9,7 @@
 use std::fmt::Write;
 
 use super::super::arrival::ArrivalOrder;
+use super::super::compare::CompareReport;
 use super::super::latency::{Figures, LatencyReport};
 use super::super::report::{Report, ShapeFields};
 use super::super::size::format_bytes;
@@ -134,6 +135,84 @@ fn closing(out: &mut String, errors: &[String], ctx: &Context) {
     if !ctx.notes.is_empty() {
         out.push('\n');
     }
+}
+
+/// report.md of a `--compare` run: the matrix, then how each system failed.
+pub fn compare(r: &CompareReport, ctx: &Context) -> String {
+    let mut out = format!(
+        "# plexus bench --compare: plexus {}\n\n",
+        verdict(r.verified)
+    );
+    preamble(&mut out, ctx);
+    heading(&mut out, "Shape");
+    figures(
+        &mut out,
+        &[
+            ("nodes", r.nodes.to_string()),
+            ("producers per node and job", r.producers.to_string()),
+            ("consumers per node and job", r.consumers.to_string()),
+            ("jobs", r.jobs.to_string()),
+            ("message size", format_bytes(r.message_size)),
+            ("bytes per producer", format_bytes(r.bytes_per_producer)),
+            (
+                "stalled consumers (stall runs)",
+                r.stall_consumers.to_string(),
+            ),
+            (
+                "a link killed every (kill runs)",
+                format!("{} ms", r.chaos_link_kill_ms),
+            ),
+            ("whole matrix took", format!("{:.1} s", r.elapsed_s)),
+        ],
+    );
+    heading(&mut out, "The matrix");
+    let outcome = |o: Option<super::super::baseline::Outcome>| opt(o, |o| o.name().to_string());
+    let rows: Vec<[String; 7]> = r
+        .compare
+        .iter()
+        .map(|row| match &row.skipped {
+            Some(why) => [
+                row.system.to_string(),
+                format!("skipped: {why}"),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+            None => [
+                row.system.to_string(),
+                opt(row.links_per_node_max, |l| l.to_string()),
+                opt(row.throughput_bytes_per_s, rate),
+                opt(row.stall_healthy_ratio, |x| format!("{x:.2}×")),
+                opt(row.stall_buffered_bytes_max, format_bytes),
+                outcome(row.stall_outcome),
+                match (row.link_kill_outcome, row.link_kills) {
+                    (Some(o), Some(k)) => format!("{} ({k} kills)", o.name()),
+                    _ => "-".into(),
+                },
+            ],
+        })
+        .collect();
+    table(
+        &mut out,
+        [
+            "system",
+            "links per node",
+            "goodput",
+            "others' goodput under stall",
+            "held for a stalled consumer",
+            "stalled run",
+            "links killed",
+        ],
+        &rows,
+    );
+    for row in r.compare.iter().filter(|row| !row.how.is_empty()) {
+        let _ = writeln!(out, "- **{}**: {}", row.system, row.how.join("; "));
+    }
+    out.push('\n');
+    closing(&mut out, &r.errors, ctx);
+    out
 }
 
 /// How the jobs arrived at the nodes, with the seed when it mattered.

@@ -23,6 +23,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::child::PROGRESS_EVERY;
+use super::compare::CompareReport;
 use super::latency::LatencyReport;
 use super::report::Report;
 use super::timeline::{Series, PERIOD};
@@ -137,6 +138,110 @@ pub fn throughput(
     });
     write(dir, "report.md", &markdown)
 }
+
+/// Writes the report of a `--compare` run to `dir`: report.json, report.md and a chart
+/// per column of the matrix.
+pub fn compare(dir: &Path, report: &CompareReport) -> Result<(), String> {
+    write(dir, "report.json", &json_line(report)?)?;
+    let mut files = vec![("report.json", "the JSON object `--json` prints".to_string())];
+    let ran: Vec<_> = report
+        .compare
+        .iter()
+        .filter(|r| r.skipped.is_none())
+        .collect();
+    let named = |suffix: &dyn Fn(&super::compare::Row) -> String| -> Vec<Bar> {
+        ran.iter()
+            .map(|r| Bar {
+                system: format!("{}{}", r.system, suffix(r)),
+                bytes_per_s: 0.0,
+                msgs_per_s: 0.0,
+                verified: true,
+            })
+            .collect()
+    };
+    let outcome = |o: Option<super::baseline::Outcome>| o.map_or("-", |o| o.name());
+    let plain = named(&|_| String::new());
+    // Per chart: its file, title and unit, and a bar per system.
+    let columns: [(&str, &str, &str, ColumnBars); 5] = [
+        (
+            "links.svg",
+            "Links per node (TCP connections any node held; lower is better)",
+            "connections",
+            (
+                plain.clone(),
+                ran.iter()
+                    .map(|r| r.links_per_node_max.unwrap_or(0) as f64)
+                    .collect(),
+            ),
+        ),
+        (
+            "goodput.svg",
+            "Goodput, plain run (higher is better)",
+            "GB/s",
+            (
+                plain.clone(),
+                ran.iter()
+                    .map(|r| r.throughput_bytes_per_s.unwrap_or(0.0) / 1e9)
+                    .collect(),
+            ),
+        ),
+        (
+            "stall.svg",
+            "Others' goodput with consumers stalled, over the plain run's (1 = unaffected)",
+            "ratio",
+            (
+                named(&|r| format!(" ({})", outcome(r.stall_outcome))),
+                ran.iter()
+                    .map(|r| r.stall_healthy_ratio.unwrap_or(0.0))
+                    .collect(),
+            ),
+        ),
+        (
+            "held.svg",
+            "Most bytes held for one stalled consumer (lower is better)",
+            "MiB",
+            (
+                plain.clone(),
+                ran.iter()
+                    .map(|r| r.stall_buffered_bytes_max.unwrap_or(0) as f64 / 1_048_576.0)
+                    .collect(),
+            ),
+        ),
+        (
+            "link-kills.svg",
+            "Links killed from outside: 1 = every message delivered exactly once",
+            "verified",
+            (
+                named(&|r| format!(" ({})", outcome(r.link_kill_outcome))),
+                ran.iter()
+                    .map(|r| {
+                        f64::from(u8::from(
+                            r.link_kill_outcome == Some(super::baseline::Outcome::Verified),
+                        ))
+                    })
+                    .collect(),
+            ),
+        ),
+    ];
+    for (name, title, unit, (bars, values)) in columns {
+        write(dir, name, &charts::column(title, unit, &bars, &values)?)?;
+        files.push((name, title.to_string()));
+    }
+    let notes: Vec<String> = report
+        .compare
+        .iter()
+        .filter_map(|r| {
+            r.skipped
+                .as_ref()
+                .map(|why| format!("{} is in no chart: it was skipped ({why})", r.system))
+        })
+        .collect();
+    let markdown = with_context(&files, &notes, |ctx| markdown::compare(report, ctx));
+    write(dir, "report.md", &markdown)
+}
+
+/// The bars of one chart: a label per system, and its figure.
+type ColumnBars = (Vec<Bar>, Vec<f64>);
 
 /// Renders report.md with the context of this run: its command line and machine, and the
 /// files and notes written beside it.
