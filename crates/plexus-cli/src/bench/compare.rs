@@ -227,6 +227,7 @@ pub struct CompareReport {
 
 /// How long a stalled or killed run of a system whose plain run took `plain_s` may take.
 fn fault_timeout(plain_s: f64, limit: Duration) -> Duration {
+    let plain_s = if plain_s.is_finite() { plain_s } else { 0.0 };
     let five_times = Duration::from_secs_f64((plain_s * 5.0).clamp(0.0, 86_400.0));
     five_times.max(MIN_FAULT_TIMEOUT).min(limit)
 }
