@@ -91,13 +91,6 @@ impl Run {
         }
     }
 
-    fn not_measured(why: &str) -> Run {
-        Run {
-            errors: vec![why.to_string()],
-            ..Run::default()
-        }
-    }
-
     fn failed(error: String) -> Run {
         Run {
             outcome: Some(Outcome::Failed),
@@ -153,9 +146,7 @@ impl Row {
         let mut how = Vec::new();
         for (label, run) in [("plain", plain), ("stall", stall), ("link kills", kill)] {
             if run.outcome != Some(Outcome::Verified) {
-                // What an endpoint saw says more than the clock running out.
-                let telling = run.errors.iter().find(|e| !e.starts_with("timed out"));
-                if let Some(first) = telling.or(run.errors.first()) {
+                if let Some(first) = telling_error(run) {
                     how.push(format!("{label}: {first}"));
                 }
             }
@@ -192,6 +183,26 @@ impl Row {
             skipped: Some(why),
         }
     }
+}
+
+/// The error that best says how `run` went wrong: for lost or duplicated messages the
+/// verification that saw it, for a blocked run the clock running out, otherwise the first
+/// thing an endpoint or a link saw.
+fn telling_error(run: &Run) -> Option<&String> {
+    let mark = match run.outcome {
+        Some(Outcome::Lost) => "out-of-order",
+        Some(Outcome::Duplicated) => "duplicate",
+        Some(Outcome::Blocked) => "timed out",
+        _ => "",
+    };
+    let seen = |e: &&String| {
+        !e.starts_with("timed out") && !e.ends_with("never finished") && !e.ends_with("more errors")
+    };
+    run.errors
+        .iter()
+        .find(|e| !mark.is_empty() && e.contains(mark))
+        .or_else(|| run.errors.iter().find(seen))
+        .or(run.errors.first())
 }
 
 /// The report of `--compare`.
@@ -297,17 +308,6 @@ pub fn run(args: &BenchArgs) -> Result<CompareReport, String> {
         let plain_run = Run::of_baseline(baseline::run(system, &shapes.0, &plain));
         if plain_run.skipped.is_some() {
             rows.push(Row::new(system.name(), &plain_run, &plain_run, &plain_run));
-            continue;
-        }
-        if system == System::Rabbitmq {
-            // Its roles run on the broker's own client; stalls and kills are not built there.
-            let unmeasured = Run::not_measured("not measured for the broker");
-            rows.push(Row::new(
-                system.name(),
-                &plain_run,
-                &unmeasured,
-                &unmeasured,
-            ));
             continue;
         }
         let faults_limit = fault_timeout(plain_run.elapsed_s, limit);

@@ -47,6 +47,7 @@ mod roles;
 mod zmq;
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -344,7 +345,7 @@ pub fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
         #[cfg(not(feature = "zmq"))]
         System::Zmq => BaselineResult::skipped(system, "built without the zmq feature".into()),
         #[cfg(feature = "rabbitmq")]
-        System::Rabbitmq => rabbitmq::run(shape, &args.amqp_url, args.json, conditions.timeout),
+        System::Rabbitmq => rabbitmq::run(shape, &args.amqp_url, conditions),
         #[cfg(not(feature = "rabbitmq"))]
         System::Rabbitmq => {
             BaselineResult::skipped(system, "built without the rabbitmq feature".into())
@@ -416,7 +417,7 @@ async fn run_raw(shape: &Shape, conditions: Conditions) -> BaselineResult {
     let (faults, log) = Faults::new();
     match timeout_at(deadline, RawTcp::open(shape, &faults)).await {
         Ok(Ok((raw, connections))) => {
-            let measured = measure(raw, shape, conditions, deadline, log).await;
+            let measured = measure(raw, shape, conditions, &shape.node_ips(), deadline, log).await;
             BaselineResult::judged(System::RawTcp, shape, measured, connections)
         }
         Ok(Err(e)) => failed(System::RawTcp, e),
@@ -429,7 +430,8 @@ async fn run_naive(shape: &Shape, conditions: Conditions) -> BaselineResult {
     let (faults, log) = Faults::new();
     match NaiveTcp::open(shape, &faults) {
         Ok((naive, connections)) => {
-            let measured = measure(naive, shape, conditions, deadline, log).await;
+            let measured =
+                measure(naive, shape, conditions, &shape.node_ips(), deadline, log).await;
             let connections = connections.load(Ordering::Relaxed);
             BaselineResult::judged(System::NaiveTcp, shape, measured, connections)
         }
@@ -447,7 +449,7 @@ async fn run_grpc(shape: &Shape, conditions: Conditions) -> BaselineResult {
     .await;
     match opened {
         Ok(Ok((grpc, connections))) => {
-            let measured = measure(grpc, shape, conditions, deadline, log).await;
+            let measured = measure(grpc, shape, conditions, &shape.node_ips(), deadline, log).await;
             BaselineResult::judged(System::Grpc, shape, measured, connections)
         }
         Ok(Err(e)) => failed(System::Grpc, e),
@@ -466,11 +468,13 @@ pub struct Measured {
 }
 
 /// Runs the throughput workload over `transport`, timed and watched like the plexus run,
-/// with its stalled consumers and, if asked, links killed from outside.
+/// with its stalled consumers and, if asked, links between `chaos_ips` killed from
+/// outside.
 async fn measure<T: Transport>(
     transport: T,
     shape: &Shape,
     conditions: Conditions,
+    chaos_ips: &[Ipv4Addr],
     deadline: Instant,
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> Measured {
@@ -480,7 +484,7 @@ async fn measure<T: Transport>(
     let (produce, consume) = roles::throughput(shape, state.clone());
     let chaos = conditions
         .chaos
-        .map(|period| Chaos::start(shape.node_ips(), period));
+        .map(|period| Chaos::start(chaos_ips.to_vec(), period));
     let start = Instant::now();
     let (mut outcomes, mut errors) =
         transport::drive(transport, shape, deadline, produce, consume).await;

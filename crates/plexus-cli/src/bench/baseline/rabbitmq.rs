@@ -45,7 +45,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::super::shape::Shape;
 use super::super::transport::{Faults, Sink, Source, Transport};
-use super::{amqp_url, failed, BaselineResult, System};
+use super::{amqp_url, failed, BaselineResult, Conditions, System};
 
 /// Bytes of messages a consumer's prefetch window allows, roughly.
 const PREFETCH_BYTES: u64 = 1 << 20;
@@ -56,13 +56,14 @@ const PRODUCER_HEADER: &str = "producer";
 /// How long closing the connections may take after the run.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the workload of `shape` through the broker at `url`, within `timeout`.
-pub fn run(shape: &Shape, url: &str, json: bool, timeout: Duration) -> BaselineResult {
-    super::on_runtime(System::Rabbitmq, measure(shape, url, json, timeout))
+/// Runs the workload of `shape` through the broker at `url`, under `conditions`; link
+/// kills aim at the nodes' connections to the broker.
+pub fn run(shape: &Shape, url: &str, conditions: Conditions) -> BaselineResult {
+    super::on_runtime(System::Rabbitmq, measure(shape, url, conditions))
 }
 
-async fn measure(shape: &Shape, url: &str, json: bool, timeout: Duration) -> BaselineResult {
-    let deadline = Instant::now() + timeout;
+async fn measure(shape: &Shape, url: &str, conditions: Conditions) -> BaselineResult {
+    let deadline = Instant::now() + conditions.timeout;
     let broker = match broker(url).await {
         Ok(broker) => broker,
         Err(e) => return failed(System::Rabbitmq, e),
@@ -92,13 +93,18 @@ async fn measure(shape: &Shape, url: &str, json: bool, timeout: Duration) -> Bas
     };
     // The system reports its failures through its endpoints.
     let (_faults, log) = Faults::new();
-    let record = super::measure(rabbit, shape, json, deadline, log).await;
+    // The only links are the nodes' connections to the broker: those are what break.
+    let mut chaos_ips = shape.node_ips();
+    if let IpAddr::V4(ip) = broker.addr.ip() {
+        chaos_ips.push(ip);
+    }
+    let measured = super::measure(rabbit, shape, conditions, &chaos_ips, deadline, log).await;
     for connection in &connections {
         let close = connection.close(200, ShortString::from("done"));
         // The run is judged already; a connection that does not close cleanly is dropped.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     }
-    BaselineResult::judged(System::Rabbitmq, shape, record, connections.len() as u64)
+    BaselineResult::judged(System::Rabbitmq, shape, measured, connections.len() as u64)
 }
 
 /// The broker's URL, parsed, and its address.
