@@ -319,10 +319,9 @@ impl Sink for GrpcSink {
         }
         match self.channels.swap_remove(index).1 {
             // The call ended early: its outcome says why.
-            ChannelTx::Push(_, call) => Err(call_outcome(call)
-                .await
-                .err()
-                .unwrap_or_else(|| "the call ended before the producer did".into())),
+            ChannelTx::Push(_, call) => Err(call_outcome(call).await.err().unwrap_or_else(|| {
+                "the consumer's side ended the call before the producer finished".into()
+            })),
             _ => Err(format!("the stream to consumer {to} ended early")),
         }
     }
