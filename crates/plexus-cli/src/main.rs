@@ -4,6 +4,8 @@
 
 mod agent;
 mod bench;
+#[cfg(feature = "shuffle")]
+mod shuffle;
 mod status;
 mod top;
 
@@ -33,6 +35,11 @@ enum Command {
     Secret(SecretArgs),
     /// Run the all-to-all job on loopback and report throughput, links and memory.
     Bench(Box<bench::BenchArgs>),
+    /// A TPC-H shuffle of Apache Arrow batches between nodes on loopback, each consumer
+    /// computing Q1 over its partition, checked against the one-process answer (and with
+    /// `--baseline flight`, the same over Arrow Flight).
+    #[cfg(feature = "shuffle")]
+    Shuffle(Box<shuffle::ShuffleArgs>),
     /// One node of `plexus bench --spawn`, driven by the bench over stdin and stdout.
     #[command(hide = true, name = "bench-node")]
     BenchNode(bench::child::NodeArgs),
@@ -74,6 +81,8 @@ fn main() -> ExitCode {
         Command::Status(args) => status::main(args),
         Command::Top(args) => top::main(args),
         Command::Bench(args) => bench::main(*args),
+        #[cfg(feature = "shuffle")]
+        Command::Shuffle(args) => shuffle::main(*args),
         Command::BenchNode(args) => bench::child::main(args),
         Command::BenchEndpoint(args) => bench::endpoint::main(args),
     }

@@ -73,6 +73,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+pub use monitor::max_links_in;
+pub use report::print_json;
+
 use arrival::{Arrival, ArrivalOrder};
 use consume::ConsumeMode;
 use report::Report;
