@@ -99,9 +99,13 @@ fn baselines_face_the_same_link_kills_and_their_failure_is_a_result() {
 
 #[test]
 fn compare_reports_every_column_for_every_system_that_ran() {
-    let (out, r) = report(bench_command(&args(
-        "--compare --nodes 3 --producers 1 --consumers 2 --jobs 1 --bytes-per-producer 4MiB --message-size 16KiB --chaos-link-kill-ms 30 --first-ip 127.0.75.1 --timeout-s 60",
-    )));
+    let dir = std::env::temp_dir().join(format!("plexus-compare-{}", std::process::id()));
+    let dir_arg = dir.display().to_string();
+    let mut line = args(
+        "--compare --nodes 3 --producers 1 --consumers 2 --jobs 1 --bytes-per-producer 4MiB --message-size 16KiB --chaos-link-kill-ms 30 --first-ip 127.0.75.1 --timeout-s 60 --report",
+    );
+    line.push(&dir_arg);
+    let (out, r) = report(bench_command(&line));
     assert!(out.status.success(), "{r}");
     assert_eq!(r["verified"], true, "{r}");
     assert_eq!(r["stall_consumers"], 2);
@@ -135,6 +139,22 @@ fn compare_reports_every_column_for_every_system_that_ran() {
     if !cfg!(feature = "zmq") {
         assert_eq!(row(&r, "zmq")["skipped"], "built without the zmq feature");
     }
+    // The report: the same JSON, the table in Markdown, and a chart per column.
+    let json = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    assert_eq!(serde_json::from_str::<Value>(&json).expect("json"), r);
+    let markdown = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    assert!(markdown.contains("| grpc |"), "{markdown}");
+    for chart in [
+        "links.svg",
+        "goodput.svg",
+        "stall.svg",
+        "held.svg",
+        "link-kills.svg",
+    ] {
+        let svg = std::fs::read_to_string(dir.join(chart)).expect("chart");
+        assert!(svg.starts_with("<svg") && svg.contains("plexus"), "{chart}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
