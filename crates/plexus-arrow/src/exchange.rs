@@ -21,13 +21,21 @@ use plexus::{Consumer, Endpoint, Producer};
 
 use crate::{ChannelDecoder, ChannelEncoder, Error};
 
+/// One consumer's channel: its encoder, the messages it did not take yet, and their
+/// lengths (so that what it takes is counted without walking the queue).
+struct Channel {
+    encoder: ChannelEncoder,
+    queue: VecDeque<Bytes>,
+    lengths: VecDeque<usize>,
+}
+
 /// Sends record batches of one schema to the consumers of a producer's job.
 pub struct BatchSender {
     producer: Producer,
     schema: SchemaRef,
     max_message: usize,
     /// Per consumer: its channel's encoder, and the messages it did not take yet.
-    channels: HashMap<Endpoint, (ChannelEncoder, VecDeque<Bytes>)>,
+    channels: HashMap<Endpoint, Channel>,
     queued_bytes: usize,
 }
 
@@ -48,13 +56,15 @@ impl BatchSender {
     /// ones; [`BatchSender::push`] hands them over.
     pub fn queue(&mut self, to: Endpoint, batch: &RecordBatch) -> Result<(), Error> {
         let (schema, max) = (&self.schema, self.max_message);
-        let (encoder, queue) = self
-            .channels
-            .entry(to)
-            .or_insert_with(|| (ChannelEncoder::new(schema.clone(), max), VecDeque::new()));
-        for message in encoder.encode(batch)? {
+        let channel = self.channels.entry(to).or_insert_with(|| Channel {
+            encoder: ChannelEncoder::new(schema.clone(), max),
+            queue: VecDeque::new(),
+            lengths: VecDeque::new(),
+        });
+        for message in channel.encoder.encode(batch)? {
             self.queued_bytes += message.len();
-            queue.push_back(message);
+            channel.lengths.push_back(message.len());
+            channel.queue.push_back(message);
         }
         Ok(())
     }
@@ -63,15 +73,14 @@ impl BatchSender {
     /// waiting; returns how many consumers still have messages queued.
     pub fn push(&mut self) -> Result<usize, Error> {
         let mut waiting = 0;
-        for (&to, (_, queue)) in &mut self.channels {
-            if queue.is_empty() {
+        for (&to, channel) in &mut self.channels {
+            if channel.queue.is_empty() {
                 continue;
             }
-            let before: usize = queue.iter().map(Bytes::len).sum();
-            self.producer.try_send_many(to, queue)?;
-            let after: usize = queue.iter().map(Bytes::len).sum();
-            self.queued_bytes -= before - after;
-            if !queue.is_empty() {
+            let taken = self.producer.try_send_many(to, &mut channel.queue)?;
+            let sent: usize = channel.lengths.drain(..taken).sum();
+            self.queued_bytes -= sent;
+            if !channel.queue.is_empty() {
                 waiting += 1;
             }
         }
