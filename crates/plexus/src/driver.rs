@@ -102,6 +102,47 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// Accepts QUIC connections until the node stops: each is admitted like a TCP
+/// connection (the same caps on connections that have not proved membership), then its
+/// TLS handshake and its link's stream complete in a task of its own, bounded by the
+/// handshake timeout.
+pub(crate) async fn quic_accept_loop(shared: Arc<Shared>, quic: crate::quic::Quic) {
+    while let Some(incoming) = quic.accept().await {
+        let remote = incoming.remote_address();
+        let Some(link) = shared.op(|st| admit_unproved(st, remote)) else {
+            incoming.refuse();
+            continue;
+        };
+        let task = shared.runtime.spawn({
+            let shared = shared.clone();
+            async move {
+                let timeout = shared.lock().core.config().handshake_timeout;
+                let members = shared.membership.nodes();
+                let outcome = tokio::time::timeout(timeout, crate::quic::accept(incoming, members))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("QUIC handshake timed out")));
+                match outcome {
+                    Ok((stream, node)) => {
+                        shared.op(|st| st.core.certify_link(link, node));
+                        start_link(&shared, link, stream.recv, stream.send, Some(remote));
+                    }
+                    Err(e) => shared.op(|st| {
+                        let node = st.core.config().node.0;
+                        st.refusals_log.log(|| {
+                            tracing::warn!(node, %remote, error = %e, "refused a connection: QUIC failed")
+                        });
+                        st.core.handle_link_closed(
+                            link,
+                            LinkCause::Unauthenticated(format!("QUIC: {e}")),
+                        );
+                    }),
+                }
+            }
+        });
+        shared.track(task.abort_handle());
+    }
+}
+
 /// Runs the TLS handshake of an accepted connection (bounded by the handshake timeout),
 /// tells the core which member its certificate names, and starts the link; a connection
 /// that fails it is closed as unauthenticated.
@@ -244,9 +285,12 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
     let task = shared.runtime.spawn({
         let shared = shared.clone();
         async move {
-            let dialled = match dial(&shared, peer).await {
-                Ok(stream) => secure(&shared, peer, stream).await,
-                Err(e) => Err(e),
+            let dialled = match &shared.quic {
+                Some(quic) => dial_quic(&shared, quic, peer).await,
+                None => match dial(&shared, peer).await {
+                    Ok(stream) => secure(&shared, peer, stream).await,
+                    Err(e) => Err(e),
+                },
             };
             match dialled {
                 Ok(dialled) => {
@@ -273,10 +317,11 @@ pub(crate) fn spawn_dial(shared: Arc<Shared>, peer: NodeId) {
     shared.track(task.abort_handle());
 }
 
-/// A dialled connection, with TLS on it if the node uses TLS.
+/// A dialled connection, with TLS on it if the node uses TLS, or a QUIC link stream.
 enum Dialled {
     Plain(TcpStream),
     Tls(Box<crate::tls::ClientStream>),
+    Quic(Box<crate::quic::LinkStream>),
 }
 
 impl Dialled {
@@ -293,8 +338,34 @@ impl Dialled {
                 let (rd, wr) = tokio::io::split(*stream);
                 start_link(shared, link, rd, wr, remote);
             }
+            Dialled::Quic(stream) => {
+                let remote = Some(stream.connection.remote_address());
+                start_link(shared, link, stream.recv, stream.send, remote);
+            }
         }
     }
+}
+
+/// Connects to `peer` over QUIC and opens the link's stream, within the handshake
+/// timeout; the peer's certificate must name it.
+async fn dial_quic(
+    shared: &Shared,
+    quic: &crate::quic::Quic,
+    peer: NodeId,
+) -> std::io::Result<Dialled> {
+    let addr = shared.membership.get(peer).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no address for {peer}"),
+        )
+    })?;
+    let timeout = shared.lock().core.config().handshake_timeout;
+    let stream = tokio::time::timeout(timeout, quic.connect(peer, addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "QUIC handshake timed out")
+        })??;
+    Ok(Dialled::Quic(Box::new(stream)))
 }
 
 /// Runs the TLS handshake on a connection dialled to `peer`, if the node uses TLS (within

@@ -31,6 +31,9 @@ pub enum Error {
     /// The TLS identity cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The QUIC endpoint cannot be made.
+    #[error(transparent)]
+    Quic(#[from] crate::quic::QuicError),
     /// The builder lacks a required setting.
     #[error("node builder: {0} is required")]
     Missing(&'static str),

@@ -20,6 +20,16 @@ use crate::membership::Membership;
 use crate::shared::Shared;
 use crate::topology::Topology;
 
+/// What a node's links run over; the same on every member of a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One TCP connection per node pair (with TLS if the node has an identity).
+    #[default]
+    Tcp,
+    /// One QUIC connection per node pair, over UDP; needs a TLS identity.
+    Quic,
+}
+
 /// Builds and starts a [`Node`].
 #[derive(Debug, Default)]
 pub struct NodeBuilder {
@@ -27,6 +37,7 @@ pub struct NodeBuilder {
     listen: Option<SocketAddr>,
     membership: Option<Membership>,
     tls: Option<crate::tls::TlsIdentity>,
+    transport: Transport,
 }
 
 impl NodeBuilder {
@@ -57,31 +68,64 @@ impl NodeBuilder {
         self
     }
 
+    /// What links run over: TCP (the default) or QUIC, which needs [`NodeBuilder::tls`]
+    /// (QUIC links are always TLS 1.3, with the node's identity).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
     /// Binds the listener and starts the node's tasks on the current tokio runtime.
     pub async fn start(self) -> Result<Node, Error> {
         let config = self.config.ok_or(Error::Missing("config"))?;
         let listen = self.listen.ok_or(Error::Missing("listen address"))?;
         let membership = self.membership.unwrap_or_default();
-        let tls = self.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
         let mut config = config;
         config.incarnation = fresh_incarnation();
         let node = config.node;
         let core = NodeCore::new(config, Instant::now())?;
-        let listener = crate::driver::listen(listen).map_err(|source| Error::Io {
-            node: node.0,
-            what: "binding the listener",
-            source,
-        })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+        let runtime = tokio::runtime::Handle::current();
+        let address_error = |source| Error::Io {
             node: node.0,
             what: "reading the listener address",
             source,
-        })?;
-        membership.insert(node, local_addr);
-        let runtime = tokio::runtime::Handle::current();
-        let shared = Shared::new(core, membership, local_addr.ip(), runtime, tls);
-        let accept = tokio::spawn(crate::driver::accept_loop(shared.clone(), listener));
-        shared.track(accept.abort_handle());
+        };
+        let (shared, local_addr) = match self.transport {
+            Transport::Tcp => {
+                let tls = self.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
+                let listener = crate::driver::listen(listen).map_err(|source| Error::Io {
+                    node: node.0,
+                    what: "binding the listener",
+                    source,
+                })?;
+                let local_addr = listener.local_addr().map_err(address_error)?;
+                membership.insert(node, local_addr);
+                let shared = Shared::new(core, membership, local_addr.ip(), runtime, tls, None);
+                let accept = tokio::spawn(crate::driver::accept_loop(shared.clone(), listener));
+                shared.track(accept.abort_handle());
+                (shared, local_addr)
+            }
+            Transport::Quic => {
+                let identity = self
+                    .tls
+                    .as_ref()
+                    .ok_or(Error::Missing("a TLS identity (QUIC links are TLS 1.3)"))?;
+                let quic = crate::quic::Quic::bind(listen, identity)?;
+                let local_addr = quic.local_addr().map_err(address_error)?;
+                membership.insert(node, local_addr);
+                let shared = Shared::new(
+                    core,
+                    membership,
+                    local_addr.ip(),
+                    runtime,
+                    None,
+                    Some(quic.clone()),
+                );
+                let accept = tokio::spawn(crate::driver::quic_accept_loop(shared.clone(), quic));
+                shared.track(accept.abort_handle());
+                (shared, local_addr)
+            }
+        };
         let timer = tokio::spawn(crate::driver::timer_loop(shared.clone()));
         shared.track(timer.abort_handle());
         Ok(Node {
@@ -135,6 +179,9 @@ fn stop_tasks(shared: &Shared) {
     };
     for task in tasks {
         task.abort();
+    }
+    if let Some(quic) = &shared.quic {
+        quic.close();
     }
 }
 

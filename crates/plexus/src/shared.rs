@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     pub membership: Membership,
     /// How links are encrypted and certified, if they are.
     pub tls: Option<crate::tls::Tls>,
+    /// The QUIC endpoint links go over, if the node's transport is QUIC (then `tls` is
+    /// not used: QUIC runs its own TLS 1.3 with the same identity).
+    pub quic: Option<crate::quic::Quic>,
     /// Processes attached through the local socket now.
     pub attached: std::sync::atomic::AtomicUsize,
     /// The address outgoing connections are bound to, so the OS attributes them to us.
@@ -90,6 +93,7 @@ impl Shared {
         local_ip: IpAddr,
         runtime: tokio::runtime::Handle,
         tls: Option<crate::tls::Tls>,
+        quic: Option<crate::quic::Quic>,
     ) -> Arc<Self> {
         let node = core.node();
         Arc::new(Self {
@@ -111,6 +115,7 @@ impl Shared {
             node,
             runtime,
             tls,
+            quic,
             attached: std::sync::atomic::AtomicUsize::new(0),
         })
     }

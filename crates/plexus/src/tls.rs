@@ -123,31 +123,7 @@ impl Tls {
     /// Client and server configurations for `identity`: TLS 1.3 only, the peer's
     /// certificate required and checked against the authority.
     pub(crate) fn new(identity: &TlsIdentity) -> Result<Self, TlsError> {
-        let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
-        let provider: Arc<CryptoProvider> = Arc::new(provider());
-        let mut roots = RootCertStore::empty();
-        for ca in &identity.ca {
-            roots.add(ca.clone()).map_err(|e| setup(&e))?;
-        }
-        let roots = Arc::new(roots);
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| setup(&e))?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| setup(&e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(|e| setup(&e))?;
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| setup(&e))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(|e| setup(&e))?;
+        let (client, server) = configs(identity)?;
         Ok(Self {
             connector: TlsConnector::from(Arc::new(client)),
             acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -191,6 +167,37 @@ impl Tls {
     }
 }
 
+/// The rustls client and server configurations of `identity`: TLS 1.3 only, the peer's
+/// certificate required and checked against the authority.
+pub(crate) fn configs(identity: &TlsIdentity) -> Result<(ClientConfig, ServerConfig), TlsError> {
+    let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
+    let provider: Arc<CryptoProvider> = Arc::new(provider());
+    let mut roots = RootCertStore::empty();
+    for ca in &identity.ca {
+        roots.add(ca.clone()).map_err(|e| setup(&e))?;
+    }
+    let roots = Arc::new(roots);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| setup(&e))?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| setup(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| setup(&e))?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| setup(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| setup(&e))?;
+    Ok((client, server))
+}
+
 /// ring's suites, AES-128-GCM first: as strong as a link needs, and the cheapest on
 /// processors with AES instructions (links carry every byte of every job).
 fn provider() -> CryptoProvider {
@@ -206,7 +213,7 @@ fn provider() -> CryptoProvider {
 }
 
 /// The member whose name `cert` carries, if any.
-fn certificate_node(
+pub(crate) fn certificate_node(
     cert: &CertificateDer<'_>,
     members: impl IntoIterator<Item = NodeId>,
 ) -> Option<NodeId> {
