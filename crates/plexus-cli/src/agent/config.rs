@@ -32,6 +32,7 @@ struct File {
     #[serde(default)]
     limits: Limits,
     tls: Option<TlsFiles>,
+    transport: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +85,8 @@ pub struct AgentConfig {
     pub group: Option<u32>,
     /// The node's TLS identity, if its links use TLS.
     pub tls: Option<plexus::TlsIdentity>,
+    /// What its links run over (`transport = "tcp" | "quic"`; QUIC needs `[tls]`).
+    pub transport: plexus::Transport,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
 }
@@ -240,6 +243,22 @@ impl AgentConfig {
                 .map_err(|e| field("tls", e.to_string()))
             })
             .transpose()?;
+        let transport = match raw.transport.as_deref() {
+            None | Some("tcp") => plexus::Transport::Tcp,
+            Some("quic") if tls.is_some() => plexus::Transport::Quic,
+            Some("quic") => {
+                return Err(field(
+                    "transport",
+                    "\"quic\" needs a [tls] section: QUIC links are TLS 1.3".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(field(
+                    "transport",
+                    format!("\"{other}\": it is \"tcp\" or \"quic\""),
+                ))
+            }
+        };
         Ok(Self {
             core,
             listen,
@@ -248,6 +267,7 @@ impl AgentConfig {
             users: raw.access.users.unwrap_or_default(),
             group: raw.access.group,
             tls,
+            transport,
             metrics,
         })
     }
@@ -286,6 +306,26 @@ mod tests {
         credit_pool = "2MiB"
         memory_budget = "64MiB"
     "#;
+
+    #[test]
+    fn quic_needs_tls_and_transports_are_named() {
+        assert_eq!(
+            parse(GOOD).expect("valid").transport,
+            plexus::Transport::Tcp
+        );
+        let with = |line: &str| GOOD.replacen("node = 1", &format!("{line}\nnode = 1"), 1);
+        let err = parse(&with(r#"transport = "quic""#))
+            .expect_err("no [tls]")
+            .to_string();
+        assert!(
+            err.contains("`transport`") && err.contains("[tls]"),
+            "{err}"
+        );
+        let err = parse(&with(r#"transport = "pigeon""#))
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("\"tcp\" or \"quic\""), "{err}");
+    }
 
     #[test]
     fn a_relative_secret_file_is_beside_the_configuration() {

@@ -115,7 +115,8 @@ async fn run(config: AgentConfig, args: &AgentArgs) -> Result<(), String> {
     let mut builder = Node::builder()
         .config(config.core.clone())
         .listen(config.listen)
-        .membership(membership);
+        .membership(membership)
+        .transport(config.transport);
     if let Some(identity) = &config.tls {
         builder = builder.tls(identity.clone());
     }

@@ -346,6 +346,7 @@ fn config_text(shape: &Shape, i: u32, port: u16, socket: &Path) -> Result<String
          listen = \"{}:{port}\"\n\
          members = [\n{}\n]\n\
          socket = {socket}\n\
+         transport = \"{}\"\n\
          \n\
          [limits]\n\
          max_message = \"{}B\"\n\
@@ -353,6 +354,10 @@ fn config_text(shape: &Shape, i: u32, port: u16, socket: &Path) -> Result<String
         core.cluster,
         shape.node_ip(i),
         members.join("\n"),
+        match shape.transport() {
+            plexus::Transport::Tcp => "tcp",
+            plexus::Transport::Quic => "quic",
+        },
         core.max_message,
         core.credit_pool
     ))

@@ -35,7 +35,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::agents::Agents;
 use super::arrival::Arrival;
-use super::chaos::Chaos;
+use super::chaos::LinkChaos;
 use super::delivered::Delivered;
 use super::fleet::{self, Fleet};
 use super::monitor::Monitor;
@@ -192,7 +192,7 @@ impl Coordinator<'_> {
         };
         let chaos = args
             .chaos_link_kill_ms
-            .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+            .map(|ms| LinkChaos::start(shape, Duration::from_millis(ms)));
         let impostor = super::impostor::Impostor::start_if(args.impostor, shape);
         let target = match (args.kill_node, args.kill_endpoint) {
             (Some(node), _) => Some(Target::Agent(node)),
@@ -383,7 +383,7 @@ impl Coordinator<'_> {
         }
         record.timeline = timeline.map(Timeline::stop);
         record.links_per_node_max = monitor.finish();
-        record.link_kills = chaos.map_or(0, Chaos::stop);
+        record.link_kills = chaos.map_or(0, LinkChaos::stop);
         super::impostor::Impostor::finish(impostor, &mut record);
         record.rss_peak_bytes_per_process = agents.peak_rss();
         fleet.broadcast(&ToEndpoint::Exit);

@@ -40,6 +40,35 @@ pub struct Chaos {
     kills: Arc<AtomicU64>,
 }
 
+/// A running link killer of the kind a shape's links need: `ss -K` for TCP, packets
+/// dropped for a while for QUIC ([`super::udp_cut`]).
+pub enum LinkChaos {
+    /// TCP links.
+    Tcp(Chaos),
+    /// QUIC links.
+    Udp(super::udp_cut::UdpChaos),
+}
+
+impl LinkChaos {
+    /// Starts killing one random link between the nodes of `shape` every `period`.
+    pub fn start(shape: &super::shape::Shape, period: Duration) -> LinkChaos {
+        match shape.transport() {
+            plexus::Transport::Tcp => LinkChaos::Tcp(Chaos::start(shape.node_ips(), period)),
+            plexus::Transport::Quic => {
+                LinkChaos::Udp(super::udp_cut::UdpChaos::start(shape.node_ips(), period))
+            }
+        }
+    }
+
+    /// Stops killing and returns how many kills succeeded.
+    pub fn stop(self) -> u64 {
+        match self {
+            LinkChaos::Tcp(chaos) => chaos.stop(),
+            LinkChaos::Udp(chaos) => chaos.stop(),
+        }
+    }
+}
+
 impl Chaos {
     /// Starts killing one random live link between `ips` every `period`.
     pub fn start(ips: Vec<Ipv4Addr>, period: Duration) -> Chaos {

@@ -39,7 +39,8 @@ pub async fn start_node(shape: &Shape, i: u32, membership: &Membership) -> Resul
     let mut builder = Node::builder()
         .config(shape.node_config(i))
         .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-        .membership(membership.clone());
+        .membership(membership.clone())
+        .transport(shape.transport());
     if let Some(identity) = shape.node_tls(i)? {
         builder = builder.tls(identity);
     }

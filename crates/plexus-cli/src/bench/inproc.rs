@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::arrival::Arrival;
-use super::chaos::Chaos;
+use super::chaos::LinkChaos;
 use super::delivered::Delivered;
 use super::host;
 use super::memory;
@@ -61,7 +61,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<
     monitor.expect_waves(shape, args.waves);
     let chaos = args
         .chaos_link_kill_ms
-        .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+        .map(|ms| LinkChaos::start(shape, Duration::from_millis(ms)));
     let impostor = super::impostor::Impostor::start_if(args.impostor, shape);
 
     let mut record = RunRecord {
@@ -113,7 +113,7 @@ async fn run_async(shape: &Shape, args: &BenchArgs, arrival: Arrival) -> Result<
     record.healthy_elapsed_s = wave_run.healthy.elapsed_since(start.into_std());
     record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
-    record.link_kills = chaos.map_or(0, Chaos::stop);
+    record.link_kills = chaos.map_or(0, LinkChaos::stop);
     super::impostor::Impostor::finish(impostor, &mut record);
     record.resume_times = nodes.iter().flat_map(host::resume_times).collect();
     record.peak_buffered_bytes = nodes.iter().map(Node::peak_buffered).max().unwrap_or(0);

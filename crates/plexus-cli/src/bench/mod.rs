@@ -50,6 +50,7 @@ pub mod endpoint;
 mod export;
 mod fds;
 mod fleet;
+mod flows;
 mod host;
 mod impostor;
 mod inproc;
@@ -64,6 +65,7 @@ mod sockets;
 mod spawn;
 mod timeline;
 mod transport;
+mod udp_cut;
 mod verdict;
 mod waves;
 mod wire;
@@ -238,9 +240,15 @@ pub struct BenchArgs {
     /// Added to the job ids on the nodes (set by `main` with `--cluster`).
     #[arg(skip)]
     pub job_base: u64,
-    /// With `--tls`, where `main` wrote the run's certificates.
+    /// With `--tls` or QUIC, where `main` wrote the run's certificates.
     #[arg(skip)]
     pub tls_dir: Option<std::path::PathBuf>,
+    /// What links run over: `tcp`, or `quic` (one QUIC connection per node pair over UDP,
+    /// always TLS 1.3 under a throwaway certificate authority made for the run; with
+    /// `--baseline tcp`, the same run over TCP with TLS follows, and the report gives
+    /// `ratio_vs_tcp`).
+    #[arg(long, value_enum, default_value_t = shape::LinkTransport::Tcp)]
+    pub transport: shape::LinkTransport,
 }
 
 /// Bytes each producer sends by default.
@@ -280,6 +288,7 @@ impl BenchArgs {
             consume: self.consume,
             secret_file: self.secret_file.clone(),
             tls_dir: self.tls_dir.clone(),
+            transport: self.transport,
             job_base: self.job_base,
         }
     }
@@ -317,7 +326,10 @@ impl BenchArgs {
             if ms == 0 {
                 return Err("--chaos-link-kill-ms must be at least 1".into());
             }
-            chaos::check_ss()?;
+            match self.transport {
+                shape::LinkTransport::Tcp => chaos::check_ss()?,
+                shape::LinkTransport::Quic => udp_cut::check_nft()?,
+            }
         }
         if !self.baseline.is_empty() {
             if self.spawn {
@@ -328,6 +340,11 @@ impl BenchArgs {
             }
             if self.agent && (self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some()) {
                 return Err("--baseline with --agent compares the plain workload: it does not go with --stall-consumers or --chaos-link-kill-ms".into());
+            }
+            if self.baseline.contains(&baseline::System::Tcp)
+                && self.transport != shape::LinkTransport::Quic
+            {
+                return Err("--baseline tcp compares plexus over QUIC with plexus over TCP: it needs --transport quic".into());
             }
             if self.baseline.contains(&baseline::System::Plaintext) && !self.tls {
                 return Err("--baseline plaintext compares plexus over TLS with plexus without: it needs --tls".into());
@@ -570,13 +587,26 @@ pub fn main(mut args: BenchArgs) -> ExitCode {
             }
         }
     }
-    if args.tls {
+    if args.tls || args.transport == shape::LinkTransport::Quic {
         if let Err(e) = certs::write(secret_dir.path(), args.nodes) {
             eprintln!("plexus bench: {e}");
             return ExitCode::from(2);
         }
         args.tls_dir = Some(secret_dir.path().to_owned());
     }
+    // QUIC links are UDP flows: the kernel tracks them for the run, so they can be
+    // counted from the OS like TCP connections.
+    let _flows = if args.transport == shape::LinkTransport::Quic {
+        match flows::FlowTracking::start() {
+            Ok(tracking) => Some(tracking),
+            Err(e) => {
+                eprintln!("plexus bench: QUIC links will not be counted: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -1,5 +1,6 @@
-//! Watching a run from outside its nodes: the most TCP connections any node's address
-//! holds, sampled from the OS socket table, and the progress bar.
+//! Watching a run from outside its nodes: the most links any node's address holds (TCP
+//! connections from the OS socket table, or for QUIC the UDP flows the kernel tracks),
+//! sampled, and the progress bar.
 //!
 //! Invariants: sampling costs about a twentieth of one core at most (the pause between
 //! samples is nineteen times the last sample's cost, and at least 100 ms); one last sample is
@@ -109,9 +110,17 @@ async fn sample_links(
     }
 }
 
-/// Most established connections any of `ips` holds, per the OS socket tables in
-/// `tables` (one per network namespace), summed.
+/// Most links any of `ips` holds, per the OS: its established TCP connections (the
+/// socket tables in `tables`, one per network namespace, summed), or the other node
+/// addresses it has tracked UDP flows with (QUIC links; see [`super::flows`]), whichever
+/// is more.
 pub fn max_links_in(ips: &[Ipv4Addr], tables: &[PathBuf]) -> usize {
+    max_tcp_links_in(ips, tables).max(super::flows::max_udp_peers_in(ips, tables))
+}
+
+/// Most established TCP connections any of `ips` holds, per the socket tables in
+/// `tables`, summed.
+fn max_tcp_links_in(ips: &[Ipv4Addr], tables: &[PathBuf]) -> usize {
     let mut counts = std::collections::HashMap::new();
     for table in tables {
         if let Ok(found) = sockets::established_by_local_ip_in(table) {

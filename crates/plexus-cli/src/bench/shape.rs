@@ -70,6 +70,9 @@ pub struct ShapeSpec {
     /// Where each node's TLS files are (see `certs`), if links use TLS.
     #[serde(default)]
     pub tls_dir: Option<std::path::PathBuf>,
+    /// What links run over.
+    #[serde(default)]
+    pub transport: LinkTransport,
     /// Added to every job id on the nodes (`--cluster`: agents that outlive a run never
     /// take an id twice, so each run's ids are fresh).
     #[serde(default)]
@@ -77,6 +80,17 @@ pub struct ShapeSpec {
 }
 
 /// A validated run shape; see the module docs.
+/// What links run over, as the bench names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkTransport {
+    /// One TCP connection per node pair.
+    #[default]
+    Tcp,
+    /// One QUIC connection per node pair (TLS 1.3 always: the run makes certificates).
+    Quic,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(try_from = "ShapeSpec", into = "ShapeSpec")]
 pub struct Shape {
@@ -184,6 +198,14 @@ impl Shape {
         plexus::TlsIdentity::from_pem_files(&cert, &key, &ca)
             .map(Some)
             .map_err(|e| format!("node {i}'s TLS identity: {e}"))
+    }
+
+    /// What links run over.
+    pub fn transport(&self) -> plexus::Transport {
+        match self.spec.transport {
+            LinkTransport::Tcp => plexus::Transport::Tcp,
+            LinkTransport::Quic => plexus::Transport::Quic,
+        }
     }
 
     /// The directory of the run's TLS files, if links use TLS.
@@ -486,6 +508,7 @@ pub(crate) mod tests {
             memory_budget: None,
             secret_file: None,
             tls_dir: None,
+            transport: LinkTransport::Tcp,
             job_base: 0,
             consume: ConsumeMode::Interleaved,
         }

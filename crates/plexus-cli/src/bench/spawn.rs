@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::arrival::Arrival;
-use super::chaos::Chaos;
+use super::chaos::LinkChaos;
 use super::delivered::Delivered;
 use super::fleet::{self, Fleet};
 use super::monitor::Monitor;
@@ -162,7 +162,7 @@ async fn coordinate(
     monitor.expect_waves(shape, args.waves);
     let chaos = args
         .chaos_link_kill_ms
-        .map(|ms| Chaos::start(shape.node_ips(), Duration::from_millis(ms)));
+        .map(|ms| LinkChaos::start(shape, Duration::from_millis(ms)));
     let impostor = super::impostor::Impostor::start_if(args.impostor, shape);
     let kill_at = start + Duration::from_millis(args.kill_delay_ms());
     let mut pending_kill = args.kill_node.map(|node| (node, kill_at));
@@ -337,7 +337,7 @@ async fn coordinate(
     }
     record.timeline = timeline.map(Timeline::stop);
     record.links_per_node_max = monitor.finish();
-    record.link_kills = chaos.map_or(0, Chaos::stop);
+    record.link_kills = chaos.map_or(0, LinkChaos::stop);
     super::impostor::Impostor::finish(impostor, &mut record);
     fleet.broadcast(&ToNode::Exit);
     collect_byes(&mut inbox, &mut state, &mut record).await;

@@ -593,6 +593,7 @@ mod tests {
             memory_budget: None,
             secret_file: None,
             tls_dir: None,
+            transport: Default::default(),
             job_base: 0,
             consume: Default::default(),
         })

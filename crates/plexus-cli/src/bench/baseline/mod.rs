@@ -86,6 +86,8 @@ pub enum System {
     Embedded,
     /// plexus in the same mode without TLS (with `--tls` only).
     Plaintext,
+    /// plexus in the same mode over TCP with TLS (with `--transport quic` only).
+    Tcp,
 }
 
 impl System {
@@ -99,6 +101,7 @@ impl System {
             System::Rabbitmq => "rabbitmq",
             System::Embedded => "embedded",
             System::Plaintext => "plaintext",
+            System::Tcp => "tcp",
         }
     }
 
@@ -112,6 +115,7 @@ impl System {
             System::Rabbitmq => "rabbitmq",
             System::Embedded => "embedded",
             System::Plaintext => "plaintext",
+            System::Tcp => "tcp",
         }
     }
 }
@@ -262,6 +266,7 @@ fn how_it_connects(system: System) -> &'static str {
             "plexus embedded, one node per process (as --spawn runs it): one link per node pair"
         }
         System::Plaintext => "plexus in the same mode, its links without TLS",
+        System::Tcp => "plexus in the same mode, its links over TCP with TLS 1.3",
     }
 }
 
@@ -352,6 +357,7 @@ pub fn run(system: System, shape: &Shape, args: &BenchArgs) -> BaselineResult {
         }
         System::Embedded => run_embedded(shape, args),
         System::Plaintext => run_plaintext(args),
+        System::Tcp => run_over_tcp(args),
     }
 }
 
@@ -360,6 +366,7 @@ fn run_plaintext(args: &BenchArgs) -> BaselineResult {
     let plain = BenchArgs {
         tls: false,
         tls_dir: None,
+        transport: Default::default(),
         baseline: Vec::new(),
         report: None,
         impostor: false,
@@ -374,6 +381,29 @@ fn run_plaintext(args: &BenchArgs) -> BaselineResult {
             BaselineResult::reported(System::Plaintext, report, Fates::default(), connections)
         }
         Err(e) => failed(System::Plaintext, e),
+    }
+}
+
+/// The same plexus run, in the same mode, with its links over TCP under TLS (the same
+/// identities), to see what QUIC costs or gains.
+fn run_over_tcp(args: &BenchArgs) -> BaselineResult {
+    let over_tcp = BenchArgs {
+        transport: super::shape::LinkTransport::Tcp,
+        tls: true,
+        baseline: Vec::new(),
+        report: None,
+        impostor: false,
+        ..args.clone()
+    };
+    let report = over_tcp.shape().and_then(|shape| {
+        super::run_nodes(&shape, &over_tcp, over_tcp.arrival()).map(|r| (shape, r))
+    });
+    match report {
+        Ok((shape, report)) => {
+            let connections = fds::links_per_node(&shape).iter().sum::<u64>() / 2;
+            BaselineResult::reported(System::Tcp, report, Fates::default(), connections)
+        }
+        Err(e) => failed(System::Tcp, e),
     }
 }
 

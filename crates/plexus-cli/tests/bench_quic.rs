@@ -1,0 +1,61 @@
+//! End-to-end tests of `plexus bench --transport quic`: the workload over QUIC links
+//! verifies, with one UDP flow per node pair counted from the kernel, beside the same run
+//! over TCP; links cut from outside (their packets dropped for a while) resume without
+//! losing or repeating anything.
+
+mod common;
+
+use common::{args, bench_command, bench_verified};
+
+#[test]
+fn quic_carries_the_workload_over_one_flow_per_node_pair_beside_tcp() {
+    let r = bench_verified(&args(
+        "--transport quic --baseline tcp --nodes 3 --producers 2 --consumers 2 --jobs 2 --bytes-per-producer 1MiB --message-size 16KiB --first-ip 127.0.101.1",
+    ));
+    let links = r["links_per_node_max"].as_u64().expect("links");
+    assert!(links <= 2, "{links} QUIC links per node for 3 nodes");
+    let tcp = &r["baselines"][0];
+    assert_eq!(tcp["system"], "tcp");
+    assert_eq!(tcp["verified"], true, "{tcp}");
+    assert_eq!(tcp["bytes_total"], r["bytes_total"]);
+    assert!(r["ratio_vs_tcp"].as_f64().expect("ratio") > 0.0);
+    if nft_works() {
+        // The kernel tracked the flows: every node talked to both others.
+        assert_eq!(links, 2, "{r}");
+    }
+}
+
+#[test]
+fn quic_links_cut_from_outside_resume_and_the_run_verifies() {
+    if !nft_works() {
+        eprintln!("skipped: cutting QUIC links needs nft (nftables) and the right to use it");
+        return;
+    }
+    let r = bench_verified(&args(
+        "--transport quic --chaos-link-kill-ms 400 --nodes 3 --producers 1 --consumers 1 --jobs 1 --bytes-per-producer 48MiB --message-size 64KiB --first-ip 127.0.102.1 --timeout-s 120",
+    ));
+    let kills = r["link_kills"].as_u64().expect("kills");
+    let resumes = r["link_resumes"].as_u64().expect("resumes");
+    assert!(kills > 0, "no cut landed: {r}");
+    assert!(resumes > 0, "no link resumed: {r}");
+    assert_eq!(r["jobs_failed"], 0, "{r}");
+}
+
+#[test]
+fn the_tcp_baseline_needs_quic() {
+    let out = bench_command(&args("--baseline tcp"))
+        .output()
+        .expect("run plexus");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--transport quic"), "{stderr}");
+}
+
+/// Whether nftables can be read here (installed, and this user may use it): the flow
+/// counting and the cuts need it; `.ci/run` installs it.
+fn nft_works() -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
