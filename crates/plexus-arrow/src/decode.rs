@@ -1,8 +1,10 @@
 //! One channel's Arrow IPC stream, decoded from plexus messages as they arrive.
 //!
-//! Invariants: batches come out in the order they were encoded; bytes that do not make a
-//! valid IPC stream are an error, never a panic; a stream that ends inside an IPC message
-//! is reported by [`ChannelDecoder::finish`].
+//! Invariants: batches come out in the order they were encoded (a batch whose message has
+//! an empty body, one without rows, comes out when the next bytes of the stream arrive:
+//! the next message, or the stream's end marker); bytes that do not make a valid IPC
+//! stream are an error, never a panic; a stream that ends inside an IPC message is
+//! reported by [`ChannelDecoder::finish`].
 
 use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;

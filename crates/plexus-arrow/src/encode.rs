@@ -96,6 +96,18 @@ impl ChannelEncoder {
         Ok(packer.finish())
     }
 
+    /// The end of the channel's stream (the IPC end-of-stream marker), if anything was
+    /// sent on it. It also lets the decoder complete a last message whose body is empty
+    /// (a batch without rows): its push decoder finishes such a message only when more
+    /// bytes follow.
+    pub fn finish(&self) -> Option<Bytes> {
+        if !self.schema_sent {
+            return None;
+        }
+        // The continuation marker, then a message length of zero.
+        Some(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]))
+    }
+
     /// `encoded` as the bytes of one IPC stream message.
     fn frame(&self, encoded: EncodedData) -> Result<Vec<u8>, Error> {
         let mut out = Vec::with_capacity(encoded.ipc_message.len() + encoded.arrow_data.len() + 16);

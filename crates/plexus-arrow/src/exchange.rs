@@ -7,8 +7,9 @@
 //! ([`BatchSender::queue`], [`BatchSender::push`], [`BatchSender::ready`]); what it holds is
 //! [`BatchSender::queued_bytes`], for the caller to bound.
 //!
-//! Invariants: a consumer's messages leave in the order they were queued; `send`, `flush`
-//! and `finish` return only once every queued message was taken (or a channel failed);
+//! Invariants: a consumer's messages leave in the order they were queued, its stream's
+//! end last (`finish`); `send`, `flush` and `finish` return only once every queued message
+//! was taken (or a channel failed);
 //! a receiver hands out each producer's batches in order, and reports a producer whose
 //! stream ended inside an IPC message.
 
@@ -111,9 +112,16 @@ impl BatchSender {
         Ok(())
     }
 
-    /// Sends everything queued, then closes the producer's channels and waits until every
-    /// consumer's node has all of it.
+    /// Sends everything queued and the end of every channel's stream, then closes the
+    /// producer's channels and waits until every consumer's node has all of it.
     pub async fn finish(mut self) -> Result<(), Error> {
+        for channel in self.channels.values_mut() {
+            if let Some(end) = channel.encoder.finish() {
+                self.queued_bytes += end.len();
+                channel.lengths.push_back(end.len());
+                channel.queue.push_back(end);
+            }
+        }
         self.flush().await?;
         Ok(self.producer.finish().await?)
     }

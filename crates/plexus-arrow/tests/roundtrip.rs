@@ -208,6 +208,9 @@ proptest! {
                 decoded.extend(decoder.decode(message).expect("decodes"));
             }
         }
+        if let Some(end) = encoder.finish() {
+            decoded.extend(decoder.decode(end).expect("decodes the end"));
+        }
         decoder.finish().expect("the stream ends between messages");
         let sent: Vec<RecordBatch> = built.into_iter().map(|(_, b)| b).collect();
         let sent_rows: usize = sent.iter().map(RecordBatch::num_rows).sum();
@@ -268,4 +271,30 @@ fn garbage_is_an_error_not_a_panic() {
         0xff, 0xff, 0xff, 0xff, 64, 0, 0, 0,
     ]));
     assert!(truncated.finish().is_err());
+}
+
+#[test]
+fn a_batch_without_rows_comes_out_and_the_stream_ends_cleanly() {
+    let words = vec!["w".to_string()];
+    let kinds = [
+        (Kind::Decimal, false),
+        (Kind::Date, false),
+        (Kind::Float64, true),
+        (Kind::Utf8View, false),
+    ];
+    let (schema, empty) = build(&kinds, &[], &words);
+    let mut encoder = ChannelEncoder::new(schema, 32 * 1024);
+    let mut decoder = ChannelDecoder::new();
+    let mut decoded = Vec::new();
+    for m in encoder.encode(&empty).expect("encodes") {
+        decoded.extend(decoder.decode(m).expect("decodes"));
+    }
+    let end = encoder
+        .finish()
+        .expect("the schema went, so the stream has an end");
+    decoded.extend(decoder.decode(end).expect("decodes the end"));
+    decoder.finish().expect("the stream ended between messages");
+    assert_eq!(decoded.len(), 1, "the empty batch came out");
+    assert_eq!(decoded[0].num_rows(), 0);
+    assert_eq!(ChannelEncoder::new(empty.schema(), 1024).finish(), None);
 }
