@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A plexus cluster on separate network stacks, on one machine (run as root):
 #
-#   scripts/netns-cluster.sh up N [--rate RATE] [--loss PERCENT]
+#   scripts/netns-cluster.sh up N [--rate RATE] [--loss PERCENT] [--transport quic]
 #       N network namespaces plexus-ns0..N-1, each with one interface (eth0,
 #       10.77.0.<i+1>/24) on a bridge (plexus-br0, 10.77.0.254); with --rate, each
 #       namespace's interface sends at most RATE (tc tbf, like a host's NIC: 1gbit,
 #       500mbit...); with --loss, each namespace drops that percentage of what it sends
-#       (nftables, numgen random). Writes one agent configuration per namespace, a cluster
+#       (TCP and UDP; nftables, numgen random); with --transport quic, links run over QUIC
+#       under a throwaway certificate authority made for the cluster (openssl), and each
+#       namespace's kernel tracks UDP flows so the bench can count QUIC links. Writes one
+#       agent configuration per namespace, a cluster
 #       secret and the agents' logs into a new directory, starts one `plexus agent` in each
 #       namespace, waits until every one serves its socket, and prints the directory (also
 #       written to scripts/.netns-cluster.dir).
@@ -47,7 +50,39 @@ set_loss() {
 table inet plexus_loss {
     chain out {
         type filter hook output priority 0; policy accept;
-        meta l4proto tcp numgen random mod 10000 < $per_10k drop
+        meta l4proto { tcp, udp } numgen random mod 10000 < $per_10k drop
+    }
+}
+EOF
+}
+
+# Makes a certificate authority and a certificate naming each of nodes 0..$2-1 in $1.
+make_certs() {
+    local dir=$1 n=$2
+    command -v openssl >/dev/null || die "--transport quic needs openssl to make certificates"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+        -subj "/CN=plexus netns cluster authority" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+        2>/dev/null
+    for ((i = 0; i < n; i++)); do
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=node-$i.plexus" -keyout "$dir/node$i.key" -out "$dir/node$i.csr" 2>/dev/null
+        printf 'subjectAltName=DNS:node-%d.plexus\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' "$i" \
+            >"$dir/node$i.ext"
+        openssl x509 -req -in "$dir/node$i.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+            -CAcreateserial -days 7 -extfile "$dir/node$i.ext" -out "$dir/node$i.crt" 2>/dev/null
+        rm -f "$dir/node$i.csr" "$dir/node$i.ext"
+    done
+    rm -f "$dir/ca.key" "$dir/ca.srl"
+}
+
+# Makes namespace $1's kernel track UDP flows (QUIC links), for the bench to count.
+track_flows() {
+    ip netns exec "$1" nft -f - <<EOF
+table inet plexus_flows {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        ct state new counter
     }
 }
 EOF
@@ -57,14 +92,16 @@ up() {
     need_root
     local n=${1:-}; shift || true
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 2 ] && [ "$n" -le 250 ] || die "up N: N from 2 to 250"
-    local rate="" loss=0
+    local rate="" loss=0 transport=tcp
     while [ $# -gt 0 ]; do
         case $1 in
             --rate) rate=${2:?--rate RATE}; shift 2 ;;
             --loss) loss=${2:?--loss PERCENT}; shift 2 ;;
+            --transport) transport=${2:?--transport tcp|quic}; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
+    [ "$transport" = tcp ] || [ "$transport" = quic ] || die "--transport is tcp or quic"
     [ -x "$bin" ] || die "no plexus binary at $bin (build it: cargo build --release)"
     [ ! -e "$state" ] || die "a cluster is up already ($(cat "$state")): down first"
     local dir
@@ -89,9 +126,15 @@ up() {
             tc -n "$ns" qdisc add dev eth0 root tbf rate "$rate" burst 1mb latency 50ms
         fi
         set_loss "$ns" "$loss"
+        if [ "$transport" = quic ]; then
+            track_flows "$ns"
+        fi
     done
 
     "$bin" secret --out "$dir/cluster.secret"
+    if [ "$transport" = quic ]; then
+        make_certs "$dir" "$n"
+    fi
     local members=""
     for ((i = 0; i < n; i++)); do
         members+="  { id = $i, address = \"$net.$((i + 1)):$port\" },"$'\n'
@@ -107,7 +150,12 @@ members = [
 $members]
 socket = "$dir/node$i.sock"
 metrics = "$net.$((i + 1)):$metrics_port"
+transport = "$transport"
 EOF
+        if [ "$transport" = quic ]; then
+            printf '\n[tls]\ncert = "node%d.crt"\nkey = "node%d.key"\nca = "ca.crt"\n' "$i" "$i" \
+                >>"$dir/node$i.toml"
+        fi
         echo "$prefix$i" >"$dir/node$i.netns"
         ip netns exec "$prefix$i" setsid "$bin" agent --config "$dir/node$i.toml" \
             >"$dir/node$i.log" 2>&1 </dev/null &
@@ -167,5 +215,5 @@ case ${1:-} in
     up) shift; up "$@" ;;
     loss) shift; loss "$@" ;;
     down) down ;;
-    *) die "usage: $0 up N [--rate RATE] [--loss PERCENT] | loss PERCENT | down" ;;
+    *) die "usage: $0 up N [--rate RATE] [--loss PERCENT] [--transport quic] | loss PERCENT | down" ;;
 esac

@@ -576,10 +576,15 @@ pub fn main(mut args: BenchArgs) -> ExitCode {
                 args.first_ip = first_ip;
                 args.agent = true;
                 // The agents outlive the run: its jobs take ids no earlier run took (a
-                // million per second of the clock).
+                // thousand per millisecond of the clock, more than a run opens per
+                // millisecond it lasts; and ids stay below 2^53, exact in any JSON reader).
                 args.job_base = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() * 1_000_000);
+                    .map_or(0, |d| {
+                        u64::try_from(d.as_millis())
+                            .unwrap_or(u64::MAX / 1000)
+                            .saturating_mul(1000)
+                    });
             }
             Err(e) => {
                 eprintln!("plexus bench: --cluster {}: {e}", dir.display());
