@@ -75,7 +75,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+// What `plexus shuffle` reuses: the links count and the one-line JSON report.
+#[cfg(feature = "shuffle")]
 pub use monitor::max_links_in;
+#[cfg(feature = "shuffle")]
 pub use report::print_json;
 
 use arrival::{Arrival, ArrivalOrder};
