@@ -4,6 +4,7 @@
 
 mod agent;
 mod bench;
+mod fan_in;
 #[cfg(feature = "shuffle")]
 mod shuffle;
 mod status;

@@ -16,15 +16,13 @@
 //! [`CONSUMER_QUEUE`] batches, so a consumer that stops reading stops its streams.
 //!
 //! Invariants: a consumer's stream ends once every producer's channel to it ended (each
-//! reports its end or its failure once); a failed stream reaches the consumer as an
-//! error naming the channel; the servers stop when the run ends.
+//! reports its end or its failure once, [`crate::fan_in`]); a failed stream reaches the
+//! consumer as an error naming the channel; the servers stop when the run ends.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use arrow_array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -38,6 +36,7 @@ use arrow_flight::{
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint as Dial, Server};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -46,6 +45,7 @@ use super::drive::{drive, RunResult};
 use super::endpoints::{BatchSink, BatchSource, Generation};
 use super::progress::Progress;
 use super::Spec;
+use crate::fan_in::{FanIn, Item};
 
 /// Batches queued for a consumer, from all its streams, before they wait.
 const CONSUMER_QUEUE: usize = 16;
@@ -55,18 +55,11 @@ const CHANNEL_HEADER: &str = "x-channel";
 /// A channel: (producer index, consumer index).
 type ChannelKey = (usize, usize);
 
-/// What reaches a consumer's queue.
-enum Item {
-    Batch(RecordBatch),
-    End,
-    Failed(String),
-}
-
 /// What one node's server and endpoints share.
 #[derive(Default)]
 struct NodeState {
     /// Its consumers' queues, by consumer index.
-    consumers: HashMap<usize, mpsc::Sender<Item>>,
+    consumers: HashMap<usize, mpsc::Sender<Item<RecordBatch>>>,
     /// The producer side of channels a peer pulls, not yet pulled.
     pulls: Mutex<HashMap<ChannelKey, mpsc::UnboundedReceiver<RecordBatch>>>,
 }
@@ -150,10 +143,7 @@ pub async fn run(
             let client = client(me, node_of_producer(p))?;
             tokio::spawn(pull(client, (p, c), to_me.clone()));
         }
-        sources.push(Source {
-            queue,
-            producers_left: producers,
-        });
+        sources.push(Source(FanIn::new(queue, producers)));
     }
     let mut sinks = Vec::new();
     for p in 0..producers {
@@ -219,7 +209,7 @@ fn counted(
     queue: mpsc::UnboundedReceiver<RecordBatch>,
     queued: Arc<AtomicU64>,
 ) -> impl futures_util::Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static {
-    QueueStream(queue).map(move |batch| {
+    UnboundedReceiverStream::new(queue).map(move |batch| {
         queued.fetch_sub(batch_bytes(&batch), Ordering::Relaxed);
         Ok(batch)
     })
@@ -245,12 +235,12 @@ async fn put(
 /// Hands a channel within one node to its consumer's queue, then its end.
 async fn forward_local(
     mut queue: mpsc::UnboundedReceiver<RecordBatch>,
-    to: mpsc::Sender<Item>,
+    to: mpsc::Sender<Item<RecordBatch>>,
     queued: Arc<AtomicU64>,
 ) -> Result<(), String> {
     while let Some(batch) = queue.recv().await {
         queued.fetch_sub(batch_bytes(&batch), Ordering::Relaxed);
-        if to.send(Item::Batch(batch)).await.is_err() {
+        if to.send(Item::Message(batch)).await.is_err() {
             return Ok(());
         }
     }
@@ -260,7 +250,7 @@ async fn forward_local(
 
 /// Asks for channel `key` with a `do_get` and hands its batches to the consumer's queue,
 /// then its end or its failure.
-async fn pull(mut client: FlightClient, key: ChannelKey, to: mpsc::Sender<Item>) {
+async fn pull(mut client: FlightClient, key: ChannelKey, to: mpsc::Sender<Item<RecordBatch>>) {
     let ticket = Ticket::new(format!("{}/{}", key.0, key.1));
     let end = match client.do_get(ticket).await {
         Ok(stream) => forward(stream, &to).await,
@@ -276,11 +266,11 @@ async fn pull(mut client: FlightClient, key: ChannelKey, to: mpsc::Sender<Item>)
 /// Hands every batch of `stream` to `to` until it ends or fails (or the consumer is gone).
 async fn forward(
     mut stream: FlightRecordBatchStream,
-    to: &mpsc::Sender<Item>,
+    to: &mpsc::Sender<Item<RecordBatch>>,
 ) -> Result<(), String> {
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| e.to_string())?;
-        if to.send(Item::Batch(batch)).await.is_err() {
+        if to.send(Item::Message(batch)).await.is_err() {
             return Ok(());
         }
     }
@@ -326,24 +316,11 @@ impl BatchSink for Sink {
 }
 
 /// A consumer: its queue, fed by every stream of the job.
-struct Source {
-    queue: mpsc::Receiver<Item>,
-    producers_left: usize,
-}
+struct Source(FanIn<RecordBatch>);
 
 impl BatchSource for Source {
     async fn next(&mut self) -> Option<Result<RecordBatch, String>> {
-        loop {
-            if self.producers_left == 0 {
-                return None;
-            }
-            match self.queue.recv().await {
-                Some(Item::Batch(batch)) => return Some(Ok(batch)),
-                Some(Item::End) => self.producers_left -= 1,
-                Some(Item::Failed(e)) => return Some(Err(e)),
-                None => return Some(Err("every stream's sender is gone".into())),
-            }
-        }
+        self.0.next().await
     }
 }
 
@@ -411,7 +388,7 @@ impl FlightService for Exchange {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key)
             .ok_or_else(|| Status::not_found(format!("no channel {name} to pull")))?;
-        let batches = QueueStream(queue).map(Ok);
+        let batches = UnboundedReceiverStream::new(queue).map(Ok);
         let data = FlightDataEncoderBuilder::new()
             .build(batches)
             .map_err(Status::from);
@@ -472,17 +449,6 @@ impl FlightService for Exchange {
         _: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         Err(Status::unimplemented("list_actions"))
-    }
-}
-
-/// A queue of batches as a stream.
-struct QueueStream(mpsc::UnboundedReceiver<RecordBatch>);
-
-impl futures_util::Stream for QueueStream {
-    type Item = RecordBatch;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RecordBatch>> {
-        self.0.poll_recv(cx)
     }
 }
 

@@ -37,6 +37,8 @@ use bytes::{Buf, BufMut, Bytes};
 use plexus::Endpoint;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint as Dial, Server};
@@ -45,6 +47,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::super::shape::Shape;
 use super::super::transport::{Faults, Sink, Source, Transport};
 use super::raw_tcp::listen;
+use crate::fan_in::{FanIn, Item};
 
 /// The method a producer streams a channel's messages to its consumer's node with.
 const PUSH: &str = "/plexus.bench.Exchange/Push";
@@ -63,15 +66,12 @@ const CONSUMER_QUEUE: usize = 16;
 #[derive(Clone, Copy, Debug)]
 pub struct Windows(pub Option<u32>);
 
-/// What reaches a consumer's queue.
-enum Item {
-    /// A message from a producer (its workload id).
-    Message(u32, Bytes),
-    /// A producer's channel ended after everything it sent.
-    End,
-    /// A channel failed.
-    Failed(String),
-}
+/// What a consumer's queue holds: messages with their producer's workload id.
+type Delivery = Item<(u32, Bytes)>;
+/// Where a consumer's streams hand over what they carry.
+type ToConsumer = mpsc::Sender<Delivery>;
+/// A consumer's queue.
+type ConsumerQueue = mpsc::Receiver<Delivery>;
 
 /// A channel `(job index, producer id, consumer id)`.
 type ChannelKey = (u32, u32, u32);
@@ -80,7 +80,7 @@ type ChannelKey = (u32, u32, u32);
 #[derive(Default)]
 struct NodeState {
     /// Its consumers' queues, by `(job index, consumer id)`.
-    consumers: HashMap<(u32, u32), mpsc::Sender<Item>>,
+    consumers: HashMap<(u32, u32), ToConsumer>,
     /// The producer side of channels a peer pulls, not yet pulled.
     pulls: Mutex<HashMap<ChannelKey, mpsc::Receiver<Bytes>>>,
 }
@@ -93,7 +93,7 @@ pub struct Grpc {
     /// The connection between each pair of nodes that talk, by `(lower, higher)`.
     connections: HashMap<(u32, u32), Channel>,
     /// Consumer queues not yet handed out, by `(job index, node, slot)`.
-    sources: Mutex<HashMap<(u32, u32, u32), mpsc::Receiver<Item>>>,
+    sources: Mutex<HashMap<(u32, u32, u32), ConsumerQueue>>,
     /// The producer side of pulled channels, by channel, not yet handed out.
     pull_senders: Mutex<HashMap<ChannelKey, mpsc::Sender<Bytes>>>,
     /// The servers, stopped when the system goes.
@@ -279,17 +279,14 @@ impl Transport for Grpc {
                 tokio::spawn(pull(client, (job, producer, my_id), to_me.clone()));
             }
         }
-        Ok(GrpcSource {
-            queue,
-            producers_left: producers,
-        })
+        Ok(GrpcSource(FanIn::new(queue, producers)))
     }
 }
 
 /// How a producer reaches one consumer.
 enum ChannelTx {
     /// The consumer is on the same node: its queue, and the producer's id.
-    Local(mpsc::Sender<Item>, u32),
+    Local(ToConsumer, u32),
     /// A `Push` call: its request stream, and the call.
     Push(mpsc::Sender<Bytes>, JoinHandle<Result<(), String>>),
     /// A `Pull` call the consumer made: its response stream.
@@ -309,7 +306,7 @@ impl Sink for GrpcSink {
             .position(|(id, _)| *id == to_id)
             .ok_or_else(|| format!("no channel to consumer {to}"))?;
         let sent = match &self.channels[index].1 {
-            ChannelTx::Local(queue, me) => queue.send(Item::Message(*me, message)).await.is_ok(),
+            ChannelTx::Local(queue, me) => queue.send(Item::Message((*me, message))).await.is_ok(),
             ChannelTx::Push(stream, _) | ChannelTx::Pull(stream) => {
                 stream.send(message).await.is_ok()
             }
@@ -378,7 +375,7 @@ async fn push(
         .ready()
         .await
         .map_err(|e| fail(Status::from_error(e.into())))?;
-    let request = with_channel(Request::new(QueueStream(messages)), key);
+    let request = with_channel(Request::new(ReceiverStream::new(messages)), key);
     client
         .client_streaming::<_, Bytes, Bytes, _>(request, path(PUSH), BytesCodec)
         .await
@@ -388,11 +385,7 @@ async fn push(
 
 /// Asks for channel `key` in a `Pull` call and forwards its messages to the consumer's
 /// `queue`, then its end or its failure.
-async fn pull(
-    mut client: tonic::client::Grpc<Channel>,
-    key: ChannelKey,
-    queue: mpsc::Sender<Item>,
-) {
+async fn pull(mut client: tonic::client::Grpc<Channel>, key: ChannelKey, queue: ToConsumer) {
     let (_, producer, _) = key;
     let fail = |e: Status| Item::Failed(format!("pull call of channel {}: {e}", channel_name(key)));
     if let Err(e) = client.ready().await {
@@ -415,10 +408,14 @@ async fn pull(
 async fn forward(
     mut stream: Streaming<Bytes>,
     producer: u32,
-    queue: &mpsc::Sender<Item>,
+    queue: &ToConsumer,
 ) -> Result<(), Status> {
     while let Some(message) = stream.message().await? {
-        if queue.send(Item::Message(producer, message)).await.is_err() {
+        if queue
+            .send(Item::Message((producer, message)))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -426,25 +423,11 @@ async fn forward(
 }
 
 /// A grpc consumer: its queue, fed by every stream of its job.
-pub struct GrpcSource {
-    queue: mpsc::Receiver<Item>,
-    /// Producers whose channel has not ended yet.
-    producers_left: usize,
-}
+pub struct GrpcSource(FanIn<(u32, Bytes)>);
 
 impl Source for GrpcSource {
     async fn recv(&mut self) -> Option<Result<(u32, Bytes), String>> {
-        loop {
-            if self.producers_left == 0 {
-                return None;
-            }
-            match self.queue.recv().await {
-                Some(Item::Message(from, message)) => return Some(Ok((from, message))),
-                Some(Item::End) => self.producers_left -= 1,
-                Some(Item::Failed(e)) => return Some(Err(e)),
-                None => return Some(Err("every stream's sender is gone".into())),
-            }
-        }
+        self.0.next().await
     }
 }
 
@@ -529,8 +512,8 @@ struct PullHandler(Arc<NodeState>);
 
 impl tonic::server::ServerStreamingService<Bytes> for PullHandler {
     type Response = Bytes;
-    type ResponseStream = OkStream;
-    type Future = BoxFuture<Result<Response<OkStream>, Status>>;
+    type ResponseStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+    type Future = BoxFuture<Result<Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let state = self.0.clone();
@@ -539,7 +522,8 @@ impl tonic::server::ServerStreamingService<Bytes> for PullHandler {
             let messages = lock(&state.pulls).remove(&key).ok_or_else(|| {
                 Status::not_found(format!("no channel {} to pull", channel_name(key)))
             })?;
-            Ok(Response::new(OkStream(QueueStream(messages))))
+            let stream: Self::ResponseStream = Box::pin(ReceiverStream::new(messages).map(Ok));
+            Ok(Response::new(stream))
         })
     }
 }
@@ -584,28 +568,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A queue of messages as a stream (a call's request or response body).
-struct QueueStream(mpsc::Receiver<Bytes>);
-
-impl futures_core::Stream for QueueStream {
-    type Item = Bytes;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-/// A queue of messages as a response stream.
-struct OkStream(QueueStream);
-
-impl futures_core::Stream for OkStream {
-    type Item = Result<Bytes, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx).map(|m| m.map(Ok))
-    }
 }
 
 /// Messages as they are: the bytes of a gRPC message are the workload's message.
