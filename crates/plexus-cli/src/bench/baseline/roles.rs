@@ -36,20 +36,22 @@ use super::super::workload::{MessageFactory, VerifyError};
 
 /// Bytes sent to one consumer and not yet read by it, and their peak.
 #[derive(Debug, Default)]
-struct Unread {
+pub struct Unread {
     now: AtomicI64,
     peak: AtomicU64,
 }
 
 impl Unread {
-    fn sent(&self, bytes: u64) {
+    /// `bytes` were sent to the consumer.
+    pub fn sent(&self, bytes: u64) {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let now = self.now.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak
             .fetch_max(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
     }
 
-    fn read(&self, bytes: u64) {
+    /// The consumer read `bytes`.
+    pub fn read(&self, bytes: u64) {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.now.fetch_sub(bytes, Ordering::Relaxed);
     }
@@ -89,22 +91,14 @@ impl RunState {
         }
     }
 
-    fn unread(&self, job: u32, consumer: u32) -> Option<&Unread> {
+    /// What consumer `consumer` (workload id) of job index `job` has waiting for it: an
+    /// endpoint looks it up once, not per message.
+    pub fn unread(&self, job: u32, consumer: u32) -> Option<&Unread> {
         self.unread.get(&(job, consumer))
     }
 
-    /// `bytes` were sent to consumer `consumer` (workload id) of job index `job`.
-    pub fn sent(&self, job: u32, consumer: u32, bytes: u64) {
-        if let Some(unread) = self.unread(job, consumer) {
-            unread.sent(bytes);
-        }
-    }
-
-    /// Consumer `consumer` of job index `job` read `bytes`, stalled or not.
-    pub fn read(&self, job: u32, consumer: u32, stalled: bool, bytes: u64) {
-        if let Some(unread) = self.unread(job, consumer) {
-            unread.read(bytes);
-        }
+    /// A consumer, stalled or not, got `bytes` (for progress and the timeline).
+    pub fn delivered(&self, stalled: bool, bytes: u64) {
         self.delivered.add(stalled, bytes);
     }
 
@@ -278,15 +272,18 @@ async fn send_part<S: Sink>(
 ) -> (Moved, Option<String>) {
     let plan = shape.plan();
     let my_id = shape.producer_id(me);
+    let unread: Vec<Option<&Unread>> = to.iter().map(|&(_, id)| state.unread(job, id)).collect();
     let mut moved = Moved::default();
     for seq in 0..plan.messages() {
-        for &(consumer, id) in &to {
+        for (&(consumer, id), unread) in to.iter().zip(&unread) {
             let message = factory.message(&plan, my_id, id, seq);
             let len = message.len() as u64;
             if let Err(e) = sink.send(consumer, id, message).await {
                 return (moved, Some(e));
             }
-            state.sent(job, id, len);
+            if let Some(unread) = unread {
+                unread.sent(len);
+            }
             moved.bytes += len;
             moved.messages += 1;
         }
@@ -331,7 +328,7 @@ async fn read<R: Source>(
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
     let mut verifier = shape.consumer_verifier(job, me);
-    let my_id = shape.consumer_id(me);
+    let unread = state.unread(job, shape.consumer_id(me));
     let mut moved = Moved::default();
     while let Some(item) = source.recv().await {
         let (from, message) = match item {
@@ -339,7 +336,10 @@ async fn read<R: Source>(
             Err(e) => return (moved, fail(e)),
         };
         let len = message.len() as u64;
-        state.read(job, my_id, stalled, len);
+        if let Some(unread) = unread {
+            unread.read(len);
+        }
+        state.delivered(stalled, len);
         if let Err(e) = verifier.accept(from, &message) {
             state.rejected(&e);
             return (moved, fail(e.to_string()));

@@ -307,6 +307,10 @@ impl Sending<'_> {
             let context = format!("job {} producer {me}", Shape::job_id(self.job).0);
             Some(EndpointError::other(format!("{context}: {e}")))
         };
+        let unread: Vec<_> = sockets
+            .iter()
+            .map(|(id, _)| self.state.unread(self.job, *id))
+            .collect();
         let mut moved = Moved::default();
         let mut next = vec![0u32; sockets.len()];
         let mut held: Vec<Option<bytes::Bytes>> = vec![None; sockets.len()];
@@ -332,7 +336,9 @@ impl Sending<'_> {
                 if let Err(e) = socket.send(&message[..], 0) {
                     return (moved, fail(format!("sending to consumer id {id}: {e}")));
                 }
-                self.state.sent(self.job, *id, message.len() as u64);
+                if let Some(unread) = unread[i] {
+                    unread.sent(message.len() as u64);
+                }
                 moved.bytes += message.len() as u64;
                 moved.messages += 1;
                 next[i] += 1;
@@ -397,7 +403,7 @@ fn read(
     let context = format!("job {} consumer {me}", Shape::job_id(job).0);
     let fail = |e: String| Some(EndpointError::other(format!("{context}: {e}")));
     let mut verifier = shape.consumer_verifier(job, me);
-    let my_id = shape.consumer_id(me);
+    let unread = state.unread(job, shape.consumer_id(me));
     let mut moved = Moved::default();
     let (mut tag, mut message) = (zmq::Message::new(), zmq::Message::new());
     while !verifier.is_complete() {
@@ -411,7 +417,10 @@ fn read(
             Ok(id) if tag.get_more() => u32::from_le_bytes(id),
             _ => return (moved, fail("a message without its producer id".into())),
         };
-        state.read(job, my_id, stalled, message.len() as u64);
+        if let Some(unread) = unread {
+            unread.read(message.len() as u64);
+        }
+        state.delivered(stalled, message.len() as u64);
         if let Err(e) = verifier.accept(from, &message) {
             state.rejected(&e);
             return (moved, fail(e.to_string()));
