@@ -6,21 +6,13 @@ use std::process::Command;
 
 mod common;
 
-use common::{bench_command, bench_verified, report};
+use common::{baseline, bench_command, bench_verified, report};
 use serde_json::Value;
 
 fn number(v: &Value, field: &str) -> f64 {
     v[field]
         .as_f64()
         .unwrap_or_else(|| panic!("{field} is not a number in {v}"))
-}
-
-/// The baseline entry of `system` in report `r`.
-fn baseline<'a>(r: &'a Value, system: &str) -> &'a Value {
-    r["baselines"]
-        .as_array()
-        .and_then(|all| all.iter().find(|b| b["system"] == system))
-        .unwrap_or_else(|| panic!("no {system} baseline in {r}"))
 }
 
 const SMALL: [&str; 12] = [

@@ -4,16 +4,8 @@
 
 mod common;
 
-use common::{args, bench_command, bench_verified, report};
+use common::{args, baseline, bench_command, bench_verified, report};
 use serde_json::Value;
-
-/// The baseline entry of `system` in report `r`.
-fn baseline<'a>(r: &'a Value, system: &str) -> &'a Value {
-    r["baselines"]
-        .as_array()
-        .and_then(|all| all.iter().find(|b| b["system"] == system))
-        .unwrap_or_else(|| panic!("no {system} baseline in {r}"))
-}
 
 /// The row of `system` in a `--compare` report.
 fn row<'a>(r: &'a Value, system: &str) -> &'a Value {

@@ -50,6 +50,14 @@ pub fn bench_verified(args: &[&str]) -> Value {
     r
 }
 
+/// The entry of `system` in the `baselines` of report `r`.
+pub fn baseline<'a>(r: &'a Value, system: &str) -> &'a Value {
+    r["baselines"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["system"] == system))
+        .unwrap_or_else(|| panic!("no {system} baseline in {r}"))
+}
+
 /// The words of a command line written as one string.
 pub fn args(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
