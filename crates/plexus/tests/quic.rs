@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::{drain, message, secret, tls_identities, CLUSTER};
-use plexus::{Config, Error, JobId, Membership, Node, NodeId, Topology, Transport};
+use common::{drain, message, node_builder, tls_identities};
+use plexus::{Error, JobId, Membership, Node, NodeId, Topology, Transport};
 
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -18,15 +17,11 @@ async fn start_quic_node(
     id: u32,
     identity: Option<plexus::TlsIdentity>,
 ) -> Result<Node, Error> {
-    let mut config = Config::new(NodeId(id), CLUSTER, secret());
-    config.credit_pool = 256 * 1024;
-    config.max_message = 16 * 1024;
-    let ip = Ipv4Addr::new(127, 0, subnet, (id + 1) as u8);
-    let mut builder = Node::builder()
-        .config(config)
-        .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-        .membership(membership.clone())
-        .transport(Transport::Quic);
+    let tune = |c: &mut plexus::Config| {
+        c.credit_pool = 256 * 1024;
+        c.max_message = 16 * 1024;
+    };
+    let mut builder = node_builder(membership, subnet, id, &tune).transport(Transport::Quic);
     if let Some(identity) = identity {
         builder = builder.tls(identity);
     }

@@ -27,13 +27,14 @@ pub fn secret() -> plexus::Secret {
     plexus::Secret::new(*b"the integration tests' secret").expect("long enough")
 }
 
-/// Starts node `id` on `127.0.<subnet>.<id+1>`, publishing its address in `membership`.
-pub async fn start_node(
+/// The builder of node `id` on `127.0.<subnet>.<id+1>`, tuned by `tune`, publishing its
+/// address in `membership`.
+pub fn node_builder(
     membership: &Membership,
     subnet: u8,
     id: u32,
     tune: &impl Fn(&mut Config),
-) -> Node {
+) -> plexus::NodeBuilder {
     let mut config = Config::new(NodeId(id), CLUSTER, secret());
     tune(&mut config);
     let ip = Ipv4Addr::new(127, 0, subnet, (id + 1) as u8);
@@ -41,6 +42,16 @@ pub async fn start_node(
         .config(config)
         .listen(SocketAddr::new(IpAddr::V4(ip), 0))
         .membership(membership.clone())
+}
+
+/// Starts node `id` on `127.0.<subnet>.<id+1>`, publishing its address in `membership`.
+pub async fn start_node(
+    membership: &Membership,
+    subnet: u8,
+    id: u32,
+    tune: &impl Fn(&mut Config),
+) -> Node {
+    node_builder(membership, subnet, id, tune)
         .start()
         .await
         .expect("node starts")
@@ -129,13 +140,7 @@ pub async fn start_tls_node(
     identity: plexus::TlsIdentity,
     tune: &impl Fn(&mut Config),
 ) -> Node {
-    let mut config = Config::new(NodeId(id), CLUSTER, secret());
-    tune(&mut config);
-    let ip = Ipv4Addr::new(127, 0, subnet, (id + 1) as u8);
-    Node::builder()
-        .config(config)
-        .listen(SocketAddr::new(IpAddr::V4(ip), 0))
-        .membership(membership.clone())
+    node_builder(membership, subnet, id, tune)
         .tls(identity)
         .start()
         .await
