@@ -22,14 +22,25 @@ use super::workload::splitmix64;
 
 /// Fails with a clear message unless `ss` (iproute2) can be run.
 pub fn check_ss() -> Result<(), String> {
-    match Command::new("ss").arg("-V").output() {
+    check_tool("--chaos-link-kill-ms", "ss", "-V", "iproute2")
+}
+
+/// Fails with a message saying that `what` needs `program` (from `package`) unless
+/// `program version_flag` runs and succeeds.
+pub fn check_tool(
+    what: &str,
+    program: &str,
+    version_flag: &str,
+    package: &str,
+) -> Result<(), String> {
+    match Command::new(program).arg(version_flag).output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(format!(
-            "--chaos-link-kill-ms needs `ss` from iproute2, but `ss -V` failed ({})",
+            "{what} needs `{program}` from {package}, but `{program} {version_flag}` failed ({})",
             out.status
         )),
         Err(e) => Err(format!(
-            "--chaos-link-kill-ms needs `ss` from iproute2 on the PATH: {e}"
+            "{what} needs `{program}` from {package} on the PATH: {e}"
         )),
     }
 }

@@ -29,16 +29,12 @@ pub const HOLD: Duration = Duration::from_secs(3);
 
 /// Fails with a clear message unless `nft` (nftables) can be run.
 pub fn check_nft() -> Result<(), String> {
-    match Command::new("nft").arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "--chaos-link-kill-ms over QUIC needs `nft` (nftables), but `nft --version` failed ({})",
-            out.status
-        )),
-        Err(e) => Err(format!(
-            "--chaos-link-kill-ms over QUIC needs `nft` (nftables) on the PATH: {e}"
-        )),
-    }
+    super::chaos::check_tool(
+        "--chaos-link-kill-ms over QUIC",
+        "nft",
+        "--version",
+        "nftables",
+    )
 }
 
 /// A running UDP link cutter.
