@@ -147,6 +147,8 @@ fn baselines_and_latency_refuse_what_they_cannot_do() {
         vec!["--baseline", "raw-tcp", "--spawn"],
         vec!["--latency", "100", "--baseline", "naive-tcp"],
         vec!["--latency", "0"],
+        vec!["--latency-load"],
+        vec!["--latency", "100", "--baseline", "tcp"],
         vec!["--baseline", "carrier-pigeon"],
     ] {
         let out = bench_command(&args).output().expect("run plexus");

@@ -32,13 +32,37 @@ fn quic_links_cut_from_outside_resume_and_the_run_verifies() {
         return;
     }
     let r = bench_verified(&args(
-        "--transport quic --chaos-link-kill-ms 400 --nodes 3 --producers 1 --consumers 1 --jobs 1 --bytes-per-producer 48MiB --message-size 64KiB --first-ip 127.0.102.1 --timeout-s 120",
+        "--transport quic --chaos-link-kill-ms 150 --nodes 3 --producers 1 --consumers 1 --jobs 1 --bytes-per-producer 96MiB --message-size 64KiB --first-ip 127.0.102.1 --timeout-s 120",
     ));
     let kills = r["link_kills"].as_u64().expect("kills");
     let resumes = r["link_resumes"].as_u64().expect("resumes");
     assert!(kills > 0, "no cut landed: {r}");
     assert!(resumes > 0, "no link resumed: {r}");
     assert_eq!(r["jobs_failed"], 0, "{r}");
+}
+
+#[test]
+fn latency_under_bulk_load_is_measured_over_quic_and_tcp() {
+    let r = bench_verified(&args(
+        "--transport quic --baseline tcp --latency 400 --latency-secs 1 --latency-load --message-size 16KiB --nodes 2 --producers 1 --consumers 2 --jobs 1 --first-ip 127.0.103.1",
+    ));
+    assert_eq!(r["mode"], "latency");
+    assert_eq!(r["load_message_size"], 16 * 1024);
+    // 2 nodes, 1 producer and 2 consumers each: 4 light channels; 400/s for 1 s.
+    assert_eq!(r["messages_total"], 400, "{r}");
+    let tcp = &r["baselines"][0];
+    assert_eq!(tcp["system"], "tcp");
+    assert_eq!(tcp["verified"], true, "{tcp}");
+    for run in [&r, tcp] {
+        // The load moved more than the light channels in all: it shared the links.
+        let load = run["load_bytes_total"].as_u64().expect("load bytes");
+        assert!(load > 400 * 128, "{run}");
+        assert!(run["load_bytes_per_s"].as_f64().expect("load rate") > 0.0);
+        let p50 = run["latency_us_p50"].as_f64().expect("p50");
+        let p99 = run["latency_us_p99"].as_f64().expect("p99");
+        assert!(0.0 < p50 && p50 <= p99, "{run}");
+    }
+    assert!(r["latency_p99_ratio_vs_tcp"].as_f64().expect("ratio") > 0.0);
 }
 
 #[test]

@@ -204,13 +204,20 @@ pub struct BenchArgs {
     #[arg(long, default_value = baseline::amqp_url::DEFAULT)]
     pub amqp_url: String,
     /// Measure one-way latency instead: 128-byte messages at this many messages per second
-    /// in all, for --latency-secs (with --baseline raw-tcp, over raw TCP too);
-    /// --message-size and --bytes-per-producer do not apply.
+    /// in all, for --latency-secs (with --baseline raw-tcp, over raw TCP too; with
+    /// --transport quic --baseline tcp, over plexus's TCP links too); --bytes-per-producer
+    /// does not apply, nor --message-size without --latency-load.
     #[arg(long, value_name = "RATE")]
     pub latency: Option<u64>,
     /// How long --latency sends, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub latency_secs: f64,
+    /// With --latency: bulk shares the links while the schedule runs. One more job on the
+    /// same nodes sends --message-size messages from each of its producers to its
+    /// consumers as fast as the transport takes them, until the last latency message is
+    /// sent; the report adds the load's goodput.
+    #[arg(long, requires = "latency")]
+    pub latency_load: bool,
     /// The order in which each node asks for admission of its jobs and opens them: `same`
     /// (job 1, job 2, … on every node) or `per-node-random` (an order of each node's own,
     /// with a random 0-2 ms pause between jobs, as when coordinators' start messages cross).
@@ -312,10 +319,9 @@ impl BenchArgs {
                 || self.chaos_link_kill_ms.is_some()
                 || self.tls
                 || self.impostor
-                || !self.baseline.is_empty()
-                || self.latency.is_some())
+                || !self.baseline.is_empty())
         {
-            return Err("--cluster runs through agents someone else started, in other network namespaces: it does not go with --spawn, --kill-node, --chaos-link-kill-ms, --tls, --impostor, --baseline or --latency".into());
+            return Err("--cluster runs through agents someone else started, in other network namespaces: it does not go with --spawn, --kill-node, --chaos-link-kill-ms, --tls, --impostor or --baseline".into());
         }
         self.check_compare()?;
         self.check_waves()?;
@@ -367,8 +373,12 @@ impl BenchArgs {
             if self.spawn || self.stall_consumers > 0 || self.chaos_link_kill_ms.is_some() {
                 return Err("--latency runs in one process without failures or stalls: it does not go with --spawn, --stall-consumers or --chaos-link-kill-ms".into());
             }
-            if self.baseline.iter().any(|&s| s != baseline::System::RawTcp) {
-                return Err("--latency compares with raw-tcp only (--baseline raw-tcp)".into());
+            if self
+                .baseline
+                .iter()
+                .any(|&s| s != baseline::System::RawTcp && s != baseline::System::Tcp)
+            {
+                return Err("--latency compares with raw-tcp (--baseline raw-tcp) and, over QUIC, with plexus over TCP (--baseline tcp) only".into());
             }
             if self.kill_node.is_some() || self.kill_endpoint.is_some() {
                 return Err("--latency runs without failures: it does not go with --kill-node or --kill-endpoint".into());

@@ -253,6 +253,11 @@ impl Shape {
         self.spec.consume
     }
 
+    /// The parameters the shape was built from.
+    pub fn spec(&self) -> &ShapeSpec {
+        &self.spec
+    }
+
     /// What every channel carries.
     pub fn plan(&self) -> Plan {
         self.plan

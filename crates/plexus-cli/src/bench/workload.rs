@@ -505,6 +505,11 @@ impl ChannelVerifier {
         self.next_seq.get(&producer) == Some(&self.plan.messages())
     }
 
+    /// Messages accepted so far from `producer` (0 if it is not expected).
+    pub fn received_from(&self, producer: u32) -> u32 {
+        self.next_seq.get(&producer).copied().unwrap_or(0)
+    }
+
     /// Checks one message that the transport says came from
     /// `from_producer`, and records it if valid.
     ///

@@ -21,6 +21,7 @@
 //! by raw-tcp's (above 1: plexus is slower), `null` unless both verified; so is
 //! `latency_p99_ratio_vs_embedded`, the attached run's p99 divided by the embedded run's.
 
+pub mod load;
 pub mod roles;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use hdrhistogram::Histogram;
 use plexus::{Endpoint, Membership, Node};
 use serde::Serialize;
 
-use super::agents::TempDir;
+use super::agents::{Agents, TempDir};
 use super::baseline::raw_tcp::RawTcp;
 use super::baseline::System;
 use super::delivered::Delivered;
@@ -41,9 +42,10 @@ use super::host;
 use super::monitor::Monitor;
 use super::report::ShapeFields;
 use super::shape::Shape;
-use super::transport::{self, Faults, Sink, Source, Transport};
+use super::transport::{self, ConsumeFn, Faults, ProduceFn, Sink, Source, Transport};
 use super::verdict::{self, RunRecord};
 use super::BenchArgs;
+use load::Load;
 use roles::{Timing, MESSAGE_LEN};
 
 /// Time between opening the endpoints and the first scheduled message.
@@ -68,8 +70,16 @@ pub struct Figures {
     pub latency_us_max: Option<f64>,
     /// The most any producer sent behind its schedule, in µs.
     pub send_lag_us_max: f64,
-    /// Most established TCP connections any node's address held, from /proc/net/tcp.
+    /// Most links any node's address held, from the OS (TCP connections, or the UDP
+    /// flows of QUIC links).
     pub links_per_node_max: usize,
+    /// With `--latency-load`: bulk bytes the load delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_bytes_total: Option<u64>,
+    /// With `--latency-load`: the load's goodput, bytes per second from time zero to its
+    /// last arrival.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_bytes_per_s: Option<f64>,
 }
 
 /// A baseline's latency run.
@@ -115,8 +125,18 @@ pub struct LatencyReport {
     pub figures: Figures,
     /// The same schedule over the `--baseline` systems (raw-tcp).
     pub baselines: Vec<LatencyResult>,
+    /// With `--latency-load`: the size of the load's messages (`--message-size`); its
+    /// job runs on the same nodes as the latency jobs while the schedule lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_message_size: Option<u32>,
     /// plexus's p99 divided by raw-tcp's.
     pub latency_p99_ratio_vs_raw_tcp: Option<f64>,
+    /// With `--transport quic --baseline tcp`: plexus's p99 over QUIC divided by its p99
+    /// over TCP (with TLS) on the same schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ratio_vs_tcp: Option<f64>,
+    /// With `--cluster`: the endpoints attached from this process to the cluster's agents.
+    pub cluster: bool,
     /// With `--agent`: plexus's endpoints attached over Unix sockets to the nodes of this
     /// process (the attach hop within one process), and the `embedded` baseline ran the
     /// same schedule on the nodes themselves.
@@ -126,6 +146,38 @@ pub struct LatencyReport {
     /// plexus's own run verified (for the summary; `verified` covers every system).
     #[serde(skip)]
     pub plexus_verified: bool,
+}
+
+/// What every system of one latency invocation runs: the schedule's shape and the run's.
+#[derive(Clone)]
+struct Plan {
+    /// The latency jobs: 128-byte messages, the schedule's count per channel.
+    light: Shape,
+    /// What the nodes carry: the latency jobs and, with `--latency-load`, one more job on
+    /// the same nodes, the load (`--message-size` messages).
+    run: Shape,
+    /// Messages per second, over the whole run.
+    rate: f64,
+    /// With `--latency-load`.
+    load: bool,
+    json: bool,
+    timeout: Duration,
+}
+
+impl Plan {
+    /// The same plan over `transport`.
+    fn over(&self, transport: super::shape::LinkTransport) -> Result<Plan, String> {
+        let respec = |shape: &Shape| {
+            let mut spec = shape.spec().clone();
+            spec.transport = transport;
+            Shape::new(spec)
+        };
+        Ok(Plan {
+            light: respec(&self.light)?,
+            run: respec(&self.run)?,
+            ..self.clone()
+        })
+    }
 }
 
 /// Runs the latency mode at `rate` messages per second.
@@ -138,35 +190,55 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
     let mut spec = args.spec();
     spec.message_size = u64::from(MESSAGE_LEN);
     spec.bytes_per_producer = per_channel * u64::from(MESSAGE_LEN) * consumers_per_job;
-    let shape = Shape::new(spec)?;
-    let rate = rate as f64;
-    let timeout = Duration::from_secs(args.timeout_s);
-    let attach = args.agent;
-    let plexus = on_runtime(|| run_plexus(&shape, rate, args.json, timeout, attach))?;
+    let light = Shape::new(spec.clone())?;
+    let run = if args.latency_load {
+        spec.jobs += 1;
+        spec.message_size = args.message_size;
+        spec.bytes_per_producer = per_channel * args.message_size * consumers_per_job;
+        Shape::new(spec)?
+    } else {
+        light.clone()
+    };
+    let plan = Plan {
+        light,
+        run,
+        rate: rate as f64,
+        load: args.latency_load,
+        json: args.json,
+        timeout: Duration::from_secs(args.timeout_s),
+    };
+    let shape = plan.light.clone();
+    let rate = plan.rate;
+    let attach = args.agent && args.cluster.is_none();
+    let plexus = match &args.cluster {
+        Some(dir) => on_runtime(|| run_on_cluster(&plan, dir))?,
+        None => on_runtime(|| run_plexus(&plan, attach, "plexus"))?,
+    };
     let mut baselines = Vec::new();
     if attach {
-        baselines.push(on_runtime(|| {
-            run_plexus(&shape, rate, args.json, timeout, false)
-        })?);
+        baselines.push(on_runtime(|| run_plexus(&plan, false, EMBEDDED))?);
+    }
+    if args.baseline.contains(&System::Tcp) {
+        let over_tcp = plan.over(super::shape::LinkTransport::Tcp)?;
+        let system = System::Tcp.name();
+        baselines.push(on_runtime(|| run_plexus(&over_tcp, attach, system))?);
     }
     if args.baseline.contains(&System::RawTcp) {
-        baselines.push(on_runtime(|| run_raw(&shape, rate, args.json, timeout))?);
+        baselines.push(on_runtime(|| run_raw(&plan))?);
     }
     let p99 = |r: &LatencyResult| r.figures.latency_us_p99.filter(|_| r.verified);
-    let ratio = baselines
-        .iter()
-        .find(|b| b.system == System::RawTcp.name())
-        .and_then(p99)
-        .zip(p99(&plexus))
-        .filter(|(raw, _)| *raw > 0.0)
-        .map(|(raw, plexus)| plexus / raw);
-    let ratio_vs_embedded = baselines
-        .iter()
-        .find(|b| b.system == EMBEDDED)
-        .and_then(p99)
-        .zip(p99(&plexus))
-        .filter(|(embedded, _)| *embedded > 0.0)
-        .map(|(embedded, attached)| attached / embedded);
+    let ratio_to = |system: &str| {
+        baselines
+            .iter()
+            .find(|b| b.system == system)
+            .and_then(p99)
+            .zip(p99(&plexus))
+            .filter(|(base, _)| *base > 0.0)
+            .map(|(base, plexus)| plexus / base)
+    };
+    let ratio = ratio_to(System::RawTcp.name());
+    let ratio_vs_embedded = ratio_to(EMBEDDED);
+    let ratio_vs_tcp = ratio_to(System::Tcp.name());
     let mut errors = plexus.errors.clone();
     for b in &baselines {
         errors.extend(b.errors.iter().map(|e| format!("{}: {e}", b.system)));
@@ -186,7 +258,10 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
         figures: plexus.figures,
         plexus_verified: plexus.verified,
         baselines,
+        load_message_size: plan.load.then(|| plan.run.plan().message_size()),
         latency_p99_ratio_vs_raw_tcp: ratio,
+        latency_p99_ratio_vs_tcp: ratio_vs_tcp,
+        cluster: args.cluster.is_some(),
         attached: attach,
         latency_p99_ratio_vs_embedded: ratio_vs_embedded,
     })
@@ -209,23 +284,19 @@ where
 /// an attached run.
 const EMBEDDED: &str = "embedded";
 
-/// Runs the schedule over plexus nodes of this process; with `attach`, every endpoint
-/// attaches to its node over a Unix socket the node serves.
-async fn run_plexus(
-    shape: &Shape,
-    rate: f64,
-    json: bool,
-    timeout: Duration,
-    attach: bool,
-) -> LatencyResult {
-    let system = if attach { "plexus" } else { EMBEDDED };
-    let deadline = tokio::time::Instant::now() + timeout;
+/// Runs the plan over plexus nodes of this process, reported as `system`; with
+/// `attach`, every endpoint attaches to its node over a Unix socket the node serves.
+async fn run_plexus(plan: &Plan, attach: bool, system: &'static str) -> LatencyResult {
+    let shape = &plan.run;
     let membership = Membership::new();
     let mut nodes = Vec::with_capacity(shape.nodes() as usize);
     for i in 0..shape.nodes() {
         match host::start_node(shape, i, &membership).await {
             Ok(node) => nodes.push(node),
-            Err(e) => return failed(system, e),
+            Err(e) => {
+                shut_down(&nodes).await;
+                return failed(system, e);
+            }
         }
     }
     // Removed once the run is over (after the nodes stop).
@@ -245,7 +316,7 @@ async fn run_plexus(
         let mut jobs = HashMap::new();
         for j in 0..shape.jobs() {
             for node in shape.job_nodes(j) {
-                let job = nodes[node.0 as usize].job(Shape::job_id(j), shape.topology(j));
+                let job = nodes[node.0 as usize].job(shape.node_job_id(j), shape.topology(j));
                 jobs.insert((j, node.0), job);
             }
         }
@@ -256,9 +327,40 @@ async fn run_plexus(
         shape: shape.clone(),
     };
     let (_faults, log) = Faults::new();
-    let result = measure(system, transport, shape, rate, json, deadline, log).await;
+    let tables = vec![PathBuf::from("/proc/net")];
+    let result = measure(system, transport, plan, tables, log).await;
     shut_down(&nodes).await;
     drop(dir);
+    result
+}
+
+/// Runs the plan through the agents of the cluster configured in `dir` (as
+/// `scripts/netns-cluster.sh` starts them, in network namespaces of their own): every
+/// endpoint of this process attaches to its node's agent.
+async fn run_on_cluster(plan: &Plan, dir: &std::path::Path) -> LatencyResult {
+    let system = "plexus";
+    let bound = super::attached::AGENT_START_BOUND.min(plan.timeout);
+    let agents = match Agents::existing(dir, &plan.run, bound).await {
+        Ok(agents) => agents,
+        Err(e) => return failed(system, e),
+    };
+    let sockets = (0..plan.run.nodes())
+        .map(|i| agents.socket(i).to_owned())
+        .collect();
+    let tables = agents.socket_tables().unwrap_or_default();
+    let transport = PlexusTransport {
+        opening: Opening::Attach(sockets),
+        shape: plan.run.clone(),
+    };
+    let (_faults, log) = Faults::new();
+    let mut result = measure(system, transport, plan, tables, log).await;
+    let gone = agents.external_gone();
+    if !gone.is_empty() {
+        result.verified = false;
+        result.errors.push(format!(
+            "the agents of nodes {gone:?} exited during the run"
+        ));
+    }
     result
 }
 
@@ -283,44 +385,65 @@ async fn shut_down(nodes: &[Node]) {
     }
 }
 
-async fn run_raw(shape: &Shape, rate: f64, json: bool, timeout: Duration) -> LatencyResult {
-    let deadline = tokio::time::Instant::now() + timeout;
+async fn run_raw(plan: &Plan) -> LatencyResult {
+    let deadline = tokio::time::Instant::now() + plan.timeout;
     let (faults, log) = Faults::new();
     let system = System::RawTcp.name();
-    match tokio::time::timeout_at(deadline, RawTcp::open(shape, &faults)).await {
-        Ok(Ok((raw, _))) => measure(system, raw, shape, rate, json, deadline, log).await,
+    let tables = vec![PathBuf::from("/proc/net")];
+    match tokio::time::timeout_at(deadline, RawTcp::open(&plan.run, &faults)).await {
+        Ok(Ok((raw, _))) => measure(system, raw, plan, tables, log).await,
         Ok(Err(e)) => failed(system, e),
         Err(_) => failed(system, "timed out connecting the nodes".into()),
     }
 }
 
-/// Runs the latency schedule over `transport` and judges it.
+/// Runs the plan's schedule (and load) over `transport` and judges it; the links are
+/// counted in the socket tables `tables`.
 async fn measure<T: Transport>(
     system: &'static str,
     transport: T,
-    shape: &Shape,
-    rate: f64,
-    json: bool,
-    deadline: tokio::time::Instant,
+    plan: &Plan,
+    tables: Vec<PathBuf>,
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> LatencyResult {
+    let deadline = tokio::time::Instant::now() + plan.timeout;
+    let shape = &plan.light;
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start(shape, &delivered, json);
+    let monitor = Monitor::start_in(shape, &delivered, plan.json, tables);
     let start = Instant::now();
-    let timing = match Timing::new(shape.clone(), rate, start + LEAD, delivered) {
+    let origin = start + LEAD;
+    let timing = match Timing::new(shape.clone(), plan.rate, origin, delivered) {
         Ok(timing) => Arc::new(timing),
         Err(e) => return failed(system, e),
     };
-    let (produce, consume) = roles::roles(timing.clone());
+    let light_producers = shape
+        .endpoints()
+        .iter()
+        .filter(|e| e.role == super::roles::Role::Producer)
+        .count();
+    let load = if plan.load {
+        match Load::new(plan.run.clone(), light_producers, origin) {
+            Ok(load) => Some(Arc::new(load)),
+            Err(e) => return failed(system, e),
+        }
+    } else {
+        None
+    };
+    let (produce, consume) = with_load(roles::roles(timing.clone()), load.clone());
     let (outcomes, mut errors) =
-        transport::drive(transport, shape, deadline, produce, consume).await;
+        transport::drive(transport, &plan.run, deadline, produce, consume).await;
     let elapsed_s = start.elapsed().as_secs_f64();
     errors.extend(Faults::drain(&mut faults));
     let links_per_node_max = monitor.finish();
+    let (light, bulk): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.job < shape.jobs());
+    errors.extend(
+        bulk.iter()
+            .filter_map(|o| o.error.as_ref().map(|e| e.message.clone())),
+    );
     let report = verdict::judge(
         shape,
         RunRecord {
-            outcomes,
+            outcomes: light,
             errors,
             elapsed_s,
             links_per_node_max,
@@ -337,6 +460,7 @@ async fn measure<T: Transport>(
             .map(|h: &Histogram<u64>| us(h.value_at_quantile(q)))
     };
     let span_s = last_arrival_ns as f64 / 1e9;
+    let load_figures = load.map(|l| l.figures());
     LatencyResult {
         system,
         verified: report.verified,
@@ -358,8 +482,42 @@ async fn measure<T: Transport>(
                 .map(|h| us(h.max())),
             send_lag_us_max: us(lag_ns),
             links_per_node_max,
+            load_bytes_total: load_figures.map(|(bytes, _)| bytes),
+            load_bytes_per_s: load_figures.map(|(_, rate)| rate),
         },
     }
+}
+
+/// The latency roles, and with a load its roles for the load's job; every latency
+/// producer tells the load when it is through.
+fn with_load<S: Sink, R: Source>(
+    (light_produce, light_consume): (ProduceFn<S>, ConsumeFn<R>),
+    load: Option<Arc<Load>>,
+) -> (ProduceFn<S>, ConsumeFn<R>) {
+    let Some(load) = load else {
+        return (light_produce, light_consume);
+    };
+    let for_consumers = load.clone();
+    let produce: ProduceFn<S> = Arc::new(move |sink, job, me| {
+        let load = load.clone();
+        if job == load.job() {
+            return Box::pin(load.produce(sink, me));
+        }
+        let light = light_produce(sink, job, me);
+        Box::pin(async move {
+            let outcome = light.await;
+            load.light_finished();
+            outcome
+        })
+    });
+    let consume: ConsumeFn<R> = Arc::new(move |source, job, me| {
+        if job == for_consumers.job() {
+            Box::pin(for_consumers.clone().consume(source, me))
+        } else {
+            light_consume(source, job, me)
+        }
+    });
+    (produce, consume)
 }
 
 fn failed(system: &'static str, error: String) -> LatencyResult {
@@ -401,7 +559,7 @@ impl PlexusTransport {
                 let attached = Node::attach(socket)
                     .await
                     .map_err(|e| format!("attaching to node {}: {e}", me.node.0))?;
-                let handle = attached.job(Shape::job_id(job), self.shape.topology(job));
+                let handle = attached.job(self.shape.node_job_id(job), self.shape.topology(job));
                 Ok((handle.clone(), Some((attached, handle))))
             }
         }
@@ -515,8 +673,23 @@ impl LatencyReport {
         for b in &self.baselines {
             row(b.system, b.verified, &b.figures);
         }
+        if let Some(size) = self.load_message_size {
+            let load = |system: &str, f: &Figures| {
+                println!(
+                    "  load beside {system}: {:.1} MB/s of {size}-byte messages",
+                    f.load_bytes_per_s.unwrap_or(0.0) / 1e6
+                );
+            };
+            load("plexus", &self.figures);
+            for b in &self.baselines {
+                load(b.system, &b.figures);
+            }
+        }
         if let Some(r) = self.latency_p99_ratio_vs_raw_tcp {
             println!("  p99 plexus ÷ raw-tcp: {r:.2}");
+        }
+        if let Some(r) = self.latency_p99_ratio_vs_tcp {
+            println!("  p99 over QUIC ÷ over TCP: {r:.2}");
         }
         if let Some(r) = self.latency_p99_ratio_vs_embedded {
             println!("  p99 attached ÷ embedded: {r:.2}");

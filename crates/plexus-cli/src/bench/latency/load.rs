@@ -1,0 +1,185 @@
+//! `--latency-load`: bulk traffic on the same links as the latency schedule, so that the
+//! light channels' latency is measured while bulk channels share every link (the
+//! head-of-line effect of a transport, of its loss recovery and of its send queues).
+//!
+//! The load is one more job of the run, on the same nodes as the latency jobs (the last
+//! job index of the run's shape): each of its producers sends full `--message-size` bench
+//! messages to its consumers in turn, each as soon as the transport takes it (plexus:
+//! credit), from the moment the endpoints open until every latency producer has sent its
+//! last message; then it records how many it sent to each consumer and closes.
+//!
+//! Invariants: a bulk consumer checks every message (order, header, CRC) as it comes, and
+//! once its streams end it checks that it received exactly what each producer says it
+//! sent (the counts are recorded before the producer closes, so before the stream ends);
+//! the load never outlives the latency producers by more than one message per bulk
+//! producer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use plexus::Endpoint;
+
+use super::super::roles::{EndpointError, Moved};
+use super::super::shape::Shape;
+use super::super::transport::{Sink, Source};
+use super::super::workload::{ChannelVerifier, MessageFactory, Plan};
+
+/// The seed of the bulk messages' bodies.
+const SEED: u64 = 0x6c6f_6164;
+
+/// What every endpoint of the load shares.
+pub struct Load {
+    /// The run's shape (its last job is the load).
+    shape: Shape,
+    /// Full messages of `--message-size`, as many as a channel could ever carry.
+    plan: Plan,
+    factory: MessageFactory,
+    /// Latency producers that have not sent their last message yet.
+    light_running: AtomicUsize,
+    /// Messages each bulk producer sent to each consumer, by (producer id, consumer id),
+    /// recorded before it closes.
+    sent: Mutex<HashMap<(u32, u32), u32>>,
+    /// Bulk bytes received.
+    bytes: AtomicU64,
+    /// When the last bulk message arrived, in ns since `origin`.
+    last_arrival_ns: AtomicU64,
+    origin: Instant,
+}
+
+impl Load {
+    /// The load of `shape` (its last job), beside `light_producers` latency producers;
+    /// `origin` is the run's time zero.
+    pub fn new(shape: Shape, light_producers: usize, origin: Instant) -> Result<Load, String> {
+        let size = shape.plan().message_size();
+        let plan = Plan::new(u64::from(size) * u64::from(u32::MAX), size)
+            .map_err(|e| format!("the load's messages: {e}"))?;
+        Ok(Load {
+            shape,
+            plan,
+            factory: MessageFactory::new(SEED),
+            light_running: AtomicUsize::new(light_producers),
+            sent: Mutex::new(HashMap::new()),
+            bytes: AtomicU64::new(0),
+            last_arrival_ns: AtomicU64::new(0),
+            origin,
+        })
+    }
+
+    /// The job index of the load in the run's shape.
+    pub fn job(&self) -> u32 {
+        self.shape.jobs() - 1
+    }
+
+    /// A latency producer sent its last message (or gave up).
+    pub fn light_finished(&self) {
+        let _ = self
+            .light_running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Bulk bytes received, and bytes per second from time zero to the last arrival.
+    pub fn figures(&self) -> (u64, f64) {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let span_s = self.last_arrival_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let rate = if span_s > 0.0 {
+            bytes as f64 / span_s
+        } else {
+            0.0
+        };
+        (bytes, rate)
+    }
+
+    /// Runs bulk producer `me` on `sink`.
+    pub async fn produce<S: Sink>(
+        self: Arc<Self>,
+        mut sink: S,
+        me: Endpoint,
+    ) -> (Moved, Option<EndpointError>) {
+        let job = self.job();
+        let my_id = self.shape.producer_id(me);
+        let consumers = self.shape.addressed_consumers(job);
+        let fail = |e: String| EndpointError::other(format!("load job producer {me}: {e}"));
+        let mut counts = vec![0u32; consumers.len()];
+        let mut moved = Moved::default();
+        'sending: while self.light_running.load(Ordering::Acquire) > 0 {
+            for (i, &(consumer, id)) in consumers.iter().enumerate() {
+                let message = self.factory.message(&self.plan, my_id, id, counts[i]);
+                let len = message.len() as u64;
+                if let Err(e) = sink.send(consumer, id, message).await {
+                    self.record(my_id, &consumers, &counts);
+                    return (moved, Some(fail(e)));
+                }
+                counts[i] += 1;
+                moved.bytes += len;
+                moved.messages += 1;
+                if self.light_running.load(Ordering::Acquire) == 0 {
+                    break 'sending;
+                }
+            }
+        }
+        self.record(my_id, &consumers, &counts);
+        (moved, sink.finish().await.err().map(fail))
+    }
+
+    fn record(&self, producer: u32, consumers: &[(Endpoint, u32)], counts: &[u32]) {
+        if let Ok(mut sent) = self.sent.lock() {
+            for (&(_, consumer), &count) in consumers.iter().zip(counts) {
+                sent.insert((producer, consumer), count);
+            }
+        }
+    }
+
+    /// Runs bulk consumer `me` on `source`.
+    pub async fn consume<R: Source>(
+        self: Arc<Self>,
+        mut source: R,
+        me: Endpoint,
+    ) -> (Moved, Option<EndpointError>) {
+        let job = self.job();
+        let my_id = self.shape.consumer_id(me);
+        let fail = |e: String| Some(EndpointError::other(format!("load job consumer {me}: {e}")));
+        let producers: Vec<u32> = self
+            .shape
+            .topology(job)
+            .producers()
+            .iter()
+            .map(|&p| self.shape.producer_id(p))
+            .collect();
+        let mut verifier = ChannelVerifier::new(my_id, producers.iter().copied(), self.plan);
+        let mut moved = Moved::default();
+        while let Some(item) = source.recv().await {
+            let (from, message) = match item {
+                Ok(item) => item,
+                Err(e) => return (moved, fail(e)),
+            };
+            if let Err(e) = verifier.accept(from, &message) {
+                return (moved, fail(e.to_string()));
+            }
+            let len = message.len() as u64;
+            moved.bytes += len;
+            moved.messages += 1;
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_arrival_ns.fetch_max(now, Ordering::Relaxed);
+        }
+        let Ok(sent) = self.sent.lock() else {
+            return (moved, fail("a poisoned lock".into()));
+        };
+        for producer in producers {
+            let expected = sent.get(&(producer, my_id)).copied();
+            let got = verifier.received_from(producer);
+            if expected != Some(got) {
+                let expected = expected.map_or("an unknown number".into(), |n| n.to_string());
+                return (
+                    moved,
+                    fail(format!(
+                        "received {got} messages from producer {producer}, which sent {expected}"
+                    )),
+                );
+            }
+        }
+        (moved, None)
+    }
+}
