@@ -47,15 +47,27 @@ pub struct SendCredit {
     /// a message's cost is far below `u32::MAX`).
     blocked: u32,
     /// Bytes spent since the last request was issued (saturating): the channel's recent
-    /// appetite, which sizes how much it asks for ahead of need (twice that, up to the
-    /// policy's `want`), so a channel that sends once asks for exactly what it sends.
+    /// appetite, which sizes how much it asks for beyond need (twice that, up to the
+    /// policy's `want`; asking ahead, at least [`AHEAD_MESSAGES`] messages like the last).
     spent_since_request: u32,
+    /// Cost of the last message the application sent or tried to send.
+    last_cost: u32,
     /// A `Backlog` was sent and its `Credit` answer has not arrived.
     request_in_flight: bool,
     /// The last speculative request was answered with 0; do not ask ahead again until a
     /// real need arises.
     ahead_refused: bool,
 }
+
+/// Messages like its last that a channel asks for at least when it asks ahead of need (a
+/// need asks for twice what was spent since the last request, so a channel that sends
+/// once asks for what it sends).
+/// Credit comes back a round trip after it is asked for: asking for only twice what was
+/// spent since the last request would let a channel of small messages send about two per
+/// round trip, and on a link loaded with other channels' bulk a round trip is long. Asking
+/// ahead never takes the reserve a blocked need is served from, and what a channel does not
+/// spend goes back to its consumer's pool when the channel ends.
+pub const AHEAD_MESSAGES: u32 = 8;
 
 /// `len` as a `u32`, saturating (credit amounts of one message or request fit far below).
 fn saturating_u32(len: u64) -> u32 {
@@ -94,6 +106,7 @@ impl SendCredit {
     /// Tries to spend `len` bytes of credit (a message's cost). On success the message may
     /// be queued. Either way, the returned request (if any) must be sent as a `Backlog`.
     pub fn try_spend(&mut self, len: u64, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
+        self.last_cost = saturating_u32(len);
         if self.available >= len {
             self.available -= len;
             self.spent_since_request = self.spent_since_request.saturating_add(saturating_u32(len));
@@ -116,6 +129,7 @@ impl SendCredit {
     /// Whether `len` bytes of credit (a message's cost) are there now, without spending. When it could
     /// not, records the need as a refused send would, and returns the request to send.
     pub fn check(&mut self, len: u64, policy: SendPolicy) -> (bool, Option<CreditRequest>) {
+        self.last_cost = saturating_u32(len);
         if self.available >= len {
             return (true, None);
         }
@@ -149,7 +163,10 @@ impl SendCredit {
         if need > 0 {
             self.ahead_refused = false;
         }
-        let appetite = self.spent_since_request.saturating_mul(2);
+        let mut appetite = self.spent_since_request.saturating_mul(2);
+        if need == 0 {
+            appetite = appetite.max(self.last_cost.saturating_mul(AHEAD_MESSAGES));
+        }
         self.spent_since_request = 0;
         CreditRequest {
             need,
@@ -394,7 +411,7 @@ mod tests {
         c.on_grant(10, POLICY);
         let (ok, req) = c.try_spend(10, POLICY);
         assert!(ok);
-        assert_eq!(req, Some(CreditRequest { need: 0, want: 20 }));
+        assert_eq!(req, Some(CreditRequest { need: 0, want: 80 }));
         c.on_grant(0, POLICY);
         assert_eq!(c.try_spend(0, POLICY), (true, None));
         let (ok, req) = c.try_spend(5, POLICY);
@@ -407,10 +424,11 @@ mod tests {
         let mut c = SendCredit::default();
         c.try_spend(100, POLICY);
         c.on_grant(100, POLICY);
-        // Credit ran low after a send: ask ahead for twice what was spent.
+        // Credit ran low after a send: ask ahead for twice what was spent, and at least
+        // AHEAD_MESSAGES messages like this one.
         let (ok, req) = c.try_spend(100, POLICY);
         assert!(ok);
-        assert_eq!(req, Some(CreditRequest { need: 0, want: 200 }));
+        assert_eq!(req, Some(CreditRequest { need: 0, want: 800 }));
         c.on_grant(800, POLICY);
         // 800 available: three sends leave 500, not below the low-water mark of 500.
         for _ in 0..3 {
@@ -432,6 +450,52 @@ mod tests {
         }
         let (_, req) = c.try_spend(10_000, POLICY);
         assert_eq!(req.map(|r| r.want), Some(1000), "capped by the policy");
+    }
+
+    #[test]
+    fn a_channel_of_small_messages_asks_ahead_for_several_of_them() {
+        let mut c = SendCredit::default();
+        // The first message waits for its own need: nothing more is asked with it.
+        let (ok, req) = c.try_spend(16, POLICY);
+        assert!(!ok);
+        assert_eq!(req, Some(CreditRequest { need: 16, want: 0 }));
+        assert_eq!(c.on_grant(16, POLICY), (true, None));
+        // Sent, and below the low-water mark: it asks ahead for AHEAD_MESSAGES like it,
+        // not for twice the 16 bytes it spent.
+        let (ok, req) = c.try_spend(16, POLICY);
+        assert!(ok);
+        let ahead = 16 * AHEAD_MESSAGES;
+        assert_eq!(
+            req,
+            Some(CreditRequest {
+                need: 0,
+                want: ahead
+            })
+        );
+        c.on_grant(ahead, POLICY);
+        // Granted: the next eight go without waiting (each asking ahead again while one
+        // request may be in flight).
+        for i in 0..AHEAD_MESSAGES {
+            let (ok, req) = c.try_spend(16, POLICY);
+            assert!(ok, "message {i}");
+            if let Some(req) = req {
+                assert_eq!(
+                    req,
+                    CreditRequest {
+                        need: 0,
+                        want: ahead
+                    }
+                );
+            }
+        }
+        assert_eq!(c.available(), 0);
+        // Larger messages: the floor is capped by the policy.
+        let mut big = SendCredit::default();
+        big.try_spend(200, POLICY);
+        big.on_grant(200, POLICY);
+        let (ok, req) = big.try_spend(200, POLICY);
+        assert!(ok);
+        assert_eq!(req.map(|r| r.want), Some(POLICY.want));
     }
 
     #[test]

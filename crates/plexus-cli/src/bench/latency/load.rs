@@ -183,3 +183,117 @@ impl Load {
         (moved, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::shape::tests::spec;
+    use bytes::Bytes;
+
+    /// What a fake producer handed over: (consumer, consumer id, message).
+    type Sent = Arc<Mutex<Vec<(Endpoint, u32, Bytes)>>>;
+
+    /// A sink that takes every message at once and, after `last` of them, says the latency
+    /// producers are through.
+    struct Recording {
+        sent: Sent,
+        load: Arc<Load>,
+        last: usize,
+    }
+
+    impl Sink for Recording {
+        async fn send(&mut self, to: Endpoint, to_id: u32, message: Bytes) -> Result<(), String> {
+            let mut sent = self.sent.lock().map_err(|_| "poisoned")?;
+            sent.push((to, to_id, message));
+            if sent.len() == self.last {
+                self.load.light_finished();
+            }
+            Ok(())
+        }
+
+        async fn finish(self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A source replaying messages from one producer.
+    struct Replay(std::vec::IntoIter<(u32, Bytes)>);
+
+    impl Source for Replay {
+        async fn recv(&mut self) -> Option<Result<(u32, Bytes), String>> {
+            self.0.next().map(Ok)
+        }
+    }
+
+    /// A load on a shape of 1 node and 1 job (2 producers, 3 consumers), and the
+    /// messages its producer 0 sent until the one latency producer finished after `last`.
+    async fn one_producer(last: usize) -> (Arc<Load>, Vec<(Endpoint, u32, Bytes)>) {
+        let shape = Shape::new(spec(1, None, 1)).expect("shape");
+        let load = Arc::new(Load::new(shape, 1, Instant::now()).expect("load"));
+        let sent = Sent::default();
+        let sink = Recording {
+            sent: sent.clone(),
+            load: load.clone(),
+            last,
+        };
+        let producer = Endpoint::new(plexus::NodeId(0), 0);
+        let (moved, error) = load.clone().produce(sink, producer).await;
+        assert!(error.is_none(), "{error:?}");
+        let sent = sent.lock().expect("sent").clone();
+        assert_eq!(moved.messages, sent.len() as u64);
+        (load, sent)
+    }
+
+    /// What producer 0 sent to `consumer`, as its source would deliver it.
+    fn to(sent: &[(Endpoint, u32, Bytes)], consumer: u32) -> Vec<(u32, Bytes)> {
+        sent.iter()
+            .filter(|(_, id, _)| *id == consumer)
+            .map(|(_, _, m)| (0, m.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_load_stops_with_the_latency_producers_and_counts_what_it_sent() {
+        let (load, sent) = one_producer(7).await;
+        // It stopped right after the message that ended the latency schedule.
+        assert_eq!(sent.len(), 7);
+        // In turn to the 3 consumers: 3, 2 and 2 messages, full size.
+        let per_consumer: Vec<usize> = (0..3).map(|c| to(&sent, c).len()).collect();
+        assert_eq!(per_consumer, [3, 2, 2]);
+        assert!(sent.iter().all(|(_, _, m)| m.len() == 4096));
+        let recorded = load.sent.lock().expect("sent").clone();
+        assert_eq!(recorded.get(&(0, 0)), Some(&3));
+        assert_eq!(recorded.get(&(0, 2)), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_consumer_fails_on_a_lost_message_and_passes_on_all() {
+        let (load, sent) = one_producer(9).await;
+        let consumer = Endpoint::new(plexus::NodeId(0), 1);
+        // Producer 1 of the job sent nothing: record that, as its close would.
+        load.record(1, &load.shape.addressed_consumers(0), &[0, 0, 0]);
+        let all = to(&sent, 1);
+        assert_eq!(all.len(), 3);
+        let (moved, error) = load
+            .clone()
+            .consume(Replay(all.clone().into_iter()), consumer)
+            .await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(moved.messages, 3);
+        // The last message lost: every message that came is in order, yet it must fail.
+        let short = all[..2].to_vec();
+        let (_, error) = load
+            .clone()
+            .consume(Replay(short.into_iter()), consumer)
+            .await;
+        let message = error.expect("a lost message is an error").message;
+        assert!(
+            message.contains("received 2 messages from producer 0, which sent 3"),
+            "{message}"
+        );
+        // A gap is caught as it comes.
+        let gap = vec![all[0].clone(), all[2].clone()];
+        let (_, error) = load.consume(Replay(gap.into_iter()), consumer).await;
+        assert!(error.is_some());
+    }
+}
