@@ -1,14 +1,20 @@
 //! Fair sharing of one link among the channels that have data ready to send.
 //!
-//! Deficit round robin by bytes: each ready channel, when it comes to the head of the round,
-//! earns `quantum` bytes of deficit and sends messages while its head message fits the
-//! deficit. Over any stretch of time in which two channels are both ready, the bytes they
-//! send differ by at most `quantum + largest message` (plus one frame header per message),
-//! however their message sizes differ.
+//! Deficit round robin by bytes: each ready channel, when its turn comes, earns `quantum`
+//! bytes of deficit and sends messages while its head message fits the deficit. Over any
+//! stretch of time in which two channels are both ready, the bytes they send differ by at
+//! most `quantum + largest message` (plus one frame header per message), however their
+//! message sizes differ.
 //!
-//! Invariants: a channel is in the round exactly when its queue is non-empty; a channel's
-//! items leave in the order they were pushed; `queued_bytes` is the sum of the queued
-//! items' weights.
+//! A channel that becomes ready after it was idle is *fresh*: it takes its first turn
+//! before the channels already in the round (after the turn in progress), as fq_codel
+//! serves new flows; if it is still ready after that turn it joins the back of the round.
+//! So a channel that sends now and then waits for one turn, not for a whole round of bulk
+//! channels; a channel is fresh again only after it emptied, at most once per burst.
+//!
+//! Invariants: a channel is in exactly one of the two lists (fresh, round) exactly when its
+//! queue is non-empty; a channel's items leave in the order they were pushed;
+//! `queued_bytes` is the sum of the queued items' weights.
 
 use std::collections::VecDeque;
 
@@ -27,14 +33,18 @@ struct Queue<T> {
     deficit: usize,
 }
 
-/// Deficit round robin over channels keyed by `K`.
+/// Deficit round robin over channels keyed by `K`, fresh channels first.
 #[derive(Debug)]
 pub struct Scheduler<K, T> {
     quantum: usize,
-    /// Channels with queued items, in round order; the front is being served.
+    /// Channels that became ready after being idle and have not had their turn, in the
+    /// order they became ready.
+    fresh: VecDeque<K>,
+    /// Channels that had a turn and are still ready, in round order.
     round: VecDeque<K>,
-    /// Whether the front channel already earned its quantum this turn.
-    front_served: bool,
+    /// The turn in progress, if any: its channel is the front of `fresh` (true) or of
+    /// `round` (false), and has earned its quantum.
+    turn: Option<bool>,
     queues: Map<K, Queue<T>>,
     queued_bytes: usize,
     /// Emptied queues kept for reuse, so a channel whose queue drains at every turn does
@@ -52,8 +62,9 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
     pub fn new(quantum: usize) -> Self {
         Self {
             quantum: quantum.max(1),
+            fresh: VecDeque::new(),
             round: VecDeque::new(),
-            front_served: false,
+            turn: None,
             queues: Map::default(),
             queued_bytes: 0,
             spare: Vec::new(),
@@ -69,28 +80,47 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
             deficit: 0,
         });
         if queue.items.is_empty() {
-            self.round.push_back(key);
+            self.fresh.push_back(key);
         }
         queue.items.push_back(item);
+    }
+
+    /// The channel whose turn is in progress or comes next, and whether it is fresh.
+    fn next_turn(&self) -> Option<(K, bool)> {
+        match self.turn {
+            Some(true) => self.fresh.front().map(|&k| (k, true)),
+            Some(false) => self.round.front().map(|&k| (k, false)),
+            None => (self.fresh.front().map(|&k| (k, true)))
+                .or_else(|| self.round.front().map(|&k| (k, false))),
+        }
+    }
+
+    /// The list a channel's turn is taken from.
+    fn list(&mut self, fresh: bool) -> &mut VecDeque<K> {
+        if fresh {
+            &mut self.fresh
+        } else {
+            &mut self.round
+        }
     }
 
     /// The next item to send, in fair order.
     pub fn pop(&mut self) -> Option<(K, T)> {
         loop {
-            let key = *self.round.front()?;
+            let (key, fresh) = self.next_turn()?;
             let Some(queue) = self.queues.get_mut(&key) else {
-                self.round.pop_front();
-                self.front_served = false;
+                self.list(fresh).pop_front();
+                self.turn = None;
                 continue;
             };
-            if !self.front_served {
+            if self.turn.is_none() {
                 queue.deficit += self.quantum;
-                self.front_served = true;
+                self.turn = Some(fresh);
             }
             let head_weight = match queue.items.front() {
                 Some(item) => item.weight(),
                 None => {
-                    self.retire_front(key);
+                    self.retire_current(key, fresh);
                     continue;
                 }
             };
@@ -99,21 +129,24 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
                 let item = queue.items.pop_front()?;
                 self.queued_bytes -= head_weight;
                 if queue.items.is_empty() {
-                    self.retire_front(key);
+                    self.retire_current(key, fresh);
                 }
                 return Some((key, item));
             }
-            self.round.rotate_left(1);
-            self.front_served = false;
+            // The turn is over: to the back of the round.
+            self.list(fresh).pop_front();
+            self.round.push_back(key);
+            self.turn = None;
         }
     }
 
     /// After [`Scheduler::pop`] returned an item of `key`: the channel's next item as well,
-    /// if `key` is still being served, `accept` takes its head and the deficit left this
-    /// turn covers it. Lets a caller pack a channel's consecutive items into one frame
+    /// if `key`'s turn is still in progress, `accept` takes its head and the deficit left
+    /// this turn covers it. Lets a caller pack a channel's consecutive items into one frame
     /// without changing how the link is shared.
     pub fn pop_next_of(&mut self, key: K, accept: impl FnOnce(&T) -> bool) -> Option<T> {
-        if self.round.front() != Some(&key) || !self.front_served {
+        let fresh = self.turn?;
+        if self.next_turn() != Some((key, fresh)) {
             return None;
         }
         let queue = self.queues.get_mut(&key)?;
@@ -126,21 +159,21 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
         let item = queue.items.pop_front()?;
         self.queued_bytes -= head_weight;
         if queue.items.is_empty() {
-            self.retire_front(key);
+            self.retire_current(key, fresh);
         }
         Some(item)
     }
 
-    /// Takes `key`, whose queue is empty, off the front of the round, keeping its queue for
-    /// reuse.
-    fn retire_front(&mut self, key: K) {
+    /// Takes `key`, whose queue is empty and whose turn it is, off the front of its list,
+    /// keeping its queue for reuse.
+    fn retire_current(&mut self, key: K, fresh: bool) {
         if let Some(queue) = self.queues.remove(&key) {
             if self.spare.len() < SPARE_QUEUES && queue.items.capacity() <= SPARE_QUEUE_ITEMS {
                 self.spare.push(queue.items);
             }
         }
-        self.round.pop_front();
-        self.front_served = false;
+        self.list(fresh).pop_front();
+        self.turn = None;
     }
 
     /// Removes every queued item of `key`, returning them in order.
@@ -148,9 +181,10 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
         let Some(queue) = self.queues.remove(&key) else {
             return Vec::new();
         };
-        if self.round.front() == Some(&key) {
-            self.front_served = false;
+        if self.turn.is_some() && self.next_turn().map(|(k, _)| k) == Some(key) {
+            self.turn = None;
         }
+        self.fresh.retain(|k| *k != key);
         self.round.retain(|k| *k != key);
         let items: Vec<T> = queue.items.into();
         self.queued_bytes -= items.iter().map(Weighted::weight).sum::<usize>();
@@ -164,11 +198,11 @@ impl<K: Copy + Eq + Hash, T: Weighted> Scheduler<K, T> {
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.round.is_empty()
+        self.fresh.is_empty() && self.round.is_empty()
     }
 
     /// Number of channels with queued items.
     pub fn ready_channels(&self) -> usize {
-        self.round.len()
+        self.fresh.len() + self.round.len()
     }
 }

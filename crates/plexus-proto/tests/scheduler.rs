@@ -14,6 +14,8 @@
 //!   `r * quantum - deficit`, with `0 <= deficit < max_message` (a turn ends when the head
 //!   no longer fits the deficit). During A's `r`-th turn, A has sent at most `r * quantum`
 //!   while B, after `r - 1` turns, has sent more than `(r - 1) * quantum - max_message`.
+//! - Fresh channels: one that becomes ready while others are backlogged takes the next
+//!   turn, then joins the back of the round.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -225,4 +227,36 @@ fn a_channel_being_served_gives_its_next_items_within_its_deficit() {
     assert_eq!(s.pop_next_of(1, |_| true).map(|i| i.seq), Some(3));
     assert!(s.is_empty());
     assert_eq!(s.queued_bytes(), 0);
+}
+
+/// A channel that becomes ready while ten bulk channels are backlogged takes the next turn
+/// (after the one in progress), not the back of the round; what it has left after its turn
+/// waits its turn in the round like any other.
+#[test]
+fn a_fresh_channel_goes_before_the_round_then_joins_it() {
+    let item = |chan, seq, weight| Item { chan, seq, weight };
+    let mut s = Scheduler::new(1000);
+    for chan in 0..10u8 {
+        for seq in 0..10 {
+            s.push(chan, item(chan, seq, 1000));
+        }
+    }
+    // One item each: every bulk channel had its fresh turn and is in the round.
+    let first: Vec<u8> = (0..10).map(|_| s.pop().expect("queued").0).collect();
+    assert_eq!(first, (0..10).collect::<Vec<u8>>());
+    s.push(20, item(20, 0, 10));
+    s.push(20, item(20, 1, 1000));
+    let order: Vec<(u8, u32)> = (0..12)
+        .map(|_| s.pop().map(|(k, i)| (k, i.seq)).expect("queued"))
+        .collect();
+    let mut expected = vec![(20, 0)];
+    expected.extend((0..10).map(|chan| (chan, 1)));
+    expected.push((20, 1));
+    assert_eq!(order, expected);
+    // Emptied, it is fresh again when it next has something: it waits for the turn in
+    // progress only.
+    assert_eq!(s.pop().map(|(k, i)| (k, i.seq)), Some((0, 2)));
+    s.push(20, item(20, 2, 10));
+    assert_eq!(s.pop().map(|(k, i)| (k, i.seq)), Some((20, 2)));
+    assert_eq!(s.pop().map(|(k, i)| (k, i.seq)), Some((1, 2)));
 }
