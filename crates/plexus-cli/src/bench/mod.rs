@@ -23,7 +23,9 @@
 //! ([`baseline`]: raw TCP, one connection per channel, ZeroMQ, RabbitMQ) and the report compares
 //! them; `--latency RATE` measures one-way latency at a fixed rate instead ([`latency`]),
 //! for plexus and raw TCP (with `--agent`, through Unix-socket attaches to the nodes of
-//! this process, beside the embedded run). Both run on [`transport`]'s harness. `--report DIR` also writes
+//! this process, beside the embedded run; with `--cluster`, through the cluster's agents;
+//! with `--latency-load`, beside a bulk job on the same links). Both run on
+//! [`transport`]'s harness. `--report DIR` also writes
 //! the run to DIR, in Markdown, JSON and SVG charts ([`export`]), among them the bytes
 //! delivered over time, sampled while the plexus run goes ([`timeline`]).
 //!

@@ -14,8 +14,17 @@
 //! nodes themselves, reported as the baseline `embedded`, with
 //! `latency_p99_ratio_vs_embedded`. That measures the attach hop within one process (the
 //! socket, the framing, the node's serving of attached endpoints), not separate processes.
+//! With `--cluster DIR`, the endpoints attach from this process to the agents of the
+//! cluster configured in DIR (other network namespaces, real links) instead. With
+//! `--transport quic --baseline tcp`, the same schedule runs again over plexus's TCP links
+//! (`latency_p99_ratio_vs_tcp`).
 //!
-//! Invariants: both systems run the same schedule on the same shape; a run verifies only
+//! With `--latency-load`, the nodes carry one more job on the same nodes while the schedule
+//! runs ([`load`]): bulk on every link the latency channels use. The latency jobs keep
+//! their own shape (128-byte messages, the schedule's count); the run's shape adds the
+//! load's job and its message size, which the nodes are configured for.
+//!
+//! Invariants: every system runs the same schedule on the same shape; a run verifies only
 //! if every scheduled message arrived exactly once, in order, intact; percentiles are
 //! `null` when no message arrived; `latency_p99_ratio_vs_raw_tcp` is plexus's p99 divided
 //! by raw-tcp's (above 1: plexus is slower), `null` unless both verified; so is
