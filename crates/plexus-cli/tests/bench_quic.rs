@@ -1,7 +1,8 @@
 //! End-to-end tests of `plexus bench --transport quic`: the workload over QUIC links
 //! verifies, with one UDP flow per node pair counted from the kernel, beside the same run
 //! over TCP; links cut from outside (their packets dropped for a while) resume without
-//! losing or repeating anything.
+//! losing or repeating anything; a killed node fails only its jobs, found by refusal; a
+//! light channel's latency is measured beside bulk, over QUIC and over TCP.
 
 mod common;
 
@@ -39,6 +40,19 @@ fn quic_links_cut_from_outside_resume_and_the_run_verifies() {
     assert!(kills > 0, "no cut landed: {r}");
     assert!(resumes > 0, "no link resumed: {r}");
     assert_eq!(r["jobs_failed"], 0, "{r}");
+}
+
+#[test]
+fn a_node_killed_over_quic_fails_its_jobs_by_refusal_not_by_the_grace_period() {
+    let r = bench_verified(&args(
+        "--transport quic --spawn --kill-node 1 --nodes 3 --producers 1 --consumers 1 --jobs 2 --nodes-per-job 2 --first-ip 127.0.104.1 --timeout-s 120",
+    ));
+    assert_eq!(r["killed_node"], 1);
+    assert!(r["jobs_failed"].as_u64().expect("failed") > 0, "{r}");
+    // Its UDP port answers "unreachable": the survivors' redials are refused, as over TCP,
+    // long before the 10 s grace period would fail the jobs.
+    let detect = r["failure_detect_ms_max"].as_u64().expect("detection");
+    assert!(detect < 8_000, "{detect} ms to detect the killed node: {r}");
 }
 
 #[test]

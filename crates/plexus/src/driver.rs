@@ -353,7 +353,9 @@ impl Dialled {
 }
 
 /// Connects to `peer` over QUIC and opens the link's stream, within the handshake
-/// timeout; the peer's certificate must name it.
+/// timeout; the peer's certificate must name it. Meanwhile a probe asks whether anything
+/// listens on the peer's port at all: if its host says no, the dial fails at once as
+/// refused, as a TCP dial to a node whose process is gone does.
 async fn dial_quic(
     shared: &Shared,
     quic: &crate::quic::Quic,
@@ -366,11 +368,19 @@ async fn dial_quic(
         )
     })?;
     let timeout = shared.lock().core.config().handshake_timeout;
-    let stream = tokio::time::timeout(timeout, quic.connect(peer, addr))
-        .await
-        .map_err(|_| {
+    let connect = tokio::time::timeout(timeout, quic.connect(peer, addr));
+    let probe = crate::udp_probe::port_closed(shared.local_ip, addr, timeout);
+    let stream = tokio::select! {
+        connected = connect => connected.map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "QUIC handshake timed out")
-        })??;
+        })??,
+        true = probe => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("nothing listens on {addr} (UDP port unreachable)"),
+            ));
+        }
+    };
     Ok(Dialled::Quic(Box::new(stream)))
 }
 

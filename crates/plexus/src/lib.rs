@@ -40,6 +40,7 @@ mod shared;
 mod status;
 mod tls;
 mod topology;
+mod udp_probe;
 
 pub use error::{Error, ExchangeError, LinkCause, Scope};
 pub use job::{Consumer, Job, Producer, TrySend};
