@@ -34,7 +34,12 @@ impl Monitor {
     /// Starts sampling the connections of the nodes of `shape` and showing the bytes
     /// `delivered` out of all the shape's bytes (unless `hidden`).
     pub fn start(shape: &Shape, delivered: &Arc<Delivered>, hidden: bool) -> Monitor {
-        Self::start_in(shape, delivered, hidden, vec![PathBuf::from("/proc/net")])
+        Self::start_in(shape, delivered, hidden, Self::own_tables())
+    }
+
+    /// The socket tables of this process's network namespace.
+    pub fn own_tables() -> Vec<PathBuf> {
+        vec![PathBuf::from("/proc/net")]
     }
 
     /// The same, reading the socket tables in `tables` (one per network namespace the

@@ -15,9 +15,8 @@
 //! producer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use plexus::Endpoint;
 
@@ -37,21 +36,15 @@ pub struct Load {
     plan: Plan,
     factory: MessageFactory,
     /// Latency producers that have not sent their last message yet.
-    light_running: AtomicUsize,
+    light_running: AtomicU32,
     /// Messages each bulk producer sent to each consumer, by (producer id, consumer id),
     /// recorded before it closes.
     sent: Mutex<HashMap<(u32, u32), u32>>,
-    /// Bulk bytes received.
-    bytes: AtomicU64,
-    /// When the last bulk message arrived, in ns since `origin`.
-    last_arrival_ns: AtomicU64,
-    origin: Instant,
 }
 
 impl Load {
-    /// The load of `shape` (its last job), beside `light_producers` latency producers;
-    /// `origin` is the run's time zero.
-    pub fn new(shape: Shape, light_producers: usize, origin: Instant) -> Result<Load, String> {
+    /// The load of `shape` (its last job), beside `light_producers` latency producers.
+    pub fn new(shape: Shape, light_producers: u32) -> Result<Load, String> {
         let size = shape.plan().message_size();
         let plan = Plan::new(u64::from(size) * u64::from(u32::MAX), size)
             .map_err(|e| format!("the load's messages: {e}"))?;
@@ -59,11 +52,8 @@ impl Load {
             shape,
             plan,
             factory: MessageFactory::new(SEED),
-            light_running: AtomicUsize::new(light_producers),
+            light_running: AtomicU32::new(light_producers),
             sent: Mutex::new(HashMap::new()),
-            bytes: AtomicU64::new(0),
-            last_arrival_ns: AtomicU64::new(0),
-            origin,
         })
     }
 
@@ -79,18 +69,6 @@ impl Load {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
-    /// Bulk bytes received, and bytes per second from time zero to the last arrival.
-    pub fn figures(&self) -> (u64, f64) {
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        let span_s = self.last_arrival_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let rate = if span_s > 0.0 {
-            bytes as f64 / span_s
-        } else {
-            0.0
-        };
-        (bytes, rate)
-    }
-
     /// Runs bulk producer `me` on `sink`.
     pub async fn produce<S: Sink>(
         self: Arc<Self>,
@@ -103,21 +81,19 @@ impl Load {
         let fail = |e: String| EndpointError::other(format!("load job producer {me}: {e}"));
         let mut counts = vec![0u32; consumers.len()];
         let mut moved = Moved::default();
-        'sending: while self.light_running.load(Ordering::Acquire) > 0 {
-            for (i, &(consumer, id)) in consumers.iter().enumerate() {
-                let message = self.factory.message(&self.plan, my_id, id, counts[i]);
-                let len = message.len() as u64;
-                if let Err(e) = sink.send(consumer, id, message).await {
-                    self.record(my_id, &consumers, &counts);
-                    return (moved, Some(fail(e)));
-                }
-                counts[i] += 1;
-                moved.bytes += len;
-                moved.messages += 1;
-                if self.light_running.load(Ordering::Acquire) == 0 {
-                    break 'sending;
-                }
+        for (i, &(consumer, id)) in consumers.iter().enumerate().cycle() {
+            if self.light_running.load(Ordering::Acquire) == 0 {
+                break;
             }
+            let message = self.factory.message(&self.plan, my_id, id, counts[i]);
+            let len = message.len() as u64;
+            if let Err(e) = sink.send(consumer, id, message).await {
+                self.record(my_id, &consumers, &counts);
+                return (moved, Some(fail(e)));
+            }
+            counts[i] += 1;
+            moved.bytes += len;
+            moved.messages += 1;
         }
         self.record(my_id, &consumers, &counts);
         (moved, sink.finish().await.err().map(fail))
@@ -157,12 +133,8 @@ impl Load {
             if let Err(e) = verifier.accept(from, &message) {
                 return (moved, fail(e.to_string()));
             }
-            let len = message.len() as u64;
-            moved.bytes += len;
+            moved.bytes += message.len() as u64;
             moved.messages += 1;
-            self.bytes.fetch_add(len, Ordering::Relaxed);
-            let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.last_arrival_ns.fetch_max(now, Ordering::Relaxed);
         }
         let Ok(sent) = self.sent.lock() else {
             return (moved, fail("a poisoned lock".into()));
@@ -229,7 +201,7 @@ mod tests {
     /// messages its producer 0 sent until the one latency producer finished after `last`.
     async fn one_producer(last: usize) -> (Arc<Load>, Vec<(Endpoint, u32, Bytes)>) {
         let shape = Shape::new(spec(1, None, 1)).expect("shape");
-        let load = Arc::new(Load::new(shape, 1, Instant::now()).expect("load"));
+        let load = Arc::new(Load::new(shape, 1).expect("load"));
         let sent = Sent::default();
         let sink = Recording {
             sent: sent.clone(),

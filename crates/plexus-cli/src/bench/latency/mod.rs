@@ -50,6 +50,7 @@ use super::delivered::Delivered;
 use super::host;
 use super::monitor::Monitor;
 use super::report::ShapeFields;
+use super::roles::{wall_us, EndpointOutcome, Role};
 use super::shape::Shape;
 use super::transport::{self, ConsumeFn, Faults, ProduceFn, Sink, Source, Transport};
 use super::verdict::{self, RunRecord};
@@ -85,8 +86,8 @@ pub struct Figures {
     /// With `--latency-load`: bulk bytes the load delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_bytes_total: Option<u64>,
-    /// With `--latency-load`: the load's goodput, bytes per second from time zero to its
-    /// last arrival.
+    /// With `--latency-load`: the load's goodput, bytes per second from the schedule's
+    /// start to the end of its last consumer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_bytes_per_s: Option<f64>,
 }
@@ -159,7 +160,7 @@ pub struct LatencyReport {
 
 /// What every system of one latency invocation runs: the schedule's shape and the run's.
 #[derive(Clone)]
-struct Plan {
+struct Schedule {
     /// The latency jobs: 128-byte messages, the schedule's count per channel.
     light: Shape,
     /// What the nodes carry: the latency jobs and, with `--latency-load`, one more job on
@@ -167,21 +168,24 @@ struct Plan {
     run: Shape,
     /// Messages per second, over the whole run.
     rate: f64,
-    /// With `--latency-load`.
-    load: bool,
     json: bool,
     timeout: Duration,
 }
 
-impl Plan {
-    /// The same plan over `transport`.
-    fn over(&self, transport: super::shape::LinkTransport) -> Result<Plan, String> {
+impl Schedule {
+    /// With `--latency-load`: the run has the load's job beyond the latency jobs.
+    fn has_load(&self) -> bool {
+        self.run.jobs() > self.light.jobs()
+    }
+
+    /// The same schedule over `transport`.
+    fn over(&self, transport: super::shape::LinkTransport) -> Result<Schedule, String> {
         let respec = |shape: &Shape| {
             let mut spec = shape.spec().clone();
             spec.transport = transport;
             Shape::new(spec)
         };
-        Ok(Plan {
+        Ok(Schedule {
             light: respec(&self.light)?,
             run: respec(&self.run)?,
             ..self.clone()
@@ -208,32 +212,31 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
     } else {
         light.clone()
     };
-    let plan = Plan {
+    let schedule = Schedule {
         light,
         run,
         rate: rate as f64,
-        load: args.latency_load,
         json: args.json,
         timeout: Duration::from_secs(args.timeout_s),
     };
-    let shape = plan.light.clone();
-    let rate = plan.rate;
+    let shape = schedule.light.clone();
+    let rate = schedule.rate;
     let attach = args.agent && args.cluster.is_none();
     let plexus = match &args.cluster {
-        Some(dir) => on_runtime(|| run_on_cluster(&plan, dir))?,
-        None => on_runtime(|| run_plexus(&plan, attach, "plexus"))?,
+        Some(dir) => on_runtime(|| run_on_cluster(&schedule, dir))?,
+        None => on_runtime(|| run_plexus(&schedule, attach, "plexus"))?,
     };
     let mut baselines = Vec::new();
     if attach {
-        baselines.push(on_runtime(|| run_plexus(&plan, false, EMBEDDED))?);
+        baselines.push(on_runtime(|| run_plexus(&schedule, false, EMBEDDED))?);
     }
     if args.baseline.contains(&System::Tcp) {
-        let over_tcp = plan.over(super::shape::LinkTransport::Tcp)?;
+        let over_tcp = schedule.over(super::shape::LinkTransport::Tcp)?;
         let system = System::Tcp.name();
         baselines.push(on_runtime(|| run_plexus(&over_tcp, attach, system))?);
     }
     if args.baseline.contains(&System::RawTcp) {
-        baselines.push(on_runtime(|| run_raw(&plan))?);
+        baselines.push(on_runtime(|| run_raw(&schedule))?);
     }
     let p99 = |r: &LatencyResult| r.figures.latency_us_p99.filter(|_| r.verified);
     let ratio_to = |system: &str| {
@@ -267,7 +270,9 @@ pub fn run(args: &BenchArgs, rate: u64) -> Result<LatencyReport, String> {
         figures: plexus.figures,
         plexus_verified: plexus.verified,
         baselines,
-        load_message_size: plan.load.then(|| plan.run.plan().message_size()),
+        load_message_size: schedule
+            .has_load()
+            .then(|| schedule.run.plan().message_size()),
         latency_p99_ratio_vs_raw_tcp: ratio,
         latency_p99_ratio_vs_tcp: ratio_vs_tcp,
         cluster: args.cluster.is_some(),
@@ -293,10 +298,10 @@ where
 /// an attached run.
 const EMBEDDED: &str = "embedded";
 
-/// Runs the plan over plexus nodes of this process, reported as `system`; with
+/// Runs the schedule over plexus nodes of this process, reported as `system`; with
 /// `attach`, every endpoint attaches to its node over a Unix socket the node serves.
-async fn run_plexus(plan: &Plan, attach: bool, system: &'static str) -> LatencyResult {
-    let shape = &plan.run;
+async fn run_plexus(schedule: &Schedule, attach: bool, system: &'static str) -> LatencyResult {
+    let shape = &schedule.run;
     let membership = Membership::new();
     let mut nodes = Vec::with_capacity(shape.nodes() as usize);
     for i in 0..shape.nodes() {
@@ -336,33 +341,32 @@ async fn run_plexus(plan: &Plan, attach: bool, system: &'static str) -> LatencyR
         shape: shape.clone(),
     };
     let (_faults, log) = Faults::new();
-    let tables = vec![PathBuf::from("/proc/net")];
-    let result = measure(system, transport, plan, tables, log).await;
+    let result = measure(system, transport, schedule, Monitor::own_tables(), log).await;
     shut_down(&nodes).await;
     drop(dir);
     result
 }
 
-/// Runs the plan through the agents of the cluster configured in `dir` (as
+/// Runs the schedule through the agents of the cluster configured in `dir` (as
 /// `scripts/netns-cluster.sh` starts them, in network namespaces of their own): every
 /// endpoint of this process attaches to its node's agent.
-async fn run_on_cluster(plan: &Plan, dir: &std::path::Path) -> LatencyResult {
+async fn run_on_cluster(schedule: &Schedule, dir: &std::path::Path) -> LatencyResult {
     let system = "plexus";
-    let bound = super::attached::AGENT_START_BOUND.min(plan.timeout);
-    let agents = match Agents::existing(dir, &plan.run, bound).await {
+    let bound = super::attached::AGENT_START_BOUND.min(schedule.timeout);
+    let agents = match Agents::existing(dir, &schedule.run, bound).await {
         Ok(agents) => agents,
         Err(e) => return failed(system, e),
     };
-    let sockets = (0..plan.run.nodes())
+    let sockets = (0..schedule.run.nodes())
         .map(|i| agents.socket(i).to_owned())
         .collect();
     let tables = agents.socket_tables().unwrap_or_default();
     let transport = PlexusTransport {
         opening: Opening::Attach(sockets),
-        shape: plan.run.clone(),
+        shape: schedule.run.clone(),
     };
     let (_faults, log) = Faults::new();
-    let mut result = measure(system, transport, plan, tables, log).await;
+    let mut result = measure(system, transport, schedule, tables, log).await;
     let gone = agents.external_gone();
     if !gone.is_empty() {
         result.verified = false;
@@ -394,44 +398,38 @@ async fn shut_down(nodes: &[Node]) {
     }
 }
 
-async fn run_raw(plan: &Plan) -> LatencyResult {
-    let deadline = tokio::time::Instant::now() + plan.timeout;
+async fn run_raw(schedule: &Schedule) -> LatencyResult {
+    let deadline = tokio::time::Instant::now() + schedule.timeout;
     let (faults, log) = Faults::new();
     let system = System::RawTcp.name();
-    let tables = vec![PathBuf::from("/proc/net")];
-    match tokio::time::timeout_at(deadline, RawTcp::open(&plan.run, &faults)).await {
-        Ok(Ok((raw, _))) => measure(system, raw, plan, tables, log).await,
+    match tokio::time::timeout_at(deadline, RawTcp::open(&schedule.run, &faults)).await {
+        Ok(Ok((raw, _))) => measure(system, raw, schedule, Monitor::own_tables(), log).await,
         Ok(Err(e)) => failed(system, e),
         Err(_) => failed(system, "timed out connecting the nodes".into()),
     }
 }
 
-/// Runs the plan's schedule (and load) over `transport` and judges it; the links are
+/// Runs the schedule (and load) over `transport` and judges it; the links are
 /// counted in the socket tables `tables`.
 async fn measure<T: Transport>(
     system: &'static str,
     transport: T,
-    plan: &Plan,
+    schedule: &Schedule,
     tables: Vec<PathBuf>,
     mut faults: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> LatencyResult {
-    let deadline = tokio::time::Instant::now() + plan.timeout;
-    let shape = &plan.light;
+    let deadline = tokio::time::Instant::now() + schedule.timeout;
+    let shape = &schedule.light;
     let delivered = Arc::new(Delivered::default());
-    let monitor = Monitor::start_in(shape, &delivered, plan.json, tables);
+    let monitor = Monitor::start_in(shape, &delivered, schedule.json, tables);
     let start = Instant::now();
-    let origin = start + LEAD;
-    let timing = match Timing::new(shape.clone(), plan.rate, origin, delivered) {
+    let origin_us = wall_us() + LEAD.as_micros() as u64;
+    let timing = match Timing::new(shape.clone(), schedule.rate, start + LEAD, delivered) {
         Ok(timing) => Arc::new(timing),
         Err(e) => return failed(system, e),
     };
-    let light_producers = shape
-        .endpoints()
-        .iter()
-        .filter(|e| e.role == super::roles::Role::Producer)
-        .count();
-    let load = if plan.load {
-        match Load::new(plan.run.clone(), light_producers, origin) {
+    let load = if schedule.has_load() {
+        match Load::new(schedule.run.clone(), timing.producers()) {
             Ok(load) => Some(Arc::new(load)),
             Err(e) => return failed(system, e),
         }
@@ -440,7 +438,7 @@ async fn measure<T: Transport>(
     };
     let (produce, consume) = with_load(roles::roles(timing.clone()), load.clone());
     let (outcomes, mut errors) =
-        transport::drive(transport, &plan.run, deadline, produce, consume).await;
+        transport::drive(transport, &schedule.run, deadline, produce, consume).await;
     let elapsed_s = start.elapsed().as_secs_f64();
     errors.extend(Faults::drain(&mut faults));
     let links_per_node_max = monitor.finish();
@@ -469,7 +467,7 @@ async fn measure<T: Transport>(
             .map(|h: &Histogram<u64>| us(h.value_at_quantile(q)))
     };
     let span_s = last_arrival_ns as f64 / 1e9;
-    let load_figures = load.map(|l| l.figures());
+    let load_figures = schedule.has_load().then(|| load_figures(&bulk, origin_us));
     LatencyResult {
         system,
         verified: report.verified,
@@ -495,6 +493,21 @@ async fn measure<T: Transport>(
             load_bytes_per_s: load_figures.map(|(_, rate)| rate),
         },
     }
+}
+
+/// The load's bytes received and its goodput: bytes per second from the schedule's start
+/// to the end of its last consumer, from its endpoints' `outcomes`.
+fn load_figures(outcomes: &[EndpointOutcome], origin_us: u64) -> (u64, f64) {
+    let consumers = outcomes.iter().filter(|o| o.role == Role::Consumer);
+    let bytes = consumers.clone().map(|o| o.bytes).sum();
+    let end_us = consumers.map(|o| o.ended_us).max().unwrap_or(origin_us);
+    let span_s = end_us.saturating_sub(origin_us) as f64 / 1e6;
+    let rate = if span_s > 0.0 {
+        bytes as f64 / span_s
+    } else {
+        0.0
+    };
+    (bytes, rate)
 }
 
 /// The latency roles, and with a load its roles for the load's job; every latency

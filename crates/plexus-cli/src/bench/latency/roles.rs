@@ -90,6 +90,11 @@ impl Timing {
         })
     }
 
+    /// Producers in the run.
+    pub fn producers(&self) -> u32 {
+        self.producers
+    }
+
     /// When producer number `p` sends its `i`-th message.
     fn due(&self, p: u32, i: u64) -> Instant {
         let at = (f64::from(p) / f64::from(self.producers) + i as f64) * self.interval_s;
