@@ -62,6 +62,7 @@ pub struct SendCredit {
 /// Messages like its last that a channel asks for at least when it asks ahead of need (a
 /// need asks for twice what was spent since the last request, so a channel that sends
 /// once asks for what it sends).
+///
 /// Credit comes back a round trip after it is asked for: asking for only twice what was
 /// spent since the last request would let a channel of small messages send about two per
 /// round trip, and on a link loaded with other channels' bulk a round trip is long. Asking
