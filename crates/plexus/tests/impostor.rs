@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{drain, message, start_nodes};
+use common::{drain, message, start_nodes, Exchange};
 use plexus::{JobId, Node, NodeId, Secret, Topology};
 use plexus_proto::auth::{Claim, Role, Transcript};
 use plexus_proto::codec::{encode, Decoder};
@@ -140,27 +140,14 @@ async fn impostors_dialling_every_node_change_nothing() {
         let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
         let addrs: Vec<SocketAddr> = nodes.iter().map(Node::local_addr).collect();
         let topology = Topology::all_to_all(&ids, m, m);
-        let mut consumers = Vec::new();
-        let mut producers = Vec::new();
-        for node in &nodes {
-            let job = node.job(JobId(1), topology.clone());
-            for slot in 0..m {
-                consumers.push(tokio::spawn(drain(job.consumer(slot).await.unwrap())));
-            }
-            for slot in 0..m {
-                let mut tx = job.producer(slot).await.unwrap();
-                let targets = topology.consumers().to_vec();
-                producers.push(tokio::spawn(async move {
-                    let me = tx.endpoint();
-                    for seq in 0..per_channel {
-                        for &c in &targets {
-                            tx.send(c, message(me, seq, 2000)).await?;
-                        }
-                    }
-                    tx.close().await
-                }));
-            }
-        }
+        let mut exchange = Exchange::default();
+        exchange
+            .open(&nodes, JobId(1), &topology, m, per_channel, |_| 2000)
+            .await;
+        let Exchange {
+            consumers,
+            producers,
+        } = exchange;
         let wrong = Secret::new(*b"a guess at the cluster's secret").expect("long enough");
         let attempts = Arc::new(AtomicUsize::new(0));
         let refusals = Arc::new(AtomicUsize::new(0));

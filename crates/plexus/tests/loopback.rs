@@ -6,7 +6,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{drain, message, start_nodes};
+use common::{drain, message, start_nodes, Exchange};
 use plexus::{Endpoint, ExchangeError, JobId, Node, NodeId, Topology, TrySend};
 
 /// Every test is bounded: a hang fails the test instead of blocking the suite.
@@ -24,30 +24,24 @@ async fn all_to_all_delivers_everything_once_in_order_over_one_link_per_pair() {
         .await;
         let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
         let topology = Topology::all_to_all(&ids, m, m);
-        let mut consumers = Vec::new();
-        let mut producers = Vec::new();
+        let mut exchange = Exchange::default();
         for job in 1..=k {
-            for node in &nodes {
-                let job = node.job(JobId(u64::from(job)), topology.clone());
-                for slot in 0..m {
-                    consumers.push(tokio::spawn(drain(job.consumer(slot).await.unwrap())));
-                }
-                for slot in 0..m {
-                    let mut tx = job.producer(slot).await.unwrap();
-                    let targets = topology.consumers().to_vec();
-                    producers.push(tokio::spawn(async move {
-                        let me = tx.endpoint();
-                        for seq in 0..per_channel {
-                            for &c in &targets {
-                                let len = 16 + (seq as usize * 997) % 9000;
-                                tx.send(c, message(me, seq, len)).await?;
-                            }
-                        }
-                        tx.close().await
-                    }));
-                }
-            }
+            let len = |seq| 16 + (seq as usize * 997) % 9000;
+            exchange
+                .open(
+                    &nodes,
+                    JobId(u64::from(job)),
+                    &topology,
+                    m,
+                    per_channel,
+                    len,
+                )
+                .await;
         }
+        let Exchange {
+            consumers,
+            producers,
+        } = exchange;
         let mut peak_links = 0;
         for p in producers {
             p.await.unwrap().unwrap();

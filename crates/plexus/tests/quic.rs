@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{drain, message, node_builder, tls_identities};
+use common::{message, node_builder, tls_identities, Exchange};
 use plexus::{Error, JobId, Membership, Node, NodeId, Topology, Transport};
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -40,29 +40,14 @@ async fn jobs_deliver_every_message_once_in_order_over_quic() {
         }
         let ids: Vec<NodeId> = nodes.iter().map(Node::id).collect();
         let topology = Topology::all_to_all(&ids, m, m);
-        let mut consumers = Vec::new();
-        let mut producers = Vec::new();
-        for node in &nodes {
-            let job = node.job(JobId(1), topology.clone());
-            for slot in 0..m {
-                consumers.push(tokio::spawn(drain(
-                    job.consumer(slot).await.expect("consumer"),
-                )));
-            }
-            for slot in 0..m {
-                let mut tx = job.producer(slot).await.expect("producer");
-                let targets = topology.consumers().to_vec();
-                producers.push(tokio::spawn(async move {
-                    let me = tx.endpoint();
-                    for seq in 0..per_channel {
-                        for &c in &targets {
-                            tx.send(c, message(me, seq, 3000)).await?;
-                        }
-                    }
-                    tx.finish().await
-                }));
-            }
-        }
+        let mut exchange = Exchange::default();
+        exchange
+            .open(&nodes, JobId(1), &topology, m, per_channel, |_| 3000)
+            .await;
+        let Exchange {
+            consumers,
+            producers,
+        } = exchange;
         for p in producers {
             p.await.expect("join").expect("producer finishes");
         }

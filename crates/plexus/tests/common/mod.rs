@@ -90,6 +90,51 @@ pub async fn drain(mut rx: plexus::Consumer) -> Result<HashMap<Endpoint, u32>, E
     Ok(next)
 }
 
+/// The tasks of one job's endpoints on some nodes: each consumer drained (see [`drain`]),
+/// each producer sending.
+#[derive(Default)]
+pub struct Exchange {
+    pub consumers: Vec<tokio::task::JoinHandle<Result<HashMap<Endpoint, u32>, Error>>>,
+    pub producers: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
+}
+
+impl Exchange {
+    /// Opens job `job` of `topology` on every node of `nodes`, `slots` consumers and
+    /// producers each: every producer sends messages 0 to `per_channel - 1` to every
+    /// consumer in turn (message `seq` padded to `len(seq)` bytes), then finishes (its
+    /// data delivered).
+    pub async fn open(
+        &mut self,
+        nodes: &[Node],
+        job: plexus::JobId,
+        topology: &plexus::Topology,
+        slots: u32,
+        per_channel: u32,
+        len: fn(u32) -> usize,
+    ) {
+        for node in nodes {
+            let job = node.job(job, topology.clone());
+            for slot in 0..slots {
+                let rx = job.consumer(slot).await.expect("consumer opens");
+                self.consumers.push(tokio::spawn(drain(rx)));
+            }
+            for slot in 0..slots {
+                let mut tx = job.producer(slot).await.expect("producer opens");
+                let targets = topology.consumers().to_vec();
+                self.producers.push(tokio::spawn(async move {
+                    let me = tx.endpoint();
+                    for seq in 0..per_channel {
+                        for &c in &targets {
+                            tx.send(c, message(me, seq, len(seq))).await?;
+                        }
+                    }
+                    tx.finish().await
+                }));
+            }
+        }
+    }
+}
+
 /// Established TCP connections whose local address is `ip`, per the kernel's IPv4 socket
 /// table (the nodes of these tests bind their dials to their own address, so each link
 /// end counts under its node's address). A connection seen twice in one read (the kernel
