@@ -6,11 +6,13 @@
 //! Every cut is a table of its own (`inet plexus_bench_cut_<a>_<b>`), removed when the
 //! cut heals and, for those still held, when the chaos stops.
 //!
-//! Invariants: only packets whose both ends are node addresses are dropped; a pair is
-//! cut at most once at a time (adding its table again fails, and counts as no kill); no
+//! Invariants: only packets whose both ends are node addresses are dropped; a pair cut is
+//! not cut again for [`HOLD`] after it heals, as `ss -K` kills only links that are up: a
+//! link gets that long to come back and resume, so no pair's outage outlasts one cut (a
+//! period shorter than the hold skips the ticks when every pair is cut or recovering); no
 //! table outlives the run that made it (the guard removes what is left).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -73,16 +75,24 @@ async fn cut_pairs(
     let mut rng = wall_ms() ^ u64::from(std::process::id()).rotate_left(32);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let n = ips.len() as u64;
-    if n < 2 {
-        return;
-    }
+    let pairs: Vec<(Ipv4Addr, Ipv4Addr)> = ips
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &a)| ips[i + 1..].iter().map(move |&b| (a.min(b), a.max(b))))
+        .collect();
+    // When each pair may be cut again: its cut healed and it had a hold's time to recover.
+    let mut eligible_at: HashMap<(Ipv4Addr, Ipv4Addr), tokio::time::Instant> = HashMap::new();
     loop {
         interval.tick().await;
-        let pick = splitmix64(&mut rng);
-        let a = (pick % n) as usize;
-        let b = (a + 1 + ((pick >> 32) % (n - 1)) as usize) % ips.len();
-        let (a, b) = (ips[a].min(ips[b]), ips[a].max(ips[b]));
+        let now = tokio::time::Instant::now();
+        let up: Vec<_> = pairs
+            .iter()
+            .filter(|p| eligible_at.get(p).is_none_or(|&at| at <= now))
+            .collect();
+        if up.is_empty() {
+            continue;
+        }
+        let (a, b) = *up[(splitmix64(&mut rng) % up.len() as u64) as usize];
         let table = format!("plexus_bench_cut_{}_{}", u32::from(a), u32::from(b));
         let made = {
             let table = table.clone();
@@ -92,6 +102,7 @@ async fn cut_pairs(
             continue;
         }
         kills.fetch_add(1, Ordering::Relaxed);
+        eligible_at.insert((a, b), now + 2 * HOLD);
         held.lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(table.clone());
